@@ -1,0 +1,173 @@
+"""Audio: the constants the model expects, and loading any file into them.
+
+Everything downstream sees 16 kHz mono float32 in [-1, 1]. Reading is done by soundfile (libsndfile: wav, flac,
+ogg/vorbis, ogg/opus, mp3, any bit depth), resampling by soxr. Long files are read block-wise
+(:func:`stream_audio`), so memory does not grow with file length.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from .errors import AudioError
+
+SAMPLE_RATE = 16_000  # Hz; what wav2vec2 checkpoints are trained on
+FRAME_STRIDE_S = 0.02  # s; the wav2vec2 CNN's hop (320 samples at 16 kHz)
+RECEPTIVE_FIELD_SAMPLES = 400  # samples; shortest input the wav2vec2 CNN turns into one frame
+STREAM_BLOCK_S = 30.0  # s; block size for streaming reads of long files
+
+
+@dataclass(frozen=True)
+class AudioInfo:
+    """What the file header says, before any decoding."""
+
+    path: str
+    sample_rate: int  # Hz
+    channels: int
+    frames: int  # samples per channel
+    format: str  # e.g. "WAV", "OGG", "MP3"
+    subtype: str  # e.g. "PCM_16", "OPUS", "FLOAT"
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.sample_rate if self.sample_rate else 0.0
+
+
+def _open_error(path: Path, exc: Exception) -> AudioError:
+    if not path.exists():
+        return AudioError("audio file not found", path=path)
+    if path.is_dir():
+        return AudioError("is a folder, not an audio file", path=path)
+    if path.stat().st_size == 0:
+        return AudioError("audio file is empty (0 bytes)", path=path)
+    reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return AudioError(f"cannot decode audio ({reason})", path=path)
+
+
+def audio_info(path: str | Path) -> AudioInfo:
+    """Header facts of ``path``; raises :class:`AudioError` with a one-line reason when unreadable."""
+    import soundfile as sf
+
+    path = Path(path)
+    try:
+        info = sf.info(str(path))
+    except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/OSError/TypeError by format
+        raise _open_error(path, exc) from None
+    if info.samplerate <= 0 or info.channels <= 0:
+        raise AudioError(f"invalid header (rate {info.samplerate}, channels {info.channels})", path=path)
+    return AudioInfo(str(path), int(info.samplerate), int(info.channels), int(info.frames), info.format, info.subtype)
+
+
+def to_mono(x: np.ndarray) -> np.ndarray:
+    """``(samples, channels)`` or ``(samples,)`` → ``(samples,)`` float32, by averaging channels."""
+    if x.ndim == 2:
+        x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def resample(x: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Resample a mono ``(samples,)`` signal with soxr (high quality); a no-op when the rates match."""
+    if sample_rate == target_rate or x.size == 0:
+        return x.astype(np.float32, copy=False)
+    import soxr
+
+    return soxr.resample(x, sample_rate, target_rate, quality="HQ").astype(np.float32, copy=False)
+
+
+def check_finite(x: np.ndarray, path: str | Path) -> np.ndarray:
+    """Raise :class:`AudioError` if ``x`` holds NaN or inf (float WAVs can)."""
+    if x.size and not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).sum())
+        raise AudioError(f"{bad} NaN/inf samples", path=path)
+    return x
+
+
+def load_audio(
+    path: str | Path,
+    offset_s: float = 0.0,
+    duration_s: float | None = None,
+    sample_rate: int = SAMPLE_RATE,
+) -> np.ndarray:
+    """Read ``path`` (or the slice ``[offset_s, offset_s + duration_s)``) as mono float32 ``(samples,)`` at ``sample_rate``.
+
+    Raises :class:`AudioError` (one line naming the file) for missing, empty, corrupt, truncated or non-finite audio.
+    """
+    import soundfile as sf
+
+    path = Path(path)
+    info = audio_info(path)
+    if offset_s < 0 or (duration_s is not None and duration_s < 0):
+        raise AudioError(f"negative offset/duration ({offset_s}, {duration_s})", path=path)
+    start = int(round(offset_s * info.sample_rate))
+    stop = None if duration_s is None else start + int(round(duration_s * info.sample_rate))
+    if info.frames and start >= info.frames:
+        raise AudioError(f"offset {offset_s:.3f}s is past the end ({info.duration_s:.3f}s)", path=path)
+    try:
+        x, _ = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+    except Exception as exc:
+        raise _open_error(path, exc) from None
+    if x.shape[0] == 0:
+        raise AudioError("audio holds no samples", path=path)
+    x = check_finite(to_mono(x), path)
+    return resample(x, info.sample_rate, sample_rate)
+
+
+def stream_audio(
+    path: str | Path,
+    block_s: float = STREAM_BLOCK_S,
+    sample_rate: int = SAMPLE_RATE,
+) -> Iterator[np.ndarray]:
+    """Yield consecutive mono float32 blocks of about ``block_s`` seconds at ``sample_rate``.
+
+    Memory stays bounded by the block size whatever the file length; the resampler is streaming (soxr keeps the
+    filter state across blocks), so the concatenation equals a whole-file resample up to filter edge effects.
+    """
+    import soundfile as sf
+    import soxr
+
+    path = Path(path)
+    info = audio_info(path)
+    block_frames = max(1, int(block_s * info.sample_rate))
+    stream = None
+    if info.sample_rate != sample_rate:
+        stream = soxr.ResampleStream(info.sample_rate, sample_rate, 1, dtype="float32", quality="HQ")
+    try:
+        with sf.SoundFile(str(path)) as f:
+            while True:
+                x = f.read(block_frames, dtype="float32", always_2d=True)
+                last = x.shape[0] < block_frames
+                x = check_finite(to_mono(x), path)
+                if stream is not None:
+                    x = stream.resample_chunk(x, last=last)
+                if x.size:
+                    yield x
+                if last:
+                    break
+    except AudioError:
+        raise
+    except Exception as exc:
+        raise _open_error(path, exc) from None
+
+
+def write_wav(path: str | Path, x: np.ndarray, sample_rate: int = SAMPLE_RATE, subtype: str = "PCM_16") -> None:
+    """Write mono ``(samples,)`` float audio as WAV (used by synth and tests)."""
+    import soundfile as sf
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), np.clip(x, -1.0, 1.0), sample_rate, subtype=subtype)
+
+
+def frames_for_samples(num_samples: int, conv_kernel=(10, 3, 3, 3, 3, 2, 2), conv_stride=(5, 2, 2, 2, 2, 2, 2)) -> int:
+    """Output frames of the wav2vec2 CNN for ``num_samples`` input samples (the model's own length formula).
+
+    Matches ``Wav2Vec2Model._get_feat_extract_output_lengths``: ``L = floor((L - k) / s) + 1`` per conv layer.
+    """
+    length = num_samples
+    for k, s in zip(conv_kernel, conv_stride):
+        length = (length - k) // s + 1
+        if length <= 0:
+            return 0
+    return length

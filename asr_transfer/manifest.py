@@ -1,0 +1,198 @@
+"""Manifests: NeMo-compatible JSONL, one :class:`Utterance` per line.
+
+Required keys: ``audio_filepath``, ``duration`` (s), ``text``. Optional: ``offset`` (s), ``lang``, ``speaker``, ``id``.
+Relative ``audio_filepath`` values resolve against the manifest's folder. Unknown extra keys are kept (NeMo
+manifests often carry some) but ignored. Reading is strict: a bad line raises :class:`ManifestError` naming the file
+and line; :func:`scan_manifest` instead reports problems line by line for ``validate``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .errors import ManifestError
+
+REQUIRED = ("audio_filepath", "duration", "text")
+OPTIONAL = ("offset", "lang", "speaker", "id")
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One line of a manifest. ``audio_filepath`` is absolute once read through :func:`read_manifest`."""
+
+    audio_filepath: str
+    duration: float  # s
+    text: str
+    offset: float = 0.0  # s into the file
+    lang: str | None = None
+    speaker: str | None = None
+    id: str | None = None
+    extra: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def uid(self) -> str:
+        """A stable id: the ``id`` field, else the file stem (plus offset for slices)."""
+        if self.id:
+            return self.id
+        stem = Path(self.audio_filepath).stem
+        return f"{stem}@{self.offset:.2f}" if self.offset else stem
+
+    def to_json(self, relative_to: Path | None = None) -> str:
+        d = {k: v for k, v in asdict(self).items() if k != "extra" and v is not None}
+        if not self.offset:
+            d.pop("offset", None)
+        if relative_to is not None:
+            try:
+                d["audio_filepath"] = os.path.relpath(self.audio_filepath, relative_to)
+            except ValueError:  # different drive (Windows); keep absolute
+                pass
+        d.update({k: v for k, v in self.extra.items() if k not in d})
+        return json.dumps(d, ensure_ascii=False)
+
+
+def _number(value, key: str, path, line: int) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ManifestError(f"'{key}' must be a number, got {type(value).__name__}", path=path, line=line)
+    if not math.isfinite(value) or value < 0:
+        raise ManifestError(f"'{key}' must be a finite number >= 0, got {value}", path=path, line=line)
+    return float(value)
+
+
+def _optional_str(value, key: str, path, line: int) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and key in ("id", "speaker"):
+        return str(value)
+    if not isinstance(value, str):
+        raise ManifestError(f"'{key}' must be a string, got {type(value).__name__}", path=path, line=line)
+    return value
+
+
+def parse_line(raw: bytes | str, line: int, path: str | Path, base_dir: Path | None = None) -> Utterance:
+    """Parse one manifest line into an :class:`Utterance`; raise :class:`ManifestError` naming ``path:line``."""
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ManifestError(f"not valid UTF-8 (byte {exc.start})", path=path, line=line) from None
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"not valid JSON ({exc.msg} at column {exc.colno})", path=path, line=line) from None
+    if not isinstance(obj, dict):
+        raise ManifestError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=line)
+    missing = [k for k in REQUIRED if k not in obj]
+    if missing:
+        raise ManifestError(f"missing field(s) {', '.join(missing)}", path=path, line=line)
+    audio = obj["audio_filepath"]
+    if not isinstance(audio, str) or not audio.strip():
+        raise ManifestError("'audio_filepath' must be a non-empty string", path=path, line=line)
+    if not isinstance(obj["text"], str):
+        raise ManifestError(f"'text' must be a string, got {type(obj['text']).__name__}", path=path, line=line)
+    audio_path = Path(audio).expanduser()
+    if not audio_path.is_absolute() and base_dir is not None:
+        audio_path = base_dir / audio_path
+    extra = {k: v for k, v in obj.items() if k not in REQUIRED and k not in OPTIONAL}
+    return Utterance(
+        audio_filepath=str(audio_path),
+        duration=_number(obj["duration"], "duration", path, line),
+        text=obj["text"],
+        offset=_number(obj.get("offset", 0.0) or 0.0, "offset", path, line),
+        lang=_optional_str(obj.get("lang"), "lang", path, line),
+        speaker=_optional_str(obj.get("speaker"), "speaker", path, line),
+        id=_optional_str(obj.get("id"), "id", path, line),
+        extra=extra,
+    )
+
+
+def scan_manifest(path: str | Path) -> Iterator[tuple[int, Utterance | ManifestError]]:
+    """Yield ``(line_number, utterance_or_error)`` for every non-blank line; never raises for bad lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError("manifest not found" if not path.exists() else "manifest is not a file", path=path)
+    base_dir = path.resolve().parent
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield line_no, parse_line(raw, line_no, path, base_dir)
+            except ManifestError as exc:
+                yield line_no, exc
+
+
+def read_manifest(path: str | Path) -> list[Utterance]:
+    """All utterances of ``path``; the first bad line raises :class:`ManifestError` with its line number.
+
+    Duplicate ids are an error too: training, evaluation and resume all key on them.
+    """
+    out: list[Utterance] = []
+    seen: dict[str, int] = {}
+    for line_no, item in scan_manifest(path):
+        if isinstance(item, ManifestError):
+            raise item
+        if item.uid in seen:
+            raise ManifestError(f"duplicate id '{item.uid}' (first on line {seen[item.uid]})", path=path, line=line_no)
+        seen[item.uid] = line_no
+        out.append(item)
+    return out
+
+
+def write_manifest(path: str | Path, utterances: Iterable[Utterance], relative: bool = True) -> Path:
+    """Validate and write ``utterances`` as JSONL, atomically (temp file + rename).
+
+    With ``relative=True`` audio paths are stored relative to the manifest folder, so a corpus folder can move.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = path.resolve().parent if relative else None
+    seen: set[str] = set()
+    lines = []
+    for i, u in enumerate(utterances, start=1):
+        if not u.audio_filepath or not isinstance(u.text, str):
+            raise ManifestError("utterance without audio_filepath or text", path=path, line=i)
+        if not (math.isfinite(u.duration) and u.duration >= 0):
+            raise ManifestError(f"bad duration {u.duration}", path=path, line=i)
+        if u.uid in seen:
+            raise ManifestError(f"duplicate id '{u.uid}'", path=path, line=i)
+        seen.add(u.uid)
+        lines.append(u.to_json(relative_to=base))
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + ("\n" if lines else ""))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def fingerprint(path: str | Path, hash_audio: bool = False) -> str:
+    """Content hash of a manifest: its bytes plus each audio file's size and mtime (or content with ``hash_audio``).
+
+    Changing one line, or touching/replacing one audio file, changes the fingerprint.
+    """
+    h = hashlib.sha256()
+    path = Path(path)
+    h.update(path.read_bytes())
+    for _, item in scan_manifest(path):
+        if isinstance(item, ManifestError):
+            continue
+        p = Path(item.audio_filepath)
+        try:
+            if hash_audio:
+                h.update(hashlib.sha256(p.read_bytes()).digest())
+            else:
+                st = p.stat()
+                h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
+        except OSError:
+            h.update(f"{p}|missing".encode())
+    return h.hexdigest()[:16]
+
+
+def with_text(u: Utterance, text: str) -> Utterance:
+    return replace(u, text=text)

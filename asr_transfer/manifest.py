@@ -80,6 +80,7 @@ def parse_line(raw: bytes | str, line: int, path: str | Path, base_dir: Path | N
             raw = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise ManifestError(f"not valid UTF-8 (byte {exc.start})", path=path, line=line) from None
+    raw = raw.strip()
     try:
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:

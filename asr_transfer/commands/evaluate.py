@@ -1,0 +1,63 @@
+"""``asr-transfer evaluate --model M --manifest test.jsonl --out DIR``: WER/CER of a model on a manifest.
+
+Writes ``DIR/summary.json`` and ``DIR/utterances.jsonl`` (see :func:`asr_transfer.evaluate.evaluate`) and prints one
+line: WER and CER with their bootstrap 95% intervals.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_decoder_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``evaluate`` and ``tune-lm``: device, precision, language, utterance cap."""
+    p.add_argument("--model", required=True, help="model folder (HF form) or hub id")
+    p.add_argument("--manifest", required=True, help="JSONL manifest to score")
+    p.add_argument("--lang", default=None,
+                   help="target language: picks the normaliser (default: the model's record, asr_transfer.json)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "int8"), help="(default: %(default)s)")
+    p.add_argument("--max-utts", type=int, default=None, metavar="N", help="score only the first N utterances")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_decoder_arguments(parser)
+    parser.add_argument("--decoder", choices=("greedy", "beam"), default=None,
+                        help="default: beam when --lm is given, else greedy")
+    parser.add_argument("--lm", default=None, metavar="DIR", help="LM folder from `asr-transfer lm` (needs beam)")
+    parser.add_argument("--beam-size", type=int, default=None, help="beam width (default: the decoder's, 50)")
+    parser.add_argument("--lm-weight", type=float, default=None, help="alpha: LM weight (tune with tune-lm)")
+    parser.add_argument("--word-score", type=float, default=None, help="beta: bonus per word (tune with tune-lm)")
+    parser.add_argument("--name", default=None, help="system name in reports (default: the --out folder name)")
+    parser.add_argument("--out", required=True, help="output folder for summary.json and utterances.jsonl")
+
+
+def result_line(summary: dict) -> str:
+    """``name: WER 23.40% [21.02, 25.91] CER 8.10% [...] (n=…, skipped …, RTF …)``."""
+
+    def rate(key: str) -> str:
+        value, ci = summary.get(key), summary.get(f"{key}_ci95")
+        if value is None:
+            return f"{key.upper()} n/a"
+        text = f"{key.upper()} {100 * value:.2f}%"
+        return text + (f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "")
+
+    rtf = summary.get("rtf")
+    extra = f"n={summary.get('n_utterances')}, skipped {summary.get('n_skipped', 0)}"
+    if rtf is not None:
+        extra += f", RTF {rtf:.3f}"
+    return f"{summary.get('name')}: {rate('wer')} {rate('cer')} ({extra})"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluate import evaluate
+
+    decoder = args.decoder or ("beam" if args.lm else "greedy")
+    summary = evaluate(
+        args.model, args.manifest, decoder=decoder, lm_dir=args.lm, out_dir=args.out, lang=args.lang,
+        beam_size=args.beam_size, lm_weight=args.lm_weight, word_score=args.word_score, device=args.device,
+        precision=args.precision, max_utts=args.max_utts, name=args.name,
+    )
+    print(f"{result_line(summary)} -> {args.out}")
+    for item in summary.get("skipped", [])[:5]:
+        print(f"  skipped {item['id']}: {item['reason']}")
+    return 0

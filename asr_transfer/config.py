@@ -1,0 +1,308 @@
+"""Typed run configuration: frozen dataclasses with help text, loaded from TOML/JSON plus ``--set key=value``.
+
+Config never executes code: it is parsed as data and checked against the dataclass fields. An unknown key, a value
+of the wrong type or an impossible value is a :class:`~asr_transfer.errors.ConfigError` naming the key. The resolved
+config is written to the run folder (``config.resolved.json``) so that every run can be reproduced from it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import ConfigError
+from .unfreeze import Stage
+
+
+def _help(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
+    kw: dict[str, Any] = {"metadata": {"help": text}}
+    if factory is not dataclasses.MISSING:
+        kw["default_factory"] = factory
+    elif default is not dataclasses.MISSING:
+        kw["default"] = default
+    return field(**kw)
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    source: str = _help("source model: a local folder in HF form or a hub id", "models/en-synth-small")
+    lang: str = _help("target language code (picks the normaliser and base-letter map)", "de")
+    head_init: str = _help("new CTC head: mapped (copy shared letters, seed new ones), random, keep", "mapped")
+    vocab: str | None = _help("target vocab.json; None builds it from the train manifest", None)
+    base_letters: dict[str, str] | None = _help("override the language's base-letter map, e.g. {ä = 'a'}", None)
+    from_scratch: bool = _help("re-initialise every weight (the from-scratch control: same architecture)", False)
+    adapter: str = _help("none, lora (peft) or mms (stable-layer-norm models only)", "none")
+    lora_r: int = _help("LoRA rank", 8)
+    lora_alpha: int = _help("LoRA alpha", 16)
+    allow_pickle: bool = _help("allow pickle-based .bin weights (pickle can run code; only for trusted files)", False)
+
+    def __post_init__(self):
+        _choice("model.head_init", self.head_init, ("mapped", "random", "keep"))
+        _choice("model.adapter", self.adapter, ("none", "lora", "mms"))
+
+
+@dataclass(frozen=True)
+class DataArgs:
+    train_manifest: str = _help("training manifest (JSONL)", "")
+    dev_manifest: str | None = _help("dev manifest for evaluation, plateau detection and best-checkpoint choice", None)
+    max_batch_s: float = _help("batch size as total padded audio seconds (length-bucketed batches)", 80.0)
+    max_utt_s: float = _help("skip (and count) training utterances longer than this", 20.0)
+    min_utt_s: float = _help("skip (and count) training utterances shorter than this", 0.1)
+    max_dev_utts: int | None = _help("evaluate on at most this many dev utterances (None: all)", 200)
+    speed_perturb: tuple[float, ...] = _help("speed factors drawn per utterance and epoch, e.g. [0.9, 1.0, 1.1]", ())
+    noise_snr_db: tuple[float, ...] = _help("additive white-noise SNR range [lo, hi] dB; empty: off", ())
+
+    def __post_init__(self):
+        if self.max_batch_s <= 0 or self.max_utt_s <= 0 or self.min_utt_s < 0:
+            raise ConfigError("data.max_batch_s, data.max_utt_s must be > 0 and data.min_utt_s >= 0")
+        if self.max_utt_s > self.max_batch_s:
+            raise ConfigError(f"data.max_utt_s ({self.max_utt_s}) exceeds data.max_batch_s ({self.max_batch_s})")
+        if any(f <= 0 for f in self.speed_perturb):
+            raise ConfigError("data.speed_perturb factors must be > 0")
+        if self.noise_snr_db and len(self.noise_snr_db) != 2:
+            raise ConfigError("data.noise_snr_db must be [lo, hi] or empty")
+
+
+@dataclass(frozen=True)
+class AugmentArgs:
+    mask_time_prob: float = _help("SpecAugment time-mask probability (applied at the cache boundary, see docs)", 0.05)
+    mask_time_length: int = _help("SpecAugment time-mask length in frames", 10)
+    mask_feature_prob: float = _help("SpecAugment feature-mask probability", 0.0)
+    mask_feature_length: int = _help("SpecAugment feature-mask length in channels", 10)
+    layerdrop: float = _help("LayerDrop probability for trainable transformer layers", 0.0)
+    dropout: float | None = _help("override hidden/attention/activation dropout of the model (None: keep)", None)
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    output_dir: str = _help("run folder", "runs/run")
+    seed: int = _help("seed for init, batching, augmentation and dropout", 0)
+    grad_accum: int = _help("micro-batches per optimiser step", 1)
+    clip_norm: float = _help("gradient-norm clip (0: off)", 1.0)
+    precision: str = _help("fp32, bf16 or fp16 (autocast); auto picks bf16 on GPUs that have it", "fp32")
+    eval_every: int = _help("evaluate on dev every N optimiser steps (and at each stage end)", 100)
+    save_every: int = _help("checkpoint every N optimiser steps (and at each stage end)", 200)
+    keep_last: int = _help("checkpoints kept besides best/", 2)
+    selection_metric: str = _help("dev metric for best checkpoint, plateaus and early stopping: cer, wer or loss", "cer")
+    early_stop_patience: int | None = _help("stop the whole run after N evaluations without improvement", None)
+    cache: bool = _help("cache the frozen prefix's outputs across epochs (bounded memory, spills to disk)", True)
+    cache_max_mem_mb: int = _help("memory budget of the frozen-prefix cache before it spills to disk", 2048)
+    log_every: int = _help("log train loss every N optimiser steps", 10)
+    watchdog: str = _help("on blank collapse: warn, lower-lr (halve) or rollback (to the best checkpoint)", "warn")
+    watchdog_blank_share: float = _help("blank-frame share on dev that counts as collapse", 0.995)
+    tracking: str = _help("tensorboard (default) or mlflow (also logs to a local MLflow store)", "tensorboard")
+    num_threads: int | None = _help("torch CPU threads (None: torch default)", None)
+
+    def __post_init__(self):
+        _choice("train.precision", self.precision, ("fp32", "bf16", "fp16", "auto"))
+        _choice("train.selection_metric", self.selection_metric, ("cer", "wer", "loss"))
+        _choice("train.watchdog", self.watchdog, ("warn", "lower-lr", "rollback"))
+        _choice("train.tracking", self.tracking, ("tensorboard", "mlflow"))
+        if self.grad_accum < 1 or self.eval_every < 1 or self.save_every < 1 or self.keep_last < 1:
+            raise ConfigError("train.grad_accum, eval_every, save_every and keep_last must be >= 1")
+
+
+def _default_stages() -> tuple[Stage, ...]:
+    return (
+        Stage(name="head", train=("head",), lr=1e-3, steps=300),
+        Stage(name="top", train=("head", "layers.-4:"), lr=1e-4, until_plateau=True, patience=3, max_steps=2000),
+        Stage(name="all", train=("head", "layers", "feature_projection"), lr=3e-5, layer_decay=0.9, epochs=10),
+    )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a transfer-training run needs. Sections: model, data, augment, train, stages."""
+
+    model: ModelArgs = _help("source model and head swap", factory=ModelArgs)
+    data: DataArgs = _help("manifests and batching", factory=DataArgs)
+    augment: AugmentArgs = _help("SpecAugment, LayerDrop, dropout", factory=AugmentArgs)
+    train: TrainArgs = _help("loop, checkpoints, logging", factory=TrainArgs)
+    stages: tuple[Stage, ...] = _help("staged unfreezing schedule, trained in order", factory=_default_stages)
+
+
+def _choice(key: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------- parsing
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` (parsed TOML/JSON data) against the annotation ``tp`` and convert containers."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table/object, got {type(value).__name__}")
+        return from_dict(tp, value, prefix=key)
+    if origin is tuple or origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {type(value).__name__}")
+        item_tp = args[0] if args else Any
+        return tuple(_coerce(v, item_tp, f"{key}.{i}") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a table/object, got {type(value).__name__}")
+        kt, vt = args if args else (Any, Any)
+        return {_coerce(k, kt, key): _coerce(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover - a bug in the dataclasses
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """Build dataclass ``cls`` from plain data; unknown keys and wrong types raise :class:`ConfigError`."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown config key {where}{unknown[0]} (valid: {', '.join(sorted(names))})")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{prefix or cls.__name__}: {exc}") from None
+
+
+def to_dict(obj) -> Any:
+    """Plain, JSON-able data of a config dataclass (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def parse_value(text: str) -> Any:
+    """An override's value as TOML (``1e-4``, ``true``, ``["a", "b"]``), else the raw string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply ``a.b.c=value`` to nested plain data in place; list items are addressed by index (``stages.0.lr``)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value, got {assignment!r}")
+    key, _, raw = assignment.partition("=")
+    parts = key.strip().split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                raise ConfigError(f"--set {key}: no list item {part}")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a table")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.lstrip("-").isdigit() or not -len(node) <= int(last) < len(node):
+            raise ConfigError(f"--set {key}: no list item {last}")
+        node[int(last)] = parse_value(raw)
+    else:
+        node[last] = parse_value(raw)
+
+
+def read_config_data(path: str | Path) -> dict:
+    """Parse a TOML or JSON config file into plain data (no code runs)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("config file not found", path=path)
+    try:
+        if path.suffix == ".json":
+            return json.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot parse config ({exc})", path=path) from None
+
+
+def load_config(cls, path: str | Path | None = None, overrides: Sequence[str] = (), base: dict | None = None):
+    """``cls`` from ``base`` data, then the file at ``path``, then ``--set`` overrides (later wins)."""
+    data: dict = json.loads(json.dumps(base)) if base else {}
+    if path is not None:
+        _deep_update(data, read_config_data(path))
+    if "stages" not in data and any(o.strip().startswith("stages.") for o in overrides):
+        data["stages"] = to_dict(_default_stages())
+    for assignment in overrides:
+        apply_override(data, assignment)
+    try:
+        return from_dict(cls, data)
+    except ConfigError as exc:
+        if path is not None and exc.path is None:
+            raise ConfigError(str(exc), path=path) from None
+        raise
+
+
+def _deep_update(dst: dict, src: dict) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def save_config(config, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_dict(config), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def describe(cls, prefix: str = "") -> list[tuple[str, str, str]]:
+    """``(key, default, help)`` rows for every field, for ``--help-config``."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows.extend(describe(hint, key + "."))
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            to_dict(f.default_factory()) if f.default_factory is not dataclasses.MISSING else "")
+        rows.append((key, json.dumps(to_dict(default), ensure_ascii=False), f.metadata.get("help", "")))
+    return rows

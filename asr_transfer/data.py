@@ -1,0 +1,166 @@
+"""Training data: manifest utterances → (waveform, label ids), length-bucketed batches by total audio seconds.
+
+Utterances that cannot be trained on are skipped and *counted by reason* (the run summary lists them): unreadable
+audio, too short/long, empty text after normalisation, or a transcript that needs more CTC frames than the audio gives.
+Batches are formed per epoch from ``(seed, epoch)`` alone, so a resumed run can regenerate the epoch and skip to the
+saved batch index: the sampler position is ``(epoch, batch_index)``.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .audio import SAMPLE_RATE, audio_info, frames_for_samples, load_audio, resample
+from .errors import AudioError, UserError
+from .manifest import Utterance, read_manifest
+
+
+@dataclass(frozen=True)
+class Example:
+    """One trainable utterance: label ids already mapped through the target vocabulary."""
+
+    uid: str
+    utt: Utterance
+    labels: tuple[int, ...]
+    duration_s: float
+
+
+@dataclass
+class SkipCounter:
+    """Counts documented skips by reason, with a few example ids each (for the run summary)."""
+
+    counts: Counter = field(default_factory=Counter)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, reason: str, uid: str, detail: str = "") -> None:
+        self.counts[reason] += 1
+        ex = self.examples.setdefault(reason, [])
+        if len(ex) < 5:
+            ex.append(f"{uid}: {detail}" if detail else uid)
+
+    def as_dict(self) -> dict:
+        return {"total": sum(self.counts.values()), "by_reason": dict(self.counts), "examples": self.examples}
+
+
+def build_examples(
+    manifest: str | Path,
+    vocab: dict[str, int],
+    normalizer,
+    conv_kernel: Sequence[int],
+    conv_stride: Sequence[int],
+    min_utt_s: float = 0.0,
+    max_utt_s: float = math.inf,
+    skips: SkipCounter | None = None,
+    max_items: int | None = None,
+) -> list[Example]:
+    """Read, normalise and filter a manifest into :class:`Example` objects (audio is not decoded here)."""
+    from .vocab import ctc_min_frames, text_to_ids
+
+    skips = skips if skips is not None else SkipCounter()
+    unk = vocab.get("<unk>")
+    out: list[Example] = []
+    for utt in read_manifest(manifest):
+        uid = utt.uid
+        try:
+            info = audio_info(utt.audio_filepath)
+        except AudioError as exc:
+            skips.add("unreadable audio", uid, str(exc))
+            continue
+        duration_s = utt.duration or max(0.0, info.duration_s - utt.offset)
+        if duration_s < min_utt_s or duration_s * SAMPLE_RATE < 400:
+            skips.add("too short", uid, f"{duration_s:.3f}s")
+            continue
+        if duration_s > max_utt_s:
+            skips.add("too long", uid, f"{duration_s:.1f}s > {max_utt_s}s")
+            continue
+        text = normalizer(utt.text)
+        if not text.strip():
+            skips.add("empty text", uid)
+            continue
+        ids = text_to_ids(text, vocab)
+        if unk is not None and unk in ids:
+            skips.add("characters not in vocabulary", uid, text)
+            continue
+        frames = frames_for_samples(int(duration_s * SAMPLE_RATE), tuple(conv_kernel), tuple(conv_stride))
+        if ctc_min_frames(ids) > frames:
+            skips.add("transcript too long for CTC", uid, f"{ctc_min_frames(ids)} labels > {frames} frames")
+            continue
+        out.append(Example(uid, utt, tuple(ids), duration_s))
+        if max_items is not None and len(out) >= max_items:
+            break
+    return out
+
+
+def load_example_audio(ex: Example, speed: float = 1.0, snr_db: float | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
+    """Decode ``ex``'s audio at 16 kHz mono ``(samples,)``, optionally speed-perturbed and with white noise."""
+    wave = load_audio(ex.utt.audio_filepath, ex.utt.offset, ex.utt.duration or None)
+    if speed != 1.0:
+        # Speed perturbation as in Kaldi: resample and reinterpret at 16 kHz (tempo and pitch change together).
+        wave = resample(wave, int(round(SAMPLE_RATE * speed)), SAMPLE_RATE)
+    if snr_db is not None:
+        rng = rng or np.random.default_rng(0)
+        power = float(np.mean(wave.astype(np.float64) ** 2)) or 1e-8
+        noise = rng.standard_normal(wave.shape[0]).astype(np.float32)
+        wave = wave + noise * math.sqrt(power / (10 ** (snr_db / 10)))
+    return wave.astype(np.float32, copy=False)
+
+
+def normalize_wave(wave: np.ndarray, do_normalize: bool = True) -> np.ndarray:
+    """Zero-mean unit-variance per utterance, as ``Wav2Vec2FeatureExtractor(do_normalize=True)`` does."""
+    if not do_normalize:
+        return wave
+    return ((wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)).astype(np.float32)
+
+
+class BucketSampler:
+    """Length-bucketed batches whose padded size (``max duration × count``) stays under ``max_batch_s``.
+
+    Each epoch: shuffle with ``(seed, epoch)``, sort inside pools of ~``pool`` batches by duration (so padding is small
+    but order stays random at the pool level), cut batches greedily, then shuffle the batch order.
+    """
+
+    def __init__(self, durations_s: Sequence[float], max_batch_s: float, seed: int = 0, pool_batches: int = 50):
+        self.durations = np.asarray(durations_s, dtype=np.float64)
+        self.max_batch_s = float(max_batch_s)
+        self.seed = int(seed)
+        self.pool_batches = pool_batches
+        if len(self.durations) and self.durations.max() > self.max_batch_s:
+            raise UserError(f"an utterance ({self.durations.max():.1f}s) exceeds data.max_batch_s ({self.max_batch_s}s)")
+
+    def batches(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.durations))
+        mean = float(self.durations.mean()) if len(self.durations) else 1.0
+        pool = max(1, int(self.pool_batches * self.max_batch_s / max(mean, 1e-3)))
+        batches: list[list[int]] = []
+        for start in range(0, len(order), pool):
+            chunk = sorted(order[start : start + pool], key=lambda i: self.durations[i])
+            cur: list[int] = []
+            longest = 0.0
+            for i in chunk:
+                d = self.durations[i]
+                if cur and max(longest, d) * (len(cur) + 1) > self.max_batch_s:
+                    batches.append(cur)
+                    cur, longest = [], 0.0
+                cur.append(int(i))
+                longest = max(longest, d)
+            if cur:
+                batches.append(cur)
+        perm = rng.permutation(len(batches))
+        return [batches[i] for i in perm]
+
+    def num_batches(self, epoch: int = 0) -> int:
+        return len(self.batches(epoch))
+
+
+def augmentation_for(seed: int, epoch: int, index: int, speeds: Sequence[float], snr_range: Sequence[float]) -> tuple[float, float | None, int]:
+    """Deterministic per-(epoch, utterance) speed factor, SNR and noise seed, so resume and caching agree."""
+    rng = np.random.default_rng([seed, epoch, index, 7])
+    speed = float(speeds[rng.integers(len(speeds))]) if speeds else 1.0
+    snr = float(rng.uniform(snr_range[0], snr_range[1])) if snr_range else None
+    return speed, snr, int(rng.integers(2**31))

@@ -1,0 +1,452 @@
+"""Evaluation: a model over a manifest → ``summary.json`` + ``utterances.jsonl``; source-only baselines; LM tuning.
+
+Scoring happens after the *target* language's normaliser, applied to both the reference and the hypothesis. It is
+taken from the model's record (``asr_transfer.json``) unless ``lang`` is given, so an English source model scored on
+German data (the ``raw`` baseline) has its output passed through the German normaliser, exactly like an adapted model.
+
+Audio that cannot be read is skipped, counted and listed in the summary (one bad file must not void a test run); if
+every file fails, that is a :class:`UserError`. Timing: each chunk of utterances is run through the model together,
+so its forward time is shared among its utterances in proportion to their audio seconds; decoder time is per
+utterance. RTF = (forward + decode seconds) / audio seconds.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .audio import SAMPLE_RATE
+from .errors import AudioError, UserError
+from .manifest import Utterance, fingerprint, read_manifest
+from .metrics import Counts, UtteranceScore, bootstrap_ci, corpus_rate, score_pairs
+
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+
+
+_VERSIONED = ("torch", "torchaudio", "transformers", "jiwer", "numpy", "flashlight-text", "kenlm", "soundfile")
+
+
+def git_commit(path: Path | None = None) -> dict:
+    """``{"commit", "dirty"}`` of the git checkout holding this package (``None`` values outside a checkout)."""
+    import subprocess
+
+    where = str(path or Path(__file__).resolve().parent)
+    try:
+        commit = subprocess.run(
+            ["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout
+        return {"commit": commit, "dirty": bool(status.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
+def environment_info() -> dict:
+    """Versions that decide results (package, libraries, libsndfile, python) plus the git commit."""
+    import platform
+    from importlib import metadata
+
+    from . import __version__
+
+    versions = {"asr_transfer": __version__, "python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    try:
+        import soundfile
+
+        versions["libsndfile"] = soundfile.__libsndfile_version__
+    except Exception:  # pragma: no cover - broken install
+        versions["libsndfile"] = None
+    return {"versions": versions, "git": git_commit(), "platform": platform.platform()}
+
+
+@dataclass
+class LogProbItem:
+    """One utterance after the forward pass: ``log_probs`` is ``(frames, vocab)`` float32."""
+
+    utt: Utterance
+    log_probs: np.ndarray
+    audio_s: float
+    forward_s: float  # this utterance's share of its chunk's forward time
+
+
+def _load(model, device: str, precision: str, batch_s: float | None = None):
+    from .inference import InferenceOptions, as_recognizer
+
+    options = InferenceOptions(device=device, precision=precision)
+    if batch_s is not None:
+        options = dataclasses.replace(options, batch_s=float(batch_s))
+    return as_recognizer(model, options)
+
+
+def _chunks(utts: list[Utterance], chunk_s: float):
+    chunk: list[Utterance] = []
+    total = 0.0
+    for u in utts:
+        if chunk and total + u.duration > chunk_s:
+            yield chunk
+            chunk, total = [], 0.0
+        chunk.append(u)
+        total += u.duration
+    if chunk:
+        yield chunk
+
+
+def compute_log_probs(recognizer, utts: list[Utterance]) -> tuple[list[LogProbItem], list[dict]]:
+    """Load audio and run the model; returns the items in manifest order and the skipped utterances.
+
+    A skipped utterance is ``{"id", "audio_filepath", "reason"}``. Audio is read one chunk (about ``batch_s`` seconds,
+    as configured on the recognizer) at a time, so memory stays bounded on large test sets.
+    """
+    from tqdm import tqdm
+
+    from .audio import load_audio
+
+    items: list[LogProbItem] = []
+    skipped: list[dict] = []
+    chunk_s = float(getattr(getattr(recognizer, "options", None), "batch_s", 160.0))
+    with tqdm(total=len(utts), desc="forward", unit="utt", disable=None) as bar:
+        for chunk in _chunks(utts, chunk_s):
+            ok: list[tuple[Utterance, np.ndarray]] = []
+            for u in chunk:
+                try:
+                    dur = u.duration if u.duration > 0 else None
+                    ok.append((u, load_audio(u.audio_filepath, offset_s=u.offset, duration_s=dur)))
+                except AudioError as exc:
+                    skipped.append({"id": u.uid, "audio_filepath": u.audio_filepath, "reason": str(exc)})
+            if ok:
+                start = time.perf_counter()
+                log_probs = recognizer.log_probs([w for _, w in ok])
+                elapsed = time.perf_counter() - start
+                seconds = [len(w) / SAMPLE_RATE for _, w in ok]
+                total = sum(seconds) or 1.0
+                for (u, _), lp, s in zip(ok, log_probs, seconds):
+                    items.append(LogProbItem(u, lp, s, elapsed * s / total))
+            bar.update(len(chunk))
+    return items, skipped
+
+
+def _normalizer_for(recognizer, lang: str | None, utts: list[Utterance] = ()):
+    """``lang``'s normaliser, else the model's; warns when the manifest's ``lang`` field or the model's recorded
+    normaliser version disagree with the choice (scores would then not mean what they seem to)."""
+    import warnings
+
+    from .text import get_normalizer
+
+    loaded = recognizer.loaded
+    record = getattr(loaded, "record", None)
+    chosen = lang or getattr(record, "lang", None) or getattr(loaded, "lang", None)
+    if not chosen:
+        raise UserError("the model has no asr_transfer.json record naming its language; pass --lang (e.g. --lang de)")
+    normalizer = get_normalizer(chosen)
+    manifest_langs = {u.lang for u in utts if u.lang}
+    if len(manifest_langs) == 1 and manifest_langs != {normalizer.lang}:
+        warnings.warn(f"the manifest says lang={manifest_langs.pop()} but scoring uses the {normalizer.name} normaliser; "
+                      "pass --lang to choose", RuntimeWarning, stacklevel=3)
+    recorded = getattr(loaded, "normalizer_name", None)
+    if lang is None and recorded and recorded != normalizer.name:
+        warnings.warn(f"the model was trained with normaliser {recorded} but this version has {normalizer.name}",
+                      RuntimeWarning, stacklevel=3)
+    return normalizer
+
+
+def decode_options(decoder: str, lm_dir=None, beam_size=None, lm_weight=None, word_score=None):
+    """A :class:`~asr_transfer.decode.DecodeOptions`; ``None`` values keep its defaults."""
+    from .decode import DecodeOptions
+
+    if decoder not in ("greedy", "beam"):
+        raise UserError(f"unknown decoder {decoder!r}; use greedy or beam")
+    if decoder == "greedy" and lm_dir is not None:
+        raise UserError("a language model needs the beam decoder: add --decoder beam (or drop --lm)")
+    given = {"beam_size": beam_size, "lm_weight": lm_weight, "word_score": word_score}
+    return DecodeOptions(kind=decoder, lm_dir=str(lm_dir) if lm_dir else None,
+                         **{k: v for k, v in given.items() if v is not None})
+
+
+def _describe_decoder(options) -> dict:
+    described = options.to_dict()
+    if options.kind == "greedy":  # beam settings do not apply; leaving them out avoids misleading summaries
+        described = {"kind": "greedy"}
+    elif options.lm_dir:
+        from .decode import load_lm_record
+
+        described["lm_record"] = load_lm_record(options.lm_dir)
+    return described
+
+
+def decode_items(items: list[LogProbItem], dec) -> tuple[list[str], list[float]]:
+    """Decoded text and decoder seconds per item."""
+    from tqdm import tqdm
+
+    texts, seconds = [], []
+    for item in tqdm(items, desc="decode", unit="utt", disable=None):
+        start = time.perf_counter()
+        texts.append(dec.decode(item.log_probs).text)
+        seconds.append(time.perf_counter() - start)
+    return texts, seconds
+
+
+def rates_with_ci(scores: list[UtteranceScore]) -> dict:
+    """Corpus WER/CER with bootstrap 95% intervals and total counts."""
+    out: dict = {}
+    for unit, get in (("wer", lambda s: s.words), ("cer", lambda s: s.chars)):
+        counts: list[Counts] = [get(s) for s in scores]
+        out[unit] = corpus_rate(counts)
+        lengths = [c.ref_len for c in counts]
+        if sum(lengths) > 0:
+            low, high = bootstrap_ci([c.errors for c in counts], lengths, n=BOOTSTRAP_RESAMPLES, seed=BOOTSTRAP_SEED)
+            out[f"{unit}_ci95"] = [low, high]
+        else:
+            out[f"{unit}_ci95"] = None
+        out["words" if unit == "wer" else "chars"] = sum(counts, Counts()).as_dict()
+    return out
+
+
+def _model_facts(recognizer, model) -> dict:
+    loaded = recognizer.loaded
+    record = getattr(loaded, "record", None)
+    if dataclasses.is_dataclass(record):
+        record = dataclasses.asdict(record)
+    elif record is not None and not isinstance(record, dict):
+        record = dict(vars(record))
+    path = getattr(loaded, "path", None) or (str(model) if isinstance(model, (str, Path)) else None)
+    size_mb = None
+    if path and Path(path).is_dir():
+        weights = [p for p in Path(path).iterdir() if p.suffix in (".safetensors", ".bin", ".pt")]
+        size_mb = sum(p.stat().st_size for p in weights) / 1e6 if weights else None
+    return {
+        "model": str(path) if path else None,
+        "model_record": record,
+        "model_params": int(sum(p.numel() for p in loaded.model.parameters())),
+        "model_size_mb": size_mb,
+    }
+
+
+def write_evaluation(out_dir, summary: dict, rows: list[dict]) -> Path:
+    """Write ``summary.json`` and ``utterances.jsonl`` into ``out_dir``; returns the folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with open(out / "utterances.jsonl", "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return out
+
+
+def score_rows(items: list[LogProbItem], texts: list[str], decode_s: list[float], normalizer) -> tuple[list[dict], dict]:
+    """Per-utterance rows for ``utterances.jsonl`` and the corpus metrics (with CIs) for the summary."""
+    refs = [normalizer(it.utt.text) for it in items]
+    hyps = [normalizer(t) for t in texts]
+    scores = score_pairs(refs, hyps)
+    rows = []
+    for it, ref, hyp, raw_hyp, s, dec_s in zip(items, refs, hyps, texts, scores, decode_s):
+        rows.append(
+            {
+                "id": it.utt.uid,
+                "ref": ref,
+                "hyp": hyp,
+                "ref_raw": it.utt.text,
+                "hyp_raw": raw_hyp,
+                **{k: v for k, v in s.words.as_dict().items() if k != "errors"},
+                "char_errors": s.chars.errors,
+                "char_ref_len": s.chars.ref_len,
+                "alignment": s.alignment,
+                "audio_s": round(it.audio_s, 4),
+                "decode_s": round(it.forward_s + dec_s, 6),
+            }
+        )
+    return rows, rates_with_ci(scores) if scores else {}
+
+
+def evaluate(
+    model,
+    manifest,
+    decoder: str = "greedy",
+    lm_dir=None,
+    out_dir=None,
+    lang: str | None = None,
+    beam_size: int | None = None,
+    lm_weight: float | None = None,
+    word_score: float | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    max_utts: int | None = None,
+    name: str | None = None,
+    extra: dict | None = None,
+    batch_s: float | None = None,
+) -> dict:
+    """Run ``model`` (path, id, loaded model or Recognizer) over ``manifest``, decode, score; return the summary.
+
+    With ``out_dir`` the summary goes to ``out_dir/summary.json`` and per-utterance rows to
+    ``out_dir/utterances.jsonl``. ``beam_size``/``lm_weight``/``word_score`` of ``None`` keep the decoder defaults.
+    ``extra`` is merged into the summary (e.g. the head-swap report of a zero-shot baseline). ``batch_s`` bounds
+    padded audio seconds per forward pass; models without an attention mask (``feat_extract_norm="group"``, e.g.
+    base-960h) see zero padding, so their scores can shift slightly with batching; a ``batch_s`` below the shortest
+    utterance runs one utterance at a time (exact, slower).
+    """
+    utts = read_manifest(manifest)
+    if max_utts is not None:
+        utts = utts[: max(0, int(max_utts))]
+    if not utts:
+        raise UserError("manifest holds no utterances", path=manifest)
+    recognizer = _load(model, device, precision, batch_s)
+    normalizer = _normalizer_for(recognizer, lang, utts)
+    options = decode_options(decoder, lm_dir, beam_size, lm_weight, word_score)
+    dec = options.build(recognizer.vocab, blank_id=recognizer.blank_id)
+    items, skipped = compute_log_probs(recognizer, utts)
+    if not items:
+        raise UserError(f"none of the {len(utts)} audio files could be read (first: {skipped[0]['reason']})", path=manifest)
+    texts, decode_s = decode_items(items, dec)
+    rows, rates = score_rows(items, texts, decode_s, normalizer)
+    audio_s = sum(it.audio_s for it in items)
+    total_s = sum(r["decode_s"] for r in rows)
+    summary = {
+        "name": name or (Path(out_dir).name if out_dir else "eval"),
+        **_model_facts(recognizer, model),
+        "manifest": str(Path(manifest).resolve()),
+        "manifest_fingerprint": fingerprint(manifest),
+        "lang": normalizer.lang,
+        "normalizer": normalizer.name,
+        "model_normalizer": getattr(recognizer.loaded, "normalizer_name", None),
+        "decoder": _describe_decoder(options),
+        "device": str(recognizer.device),
+        "precision": recognizer.precision,
+        "batch_s": recognizer.options.batch_s,
+        "n_utterances": len(items),
+        "n_skipped": len(skipped),
+        "skipped": skipped,
+        "audio_s": round(audio_s, 3),
+        "decode_s": round(total_s, 3),
+        "rtf": total_s / audio_s if audio_s > 0 else None,
+        **rates,
+        "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "seed": BOOTSTRAP_SEED, "level": 0.95, "unit": "utterance"},
+        "environment": environment_info(),
+        **(extra or {}),
+    }
+    if out_dir is not None:
+        write_evaluation(out_dir, summary, rows)
+    return summary
+
+
+def baseline(
+    model,
+    manifest,
+    target_vocab=None,
+    lang: str | None = None,
+    out_dir=None,
+    device: str = "auto",
+    precision: str = "fp32",
+    max_utts: int | None = None,
+) -> dict[str, dict]:
+    """Source-only baselines on ``manifest``: ``raw`` (the source head, output through the target normaliser) and
+    ``zero-shot`` (the head mapped to the target vocabulary with ``swap_head(mode="mapped")``, no training).
+
+    ``target_vocab``: a ``vocab.json`` path or ``{token: id}``; ``None`` builds it from the manifest's text (only the
+    character inventory of the test text is used, never its audio). Writes ``out_dir/raw/`` and ``out_dir/zero-shot/``.
+    """
+    from .model import make_processor, swap_head
+    from .text import get_normalizer
+    from .vocab import build_vocab, load_vocab
+
+    if not lang:
+        raise UserError("baseline needs the target language: pass --lang (e.g. --lang de)")
+    recognizer = _load(model, device, precision)
+    out = Path(out_dir) if out_dir is not None else None
+    common = dict(lang=lang, device=device, precision=precision, max_utts=max_utts)
+    results = {"raw": evaluate(recognizer, manifest, out_dir=out / "raw" if out else None, name="raw", **common)}
+
+    if target_vocab is None:
+        target_vocab = build_vocab([u.text for u in read_manifest(manifest)], lang)
+    target = load_vocab(target_vocab) if isinstance(target_vocab, (str, Path)) else dict(target_vocab)
+    loaded = recognizer.loaded
+    swapped = copy.deepcopy(loaded.model).cpu()
+    report = swap_head(swapped, {tok: i for i, tok in enumerate(loaded.vocab)}, target, mode="mapped", lang=lang)
+    norm = str(getattr(swapped.config, "feat_extract_norm", "group"))
+    zero_shot = dataclasses.replace(
+        loaded,
+        model=swapped.eval(),
+        processor=make_processor(target, feat_extract_norm=norm),
+        vocab=[tok for tok, _ in sorted(target.items(), key=lambda kv: kv[1])],
+        blank_id=int(swapped.config.pad_token_id),
+        lang=lang,
+        normalizer_name=get_normalizer(lang).name,
+    )
+    extra = {"head_swap": report.to_dict(), "target_vocab": target}
+    results["zero-shot"] = evaluate(
+        zero_shot, manifest, out_dir=out / "zero-shot" if out else None, name="zero-shot", extra=extra, **common
+    )
+    return results
+
+
+def tune_lm(
+    model,
+    manifest,
+    lm_dir,
+    alphas,
+    betas,
+    out_dir=None,
+    lang: str | None = None,
+    beam_size: int | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    max_utts: int | None = None,
+) -> dict:
+    """Grid-search ``lm_weight`` (alpha) × ``word_score`` (beta) by WER on a dev ``manifest``.
+
+    The model runs once; every grid point re-decodes the cached log-probs. Returns (and writes ``out_dir/tune.json``)
+    ``{"grid": [{"lm_weight", "word_score", "wer", "cer"}...], "best": {...}, "greedy": {...}}``.
+    """
+    utts = read_manifest(manifest)
+    if max_utts is not None:
+        utts = utts[: max(0, int(max_utts))]
+    alphas, betas = [float(a) for a in alphas], [float(b) for b in betas]
+    if not utts or not alphas or not betas:
+        raise UserError("tune-lm needs utterances and at least one alpha and one beta", path=manifest)
+    recognizer = _load(model, device, precision)
+    normalizer = _normalizer_for(recognizer, lang, utts)
+    items, skipped = compute_log_probs(recognizer, utts)
+    if not items:
+        raise UserError(f"none of the {len(utts)} audio files could be read", path=manifest)
+
+    def score(dec) -> dict:
+        texts, _ = decode_items(items, dec)
+        scores = score_pairs([normalizer(it.utt.text) for it in items], [normalizer(t) for t in texts])
+        return {"wer": corpus_rate(s.words for s in scores), "cer": corpus_rate(s.chars for s in scores)}
+
+    vocab, blank_id = recognizer.vocab, recognizer.blank_id
+    greedy = score(decode_options("greedy").build(vocab, blank_id=blank_id))
+    grid = []
+    for alpha in alphas:
+        for beta in betas:
+            options = decode_options("beam", lm_dir, beam_size=beam_size, lm_weight=alpha, word_score=beta)
+            grid.append({"lm_weight": alpha, "word_score": beta, **score(options.build(vocab, blank_id=blank_id))})
+    best = min(grid, key=lambda g: (g["wer"], g["cer"]))
+    result = {
+        "manifest": str(Path(manifest).resolve()),
+        "manifest_fingerprint": fingerprint(manifest),
+        "lm_dir": str(lm_dir),
+        "normalizer": normalizer.name,
+        "decoder": _describe_decoder(decode_options("beam", lm_dir, beam_size=beam_size)),
+        "n_utterances": len(items),
+        "n_skipped": len(skipped),
+        "greedy": greedy,
+        "grid": grid,
+        "best": best,
+        "environment": environment_info(),
+    }
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "tune.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result

@@ -1,0 +1,248 @@
+"""A wav2vec2 CTC forward pass split into segments, so a frozen prefix can be computed once and cached.
+
+Segments of ``Wav2Vec2ForCTC`` (L transformer layers)::
+
+    0            feature_encoder      CNN                                   wave (samples,) → (T, C)
+    1            feature_projection   LayerNorm + Linear + dropout          (T, C) → (T, H)
+    2            pos_conv             + positional conv [+ LayerNorm (post-LN models)] + dropout
+    3 … 3+L-1    layers.i             transformer layer i
+    3+L          head                 [final LayerNorm (stable-LN models)] + dropout + lm_head → (T, V)
+
+The *boundary* of a stage is the first segment holding a trainable parameter. Everything below it is frozen and runs
+in eval mode, per utterance and unpadded — exactly what inference on that utterance computes — so its output can be
+cached across epochs (:mod:`asr_transfer.cache`). Segments from the boundary up run batched on padded tensors with an
+attention mask, so padding never changes a real frame's value. Frozen segments above the boundary run in eval mode
+too (no dropout in weights that do not learn).
+
+SpecAugment cannot live inside a cached prefix (a cached value cannot be re-masked), so masks are drawn at the
+boundary instead: after the feature projection when that trains (HF's own place, with ``masked_spec_embed``), zeros at
+the input of the first trainable transformer layer otherwise, and off when only the head trains. Cached and uncached
+training therefore compute the same function. LayerDrop applies to trainable layers only.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_LAYER_RE = re.compile(r"encoder\.layers\.(\d+)\.")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The ``Wav2Vec2ForCTC`` inside DDP/peft wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module) and not hasattr(model, "wav2vec2"):
+            model = model.module
+        elif hasattr(model, "get_base_model") and not hasattr(model, "wav2vec2"):
+            model = model.get_base_model()
+        else:
+            return model
+
+
+def num_segments(model: nn.Module) -> int:
+    return 4 + unwrap(model).config.num_hidden_layers
+
+
+def segment_of(name: str, num_layers: int, stable_layer_norm: bool) -> int:
+    """Segment index of a parameter name of ``Wav2Vec2ForCTC`` (peft prefixes are ignored)."""
+    if "feature_extractor." in name:
+        return 0
+    if "feature_projection." in name or "masked_spec_embed" in name:
+        return 1
+    if "pos_conv_embed." in name:
+        return 2
+    m = _LAYER_RE.search(name)
+    if m:
+        return 3 + int(m.group(1))
+    if "encoder.layer_norm." in name:
+        return 3 + num_layers if stable_layer_norm else 2
+    return 3 + num_layers  # lm_head and anything above the encoder
+
+
+def trainable_boundary(model: nn.Module) -> int:
+    """First segment with a trainable parameter (``num_segments`` when nothing trains)."""
+    base = unwrap(model)
+    cfg = base.config
+    segs = [segment_of(n, cfg.num_hidden_layers, cfg.do_stable_layer_norm) for n, p in base.named_parameters() if p.requires_grad]
+    return min(segs) if segs else num_segments(base)
+
+
+def segment_trains(model: nn.Module) -> list[bool]:
+    base = unwrap(model)
+    cfg = base.config
+    out = [False] * num_segments(base)
+    for n, p in base.named_parameters():
+        if p.requires_grad:
+            out[segment_of(n, cfg.num_hidden_layers, cfg.do_stable_layer_norm)] = True
+    return out
+
+
+@dataclass(frozen=True)
+class MaskOptions:
+    """SpecAugment settings (applied at the boundary, see module docstring)."""
+
+    time_prob: float = 0.0
+    time_length: int = 10
+    feature_prob: float = 0.0
+    feature_length: int = 10
+    layerdrop: float = 0.0
+
+
+def _set_modes(base: nn.Module, trains: list[bool], training: bool) -> None:
+    """Train mode only for segments that learn; frozen ones run deterministically (eval)."""
+    w = base.wav2vec2
+    L = base.config.num_hidden_layers
+    w.feature_extractor.train(training and trains[0])
+    w.feature_projection.train(training and trains[1])
+    w.encoder.pos_conv_embed.train(training and trains[2])
+    w.encoder.dropout.train(training and trains[2])
+    for i, layer in enumerate(w.encoder.layers):
+        layer.train(training and trains[3 + i])
+    base.dropout.train(training and trains[3 + L])
+
+
+def run_segments(base: nn.Module, x: torch.Tensor, start: int, stop: int, lengths: torch.Tensor | None = None,
+                 training: bool = False, trains: list[bool] | None = None, masks: MaskOptions | None = None,
+                 rng: np.random.Generator | None = None) -> torch.Tensor:
+    """Run segments ``[start, stop)`` on ``x``.
+
+    Args:
+        x: ``(batch, samples)`` waveform when ``start == 0``, else ``(batch, frames, dim)`` boundary features.
+        lengths: real lengths (samples for segment 0 input, frames otherwise); ``None`` means no padding.
+        training: apply dropout/LayerDrop/SpecAugment in trainable segments.
+    Returns:
+        ``(batch, frames, dim)`` features, or ``(batch, frames, vocab)`` logits when ``stop`` is past the head.
+    """
+    base = unwrap(base)
+    cfg = base.config
+    L = cfg.num_hidden_layers
+    w = base.wav2vec2
+    trains = trains or [False] * (4 + L)
+    _set_modes(base, trains, training)
+    masks = masks or MaskOptions()
+    h = x
+    frame_mask = None  # (batch, frames) bool, True = real frame
+    if start == 0:
+        h = w.feature_extractor(h).transpose(1, 2)  # (B, T, C)
+        if lengths is not None:
+            lengths = base._get_feat_extract_output_lengths(lengths).to(torch.long)
+    if lengths is not None:
+        frame_mask = torch.arange(h.shape[1], device=h.device)[None, :] < lengths[:, None]
+    # Masks go in front of segment max(start, 2): after the projection (HF's place) or at the boundary layer.
+    mask_at = max(start, 2) if start < 3 + L else None
+    for seg in range(max(start, 1), stop):
+        if training and seg == mask_at:
+            h = _spec_augment(base, h, frame_mask, masks, rng, use_embed=(seg == 2))
+        if seg == 1:
+            h, _ = w.feature_projection(h)
+        elif seg == 2:
+            if frame_mask is not None:
+                h = h.masked_fill(~frame_mask[..., None], 0.0)
+            h = h + w.encoder.pos_conv_embed(h)
+            if not cfg.do_stable_layer_norm:
+                h = w.encoder.layer_norm(h)
+            h = w.encoder.dropout(h)
+        elif seg < 3 + L:
+            i = seg - 3
+            if training and trains[seg] and masks.layerdrop > 0 and rng is not None and rng.random() < masks.layerdrop:
+                continue
+            attn = None
+            if frame_mask is not None and not bool(frame_mask.all()):
+                from transformers.masking_utils import create_bidirectional_mask
+
+                attn = create_bidirectional_mask(config=cfg, inputs_embeds=h, attention_mask=frame_mask)
+            h = w.encoder.layers[i](h, attention_mask=attn)
+        else:
+            if cfg.do_stable_layer_norm:
+                h = w.encoder.layer_norm(h)
+            h = base.lm_head(base.dropout(h))
+    return h
+
+
+def _spec_augment(base, h, frame_mask, masks: MaskOptions, rng, use_embed: bool) -> torch.Tensor:
+    """Time/feature masks at the boundary. In front of segment 2 time-masked frames get ``masked_spec_embed`` (HF)."""
+    if rng is None or (masks.time_prob <= 0 and masks.feature_prob <= 0):
+        return h
+    B, T, D = h.shape
+    lengths = frame_mask.sum(1).tolist() if frame_mask is not None else [T] * B
+    h = h.clone()
+    if masks.time_prob > 0:
+        tmask = torch.zeros(B, T, dtype=torch.bool, device=h.device)
+        for b, n in enumerate(lengths):
+            span = masks.time_length
+            if n <= span:
+                continue
+            num = int(masks.time_prob * n / span + rng.random())
+            for s in rng.integers(0, n - span, size=num):
+                tmask[b, s : s + span] = True
+        if tmask.any():
+            if use_embed:
+                h[tmask] = base.wav2vec2.masked_spec_embed.to(h.dtype)
+            else:
+                h[tmask] = 0.0
+    if masks.feature_prob > 0:
+        span = masks.feature_length
+        num = int(masks.feature_prob * D / span + rng.random())
+        for s in rng.integers(0, max(1, D - span), size=num):
+            h[:, :, s : s + span] = 0.0
+    return h
+
+
+def prefix_features(model: nn.Module, wave: torch.Tensor, boundary: int) -> torch.Tensor:
+    """Frozen-prefix output for ONE utterance: ``(samples,)`` wave → ``(frames, dim)`` at the boundary (eval, no grad)."""
+    base = unwrap(model)
+    with torch.no_grad():
+        if boundary == 0:
+            return wave[:, None] if wave.dim() == 1 else wave
+        out = run_segments(base, wave[None], 0, boundary, training=False)
+    return out[0]
+
+
+def pad_features(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad ``[(frames_i, dim)]`` (or ``[(samples_i,)]``) to a batch; returns ``(batch, max, dim)`` and lengths."""
+    lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
+    if feats[0].dim() == 1:
+        return nn.utils.rnn.pad_sequence(feats, batch_first=True), lengths
+    return nn.utils.rnn.pad_sequence(feats, batch_first=True), lengths
+
+
+def output_lengths(model: nn.Module, boundary: int, lengths: torch.Tensor) -> torch.Tensor:
+    """Frame counts at the output for boundary-level ``lengths`` (samples when ``boundary == 0``)."""
+    if boundary == 0:
+        return unwrap(model)._get_feat_extract_output_lengths(lengths).to(torch.long)
+    return lengths
+
+
+def ctc_loss_per_utt(logits: torch.Tensor, out_lengths: torch.Tensor, labels: list[tuple[int, ...]], blank_id: int) -> torch.Tensor:
+    """CTC loss per utterance divided by its label length, ``(batch,)`` in fp32 (``zero_infinity`` on)."""
+    log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (T, B, V)
+    targets = torch.tensor([t for lab in labels for t in lab], dtype=torch.long, device=logits.device)
+    target_lengths = torch.tensor([len(lab) for lab in labels], dtype=torch.long, device=logits.device)
+    loss = F.ctc_loss(log_probs, targets, out_lengths.to(logits.device), target_lengths, blank=blank_id,
+                      reduction="none", zero_infinity=True)
+    return loss / target_lengths.clamp(min=1)
+
+
+class Suffix(nn.Module):
+    """The trainable part ``[boundary, end)`` as one module, so DDP sees a forward() it can hook for gradient sync."""
+
+    def __init__(self, model: nn.Module, boundary: int, masks: MaskOptions):
+        super().__init__()
+        self.model = model
+        self.boundary = boundary
+        self.masks = masks
+        self.trains = segment_trains(model)
+
+    def forward(self, feats: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator | None = None, training: bool = True):
+        base = unwrap(self.model)
+        if self.boundary == 0:
+            # Trainable CNN: run it per utterance (unpadded, as inference does), then pad.
+            outs = [run_segments(base, feats[i : i + 1, : int(n)], 0, 1, training=training, trains=self.trains)[0]
+                    for i, n in enumerate(lengths.tolist())]
+            h, frame_lengths = pad_features(outs)
+            return run_segments(base, h, 1, num_segments(base), frame_lengths, training, self.trains, self.masks, rng)
+        return run_segments(base, feats, self.boundary, num_segments(base), lengths, training, self.trains, self.masks, rng)

@@ -1,0 +1,250 @@
+"""Batched CTC inference: mono 16 kHz waves in, per-frame log-probabilities out.
+
+:class:`Recognizer` is the one place that runs a ``Wav2Vec2ForCTC`` forward pass for evaluation and transcription.
+It prepares input the way the model's feature extractor does, batches by padded audio seconds, and trims every
+output to that utterance's real frame count.
+
+Padding and attention masks. Two kinds of wav2vec2 checkpoints exist:
+
+* ``feat_extract_norm="layer"`` models (large-lv60, XLS-R, ...) were trained with an ``attention_mask``; their feature
+  extractor says ``return_attention_mask=True`` and we pass the mask.
+* ``feat_extract_norm="group"`` models (``facebook/wav2vec2-base-960h`` and the project's small models) were trained
+  *without* a mask; their first conv layer's GroupNorm normalises over time, and feeding a mask gives worse output
+  than feeding zero-padded audio. For them (``return_attention_mask=False``) we pass no mask and pad with zeros, as
+  Hugging Face documents. The padded tail then slightly influences shorter utterances in a batch; sorting by length
+  keeps that padding small.
+
+Normalisation follows ``do_normalize``: zero mean, unit variance per utterance, computed over its real samples only
+(before padding), exactly like ``Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm``.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .audio import SAMPLE_RATE, frames_for_samples
+from .errors import UserError
+
+PRECISIONS = ("fp32", "bf16", "int8")
+_NORM_EPS = 1e-7  # what Wav2Vec2FeatureExtractor adds to the variance
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How to run the model; nothing here changes the result beyond numerical precision.
+
+    ``batch_s`` bounds one forward pass by *padded* audio seconds (``batch_size * longest_s``), which bounds memory.
+    """
+
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast) | "int8" (dynamic quantisation, CPU only)
+    batch_s: float = 160.0  # s of padded audio per forward pass
+    num_threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's default
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
+        if not self.batch_s > 0:
+            raise UserError(f"batch_s must be > 0 seconds (got {self.batch_s})")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise UserError(f"num_threads must be >= 1 (got {self.num_threads})")
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        pass
+    import torch
+
+    try:  # non-Linux: ask oneDNN (returns True on Apple silicon and AVX512-BF16/AMX x86)
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def _resolve_device(name: str):
+    """``"auto"`` → cuda when available, else cpu; an unavailable CUDA request is a :class:`UserError`."""
+    try:
+        from .model import resolve_device  # the loader owns device policy when it exists
+    except ImportError:
+        resolve_device = None
+    if resolve_device is not None:
+        return resolve_device(name)
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def check_precision(precision: str, device_type: str) -> str:
+    """The precision that will really run on ``device_type``; warns once when bf16 falls back to fp32."""
+    if precision == "int8" and device_type != "cpu":
+        raise UserError("int8 (dynamic quantisation) runs on CPU only; use --precision bf16 on CUDA or --device cpu")
+    if precision == "bf16" and device_type == "cpu" and not cpu_supports_bf16():
+        _warn_once("bf16 requested but this CPU has no native bf16 (avx512_bf16/amx); using fp32")
+        return "fp32"
+    return precision
+
+
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def normalize_wave(wave: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance over the real samples of one ``(samples,)`` wave (float32)."""
+    wave = wave.astype(np.float32, copy=False)
+    return ((wave - wave.mean()) / np.sqrt(wave.var() + _NORM_EPS)).astype(np.float32, copy=False)
+
+
+def plan_batches(lengths: Sequence[int], max_samples: int) -> list[list[int]]:
+    """Group indices so that ``len(group) * max(lengths in group) <= max_samples`` (one item always fits alone).
+
+    Indices are visited longest first, so each batch holds similar lengths and little padding.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) + 1) * longest > max_samples:
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class Recognizer:
+    """A loaded CTC model ready for batched inference on one device.
+
+    ``loaded`` is a :class:`asr_transfer.model.LoadedModel` (or anything with ``.model``, ``.processor``,
+    ``.vocab``, ``.blank_id``). The model is moved to the device and put in eval mode; int8 quantises a copy.
+    """
+
+    def __init__(self, loaded, options: InferenceOptions = InferenceOptions()):
+        import torch
+
+        self.loaded = loaded
+        self.options = options
+        self.device = _resolve_device(options.device)
+        self.precision = check_precision(options.precision, self.device.type)
+        if options.num_threads is not None:
+            torch.set_num_threads(options.num_threads)
+        model = loaded.model.to(self.device).eval()
+        if self.precision == "int8":
+            with warnings.catch_warnings():  # torch.ao is deprecated in favour of torchao, which we do not ship
+                warnings.simplefilter("ignore", DeprecationWarning)
+                model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        self.model = model
+        config = loaded.model.config
+        self.conv_kernel = tuple(config.conv_kernel)
+        self.conv_stride = tuple(config.conv_stride)
+        extractor = getattr(loaded.processor, "feature_extractor", loaded.processor)
+        self.sample_rate = int(getattr(extractor, "sampling_rate", SAMPLE_RATE))
+        if self.sample_rate != SAMPLE_RATE:
+            raise UserError(f"model expects {self.sample_rate} Hz audio; only {SAMPLE_RATE} Hz models are supported")
+        self.do_normalize = bool(getattr(extractor, "do_normalize", True))
+        self.use_attention_mask = bool(getattr(extractor, "return_attention_mask", False))
+        self.padding_value = float(getattr(extractor, "padding_value", 0.0))
+        self.vocab: list[str] = list(loaded.vocab)
+        self.blank_id: int = int(loaded.blank_id)
+        self.lang = getattr(loaded, "lang", None)
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Input samples per output frame (320 for wav2vec2: 20 ms at 16 kHz)."""
+        return int(np.prod(self.conv_stride))
+
+    @property
+    def frame_stride_s(self) -> float:
+        return self.samples_per_frame / self.sample_rate
+
+    def frames_for(self, num_samples: int) -> int:
+        """Output frames for ``num_samples`` input samples (the conv length formula; 0 below the receptive field)."""
+        return frames_for_samples(int(num_samples), self.conv_kernel, self.conv_stride)
+
+    def _autocast(self):
+        import torch
+
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def log_probs(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per-frame log-softmax for each mono 16 kHz ``(samples,)`` wave, in input order.
+
+        Returns ``(frames, vocab)`` float32 arrays with ``frames == self.frames_for(len(wave))``; waves shorter than
+        the receptive field (400 samples) give ``(0, vocab)``.
+        """
+        import torch
+
+        waves = [np.asarray(w) for w in waves]
+        for i, w in enumerate(waves):
+            if w.ndim != 1:
+                raise UserError(f"wave {i} has shape {w.shape}; expected mono (samples,) audio")
+        lengths = [len(w) for w in waves]
+        out: list[np.ndarray | None] = [None] * len(waves)
+        vocab_size = len(self.vocab)
+        runnable = [i for i, n in enumerate(lengths) if self.frames_for(n) > 0]
+        for i in set(range(len(waves))) - set(runnable):
+            out[i] = np.zeros((0, vocab_size), dtype=np.float32)
+        max_samples = max(1, int(self.options.batch_s * self.sample_rate))
+        batches = plan_batches([lengths[i] for i in runnable], max_samples)
+        with torch.inference_mode(), self._autocast():
+            for batch in batches:
+                idx = [runnable[j] for j in batch]
+                for i, lp in zip(idx, self._forward([waves[i] for i in idx])):
+                    out[i] = lp
+        return out  # type: ignore[return-value]
+
+    def _forward(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        """One padded forward pass; ``waves`` are already sorted longest first."""
+        import torch
+
+        longest = max(len(w) for w in waves)
+        batch = np.full((len(waves), longest), self.padding_value, dtype=np.float32)
+        mask = np.zeros((len(waves), longest), dtype=np.int64)
+        for row, w in enumerate(waves):
+            batch[row, : len(w)] = normalize_wave(w) if self.do_normalize else w
+            mask[row, : len(w)] = 1
+        inputs = {"input_values": torch.from_numpy(batch).to(self.device)}
+        if self.use_attention_mask:
+            inputs["attention_mask"] = torch.from_numpy(mask).to(self.device)
+        logits = self.model(**inputs).logits  # (batch, frames, vocab)
+        log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+        return [np.ascontiguousarray(log_probs[row, : self.frames_for(len(w))]) for row, w in enumerate(waves)]
+
+    def __repr__(self) -> str:
+        return f"Recognizer(device={self.device}, precision={self.precision}, vocab={len(self.vocab)})"
+
+
+def as_recognizer(model, options: InferenceOptions, allow_pickle: bool = False) -> Recognizer:
+    """A :class:`Recognizer` from a path/id, a loaded model, or an existing recognizer (returned as is)."""
+    if isinstance(model, Recognizer):
+        return model
+    if isinstance(model, (str, Path)):
+        from .model import load_model
+
+        device = str(_resolve_device(options.device))
+        model = load_model(model, device=device, allow_pickle=allow_pickle)
+    if not hasattr(model, "model") or not hasattr(model, "processor"):
+        raise UserError(f"model must be a path, a model id or a loaded model, not {type(model).__name__}")
+    return Recognizer(model, options)

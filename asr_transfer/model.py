@@ -1,0 +1,536 @@
+"""Source models: loading (local folder or hub id), head swap, named parameter groups, the record, saving.
+
+A model folder is HF ``save_pretrained`` form (``config.json``, ``model.safetensors``, tokenizer + feature extractor
+files) plus ``asr_transfer.json`` (:class:`ModelRecord`: language, normaliser, source, head init) and a model card
+``README.md``. Weights are read only from safetensors unless the caller passes ``allow_pickle=True``: a pickled
+``pytorch_model.bin`` can run arbitrary code when loaded.
+
+Adapters (LoRA / MMS-style) live in :mod:`asr_transfer.adapters`; ``load_model(base, adapter=DIR)`` applies one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import ConfigError, ModelError, UserError
+
+RECORD_FILE = "asr_transfer.json"
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
+HEAD_MODES = ("mapped", "random", "keep")
+_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.bin")
+# Hub ids are "name" or "owner/name"; anything else that is not a folder is a mistyped path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """What asr-transfer knows about a model folder, stored as ``asr_transfer.json`` beside the weights.
+
+    ``normalizer`` names the text normaliser (e.g. ``"de-v1"``) that ``evaluate``/``transcribe`` must apply to
+    references; ``vocab`` is the token→id map of the CTC head; ``adapter`` is None, ``"lora"`` or ``"mms"``.
+    """
+
+    lang: str
+    normalizer: str
+    source_model: str
+    head_init: str
+    vocab: dict[str, int]
+    adapter: str | None = None
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    package_version: str = __version__
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], path: str | os.PathLike | None = None) -> "ModelRecord":
+        names = {f.name for f in fields(cls)}
+        missing = [n for n in ("lang", "normalizer", "source_model", "head_init", "vocab") if n not in d]
+        if missing:
+            raise ModelError(f"record is missing {', '.join(missing)}", path=path)
+        # Keys from a newer version are kept (in extra) rather than dropped, so a re-save does not lose them.
+        known = {k: v for k, v in d.items() if k in names}
+        unknown = {k: v for k, v in d.items() if k not in names}
+        known["extra"] = {**dict(known.get("extra") or {}), **unknown}
+        if not isinstance(known["vocab"], dict):
+            raise ModelError("record 'vocab' must be a token→id object", path=path)
+        return cls(**known)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "ModelRecord":
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read the record ({exc}); re-save the model or delete the file", path=path)
+        if not isinstance(d, dict):
+            raise ModelError("record must be a JSON object", path=path)
+        return cls.from_dict(d, path=path)
+
+
+@dataclass
+class LoadedModel:
+    """A loaded CTC model: ``model`` (eval mode) maps ``(batch, samples)`` float audio to ``(batch, frames, vocab)``."""
+
+    model: nn.Module
+    processor: Any
+    record: ModelRecord | None
+    vocab: list[str]  # id -> token
+    blank_id: int
+    path: str
+    lang: str
+    normalizer_name: str
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"`` → cuda when available else cpu; ``"cuda"`` without CUDA is a :class:`UserError`."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but CUDA is not available; use --device cpu or auto")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}; use auto, cpu or cuda[:N]")
+
+
+# ---------------------------------------------------------------- processor
+
+
+def make_processor(vocab: dict[str, int], feat_extract_norm: str = "group", sample_rate: int = 16000):
+    """A ``Wav2Vec2Processor`` for a character vocabulary (must hold ``<pad>``, ``<unk>`` and ``|``).
+
+    ``return_attention_mask`` follows the model: True for ``feat_extract_norm="layer"`` models; False for
+    ``"group"`` models such as base-960h, which were trained on zero-padded batches without a mask.
+    An all-upper-case vocabulary (base-960h) gets ``do_lower_case=True`` so lower-case text encodes to it.
+    """
+    from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
+
+    for token in ("<pad>", "<unk>", "|"):
+        if token not in vocab:
+            raise ConfigError(f"vocabulary has no {token!r} token; build it with `asr-transfer vocab`")
+    letters = [t for t in vocab if len(t) == 1 and t.isalpha()]
+    upper = bool(letters) and all(t.isupper() for t in letters)
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_file = Path(tmp) / "vocab.json"
+        vocab_file.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        tokenizer = Wav2Vec2CTCTokenizer(
+            str(vocab_file), unk_token="<unk>", pad_token="<pad>", word_delimiter_token="|",
+            bos_token="<s>" if "<s>" in vocab else None, eos_token="</s>" if "</s>" in vocab else None,
+            do_lower_case=upper,
+        )
+    feature_extractor = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=sample_rate, padding_value=0.0, do_normalize=True,
+        return_attention_mask=feat_extract_norm == "layer",
+    )
+    return Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+
+
+def processor_vocab(processor) -> dict[str, int]:
+    """The tokenizer's own token→id map (vocab.json), without tokens added later."""
+    tokenizer = processor.tokenizer
+    return dict(getattr(tokenizer, "encoder", None) or tokenizer.get_vocab())
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _offline() -> bool:
+    # Read at call time: huggingface_hub caches the variable at import, too early for callers that set it later.
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _check_local_folder(folder: Path, allow_pickle: bool) -> None:
+    if not (folder / "config.json").is_file():
+        raise ModelError("no config.json: not a model folder (save it with save_pretrained)", path=folder / "config.json")
+    try:
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"config.json is not valid JSON ({exc})", path=folder / "config.json")
+    shards = sorted(folder.glob("model*.safetensors"))
+    if not shards:
+        pickled = [n for n in _PICKLE_WEIGHTS if (folder / n).exists()] + [p.name for p in folder.glob("*.pt")]
+        if not pickled:
+            raise ModelError("no model.safetensors in the folder", path=folder / "model.safetensors")
+        if not allow_pickle:
+            raise ModelError(
+                f"only pickle weights ({pickled[0]}), which can run code when loaded; convert them to safetensors "
+                "or pass --allow-pickle if you trust the source", path=folder / pickled[0])
+        return
+    from safetensors import safe_open
+
+    for shard in shards:
+        try:
+            with safe_open(str(shard), framework="pt") as handle:
+                handle.keys()
+        except Exception as exc:  # SafetensorError for truncated/garbage files; OSError for unreadable ones
+            raise ModelError(f"corrupt or truncated safetensors file ({str(exc).splitlines()[0]}); re-download or re-save it", path=shard)
+
+
+def _load_processor(source: str, folder: Path | None, config, local_only: bool):
+    from transformers import Wav2Vec2Processor
+
+    if folder is not None and not (folder / "vocab.json").is_file():
+        raise ModelError("no vocab.json (the CTC tokenizer); save the processor beside the model", path=folder / "vocab.json")
+    has_feature_config = folder is None or any((folder / n).is_file() for n in ("preprocessor_config.json", "processor_config.json"))
+    if not has_feature_config:
+        # Trainer checkpoints often carry only the tokenizer: the feature extractor is fully determined by the config.
+        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        return make_processor(vocab, feat_extract_norm=config.feat_extract_norm)
+    try:
+        return Wav2Vec2Processor.from_pretrained(source, local_files_only=local_only)
+    except Exception as exc:
+        where = folder / "vocab.json" if folder is not None else source
+        raise ModelError(f"cannot load the tokenizer/feature extractor ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", path=where)
+
+
+def _from_pretrained(source: str, allow_pickle: bool, local_only: bool):
+    from transformers import Wav2Vec2ForCTC
+
+    kwargs = dict(local_files_only=local_only, dtype=torch.float32, output_loading_info=True)
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
+    try:
+        return Wav2Vec2ForCTC.from_pretrained(source, attn_implementation="sdpa", **kwargs)
+    except (ValueError, ImportError) as exc:
+        if "sdpa" not in str(exc).lower() and "attn" not in str(exc).lower():
+            raise
+    return Wav2Vec2ForCTC.from_pretrained(source, attn_implementation="eager", **kwargs)
+
+
+def load_model(path_or_id: str | os.PathLike, device: str = "cpu", allow_pickle: bool = False,
+               adapter: str | os.PathLike | None = None) -> LoadedModel:
+    """Load a ``Wav2Vec2ForCTC`` + processor from a local folder or a hub id (cache only when offline).
+
+    Never runs remote code. ``adapter`` names a folder written by :func:`asr_transfer.adapters.save_adapter`; its
+    adapter and head weights are applied to this base model (an adapter folder passed as ``path_or_id`` loads onto
+    the base named in its record). Every failure a user can fix is one ``ModelError`` line.
+    """
+    source = os.fspath(path_or_id)
+    folder = Path(source).expanduser()
+    local_only = _offline()
+    if folder.is_dir() and adapter is None and not (folder / "config.json").exists() and (folder / RECORD_FILE).is_file():
+        record = ModelRecord.read(folder / RECORD_FILE)
+        if record.adapter:  # an adapter folder on its own: load it onto the base it was trained on
+            return load_model(record.source_model, device=device, allow_pickle=allow_pickle, adapter=folder)
+    if folder.is_dir():
+        _check_local_folder(folder, allow_pickle)
+        source, local_only = str(folder), True
+    elif folder.exists():
+        raise ModelError("is a file, expected a model folder", path=folder)
+    else:
+        folder = None
+        if not _HUB_ID.match(source):
+            raise ModelError(f"{source}: not a local folder; pass a model folder (e.g. models/en-synth-small)")
+    try:
+        model, info = _from_pretrained(source, allow_pickle, local_only)
+    except UserError:
+        raise
+    except Exception as exc:
+        if folder is not None:
+            raise ModelError(f"cannot load the model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", path=folder)
+        raise ModelError(
+            f"{source}: not a local folder, not in the HF cache, and no network (or no such model on the hub); pass a "
+            "local folder (e.g. models/en-synth-small) or set HF_HOME to a cache that has it / HF_HUB_OFFLINE=1"
+            f" [{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}]")
+    bad = sorted(info.get("missing_keys") or []) + sorted(info.get("mismatched_keys") or [])
+    if bad:
+        raise ModelError(f"weights do not match config.json (missing/mismatched: {', '.join(map(str, bad[:3]))}...)",
+                         path=(folder / "model.safetensors") if folder else source)
+    processor = _load_processor(source, folder, model.config, local_only)
+    record = None
+    if folder is not None and (folder / RECORD_FILE).is_file():
+        record = ModelRecord.read(folder / RECORD_FILE)
+    path = str(folder) if folder is not None else source
+    if adapter is not None:
+        from .adapters import apply_saved_adapter
+
+        processor, record = apply_saved_adapter(model, adapter)
+        path = os.fspath(adapter)
+    vocab = processor_vocab(processor)
+    vocab_file = Path(path) / "vocab.json" if Path(path).is_dir() else "vocab.json"
+    id_to_token = _id_to_token(vocab, vocab_file)
+    out_features = model.lm_head.out_features
+    if len(id_to_token) != out_features:
+        raise ModelError(f"vocabulary has {len(id_to_token)} tokens but the CTC head has {out_features} outputs; "
+                         "use the vocab.json the model was trained with", path=vocab_file)
+    blank_id = model.config.pad_token_id
+    if blank_id is None or not 0 <= blank_id < out_features:
+        blank_id = vocab.get("<pad>", 0)
+    lang = record.lang if record is not None else "en"
+    if record is not None:
+        normalizer_name = record.normalizer
+    else:
+        from .text import get_normalizer
+
+        normalizer_name = get_normalizer(lang).name
+    model.to(resolve_device(device)).eval()
+    return LoadedModel(model=model, processor=processor, record=record, vocab=id_to_token, blank_id=int(blank_id),
+                       path=path, lang=lang, normalizer_name=normalizer_name)
+
+
+def _id_to_token(vocab: dict[str, int], path) -> list[str]:
+    ids = sorted(vocab.values())
+    if ids != list(range(len(ids))):
+        raise ModelError("token ids are not 0..N-1 without gaps", path=path)
+    out = [""] * len(ids)
+    for token, i in vocab.items():
+        out[i] = token
+    return out
+
+
+# ---------------------------------------------------------------- saving
+
+
+def _fsync_tree(folder: Path) -> None:
+    for p in folder.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as fh:
+                os.fsync(fh.fileno())
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_folder_write(out_dir: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_dir)`` then move the finished folder into place, replacing ``out_dir`` if it exists.
+
+    Readers never see a half-written model: the rename is atomic on one filesystem.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write(tmp)
+        _fsync_tree(tmp)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def save_model(out_dir: str | os.PathLike, model: nn.Module, processor, record: ModelRecord,
+               card: dict[str, Any] | None = None) -> Path:
+    """Write an HF folder (safetensors + processor), ``asr_transfer.json`` and a model card ``README.md``, atomically.
+
+    ``card`` maps section titles (e.g. ``"data"``, ``"stages"``, ``"metrics"``) to text, dicts, or lists of dicts.
+    The folder loads with ``transformers.pipeline("automatic-speech-recognition", model=out_dir)``.
+    """
+    if any(".lora_" in n or ".base_layer." in n for n, _ in model.named_parameters()):
+        raise ModelError("the model still has LoRA layers: merge them (adapters.merge_adapters) or use save_adapter")
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        processor.save_pretrained(tmp)
+        (tmp / RECORD_FILE).write_text(json.dumps(record.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(record, card), encoding="utf-8")
+
+    return atomic_folder_write(out_dir, write)
+
+
+def _render(value: Any) -> str:
+    if isinstance(value, dict):
+        rows = "\n".join(f"| {k} | {_cell(v)} |" for k, v in value.items())
+        return "| key | value |\n|---|---|\n" + rows
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, dict) for v in value):
+        cols = list(dict.fromkeys(k for v in value for k in v))
+        head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols)
+        return head + "\n" + "\n".join("| " + " | ".join(_cell(v.get(c, "")) for c in cols) + " |" for v in value)
+    if isinstance(value, (list, tuple)):
+        return "\n".join(f"- {_cell(v)}" for v in value)
+    return str(value)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(map(str, v))
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def model_card(record: ModelRecord, card: dict[str, Any] | None = None) -> str:
+    """Markdown model card with HF front matter; sections from ``card`` follow the summary."""
+    front = ["---", f"language: {record.lang}", "library_name: transformers", "pipeline_tag: automatic-speech-recognition",
+             "tags: [wav2vec2, ctc, asr-transfer]"]
+    if record.source_model and not Path(record.source_model).is_absolute():
+        front.append(f"base_model: {record.source_model}")
+    front.append("---")
+    body = [f"# wav2vec2 CTC ({record.lang})", "",
+            f"Adapted from `{record.source_model}` with asr-transfer {record.package_version} on {record.created}.", "",
+            _render({"language": record.lang, "text normaliser": record.normalizer, "head init": record.head_init,
+                     "adapter": record.adapter or "none", "vocabulary": f"{len(record.vocab)} tokens"}), ""]
+    for title, value in (card or {}).items():
+        body += [f"## {str(title).replace('_', ' ').capitalize()}", "", _render(value), ""]
+    body += ["## Use", "", "```python", "from asr_transfer import load_model, transcribe", "```",
+             "References are compared after the normaliser above; other normalisation changes WER.", ""]
+    return "\n".join(front + body)
+
+
+# ---------------------------------------------------------------- head swap
+
+
+@dataclass(frozen=True)
+class HeadSwapReport:
+    """Where each row of the new CTC head came from."""
+
+    mode: str
+    copied: tuple[str, ...]  # target tokens whose source row was copied (case-insensitive match)
+    seeded: tuple[tuple[str, str], ...]  # (target token, base letter(s)) rows copied from a base letter
+    random: tuple[str, ...]  # target tokens initialised randomly
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "copied": list(self.copied), "seeded": dict(self.seeded), "random": list(self.random)}
+
+    def summary(self) -> str:
+        seeded = ", ".join(f"{t}←{b}" for t, b in self.seeded) or "none"
+        return (f"head {self.mode}: {len(self.copied)} copied, {len(self.seeded)} seeded ({seeded}), "
+                f"{len(self.random)} random ({' '.join(self.random) or 'none'})")
+
+
+def _folded(vocab: dict[str, int]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for token, i in vocab.items():
+        out.setdefault(token.lower(), i)
+    return out
+
+
+def swap_head(model: nn.Module, source_vocab: dict[str, int], target_vocab: dict[str, int], mode: str = "mapped",
+              lang: str = "de", base_letters: dict[str, str] | None = None, seed: int = 0) -> HeadSwapReport:
+    """Replace ``model.lm_head`` by a ``Linear(hidden, len(target_vocab))`` for the target vocabulary.
+
+    ``mapped``: rows (weight and bias) of tokens the source has (case-insensitive, specials included) are copied;
+    new letters copy their base letter's row (ä←a; a multi-letter base averages its rows); the rest are random
+    (normal(0, initializer_range), bias 0, from ``seed``). ``random``: all rows random. ``keep``: the vocabularies
+    must be equal up to case and the head is left alone. Updates ``config.vocab_size`` and pad/bos/eos ids.
+    """
+    if mode not in HEAD_MODES:
+        raise ConfigError(f"unknown head init {mode!r}; use one of {', '.join(HEAD_MODES)}")
+    if "<pad>" not in target_vocab:
+        raise ConfigError("target vocabulary has no '<pad>' (CTC blank) token")
+    if sorted(target_vocab.values()) != list(range(len(target_vocab))):
+        raise ConfigError("target vocabulary ids are not 0..N-1 without gaps")
+    old = model.lm_head
+    src = _folded(source_vocab)
+    if mode == "keep":
+        if {t.lower(): i for t, i in target_vocab.items()} != {t.lower(): i for t, i in source_vocab.items()}:
+            raise ConfigError("head init 'keep' needs the target vocabulary to equal the source one (up to case); "
+                              "use 'mapped'")
+        _set_vocab_config(model.config, target_vocab)
+        return HeadSwapReport("keep", tuple(sorted(target_vocab, key=target_vocab.get)), (), ())
+    if len(source_vocab) != old.out_features:
+        raise ConfigError(f"source vocabulary has {len(source_vocab)} tokens but the head has {old.out_features} rows")
+    if base_letters is None and mode == "mapped":
+        from .text import BASE_LETTERS
+
+        base_letters = BASE_LETTERS.get(lang, {})
+    new = nn.Linear(old.in_features, len(target_vocab), device=old.weight.device, dtype=old.weight.dtype)
+    generator = torch.Generator().manual_seed(seed)
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    copied, seeded, random_ = [], [], []
+    with torch.no_grad():
+        weight = torch.randn(new.weight.shape, generator=generator, dtype=torch.float32) * std
+        new.weight.copy_(weight.to(new.weight))
+        new.bias.zero_()
+        for token, i in sorted(target_vocab.items(), key=lambda kv: kv[1]):
+            if mode == "random":
+                random_.append(token)
+                continue
+            if token.lower() in src:
+                j = src[token.lower()]
+                new.weight[i] = old.weight[j]
+                new.bias[i] = old.bias[j]
+                copied.append(token)
+                continue
+            base = (base_letters or {}).get(token, (base_letters or {}).get(token.lower()))
+            rows = [src.get(ch.lower()) for ch in base] if base else []
+            if rows and all(r is not None for r in rows):
+                new.weight[i] = old.weight[rows].mean(0) if len(rows) > 1 else old.weight[rows[0]]
+                new.bias[i] = old.bias[rows].mean(0) if len(rows) > 1 else old.bias[rows[0]]
+                seeded.append((token, base))
+            else:
+                random_.append(token)
+    model.lm_head = new
+    _set_vocab_config(model.config, target_vocab)
+    return HeadSwapReport(mode, tuple(copied), tuple(seeded), tuple(random_))
+
+
+def _set_vocab_config(config, vocab: dict[str, int]) -> None:
+    folded = _folded(vocab)
+    config.vocab_size = len(vocab)
+    config.pad_token_id = folded["<pad>"]
+    config.bos_token_id = folded.get("<s>")
+    config.eos_token_id = folded.get("</s>")
+
+
+# ---------------------------------------------------------------- parameter groups
+
+GROUP_ORDER = ("feature_encoder", "feature_projection", "pos_conv", "encoder_norm")
+
+
+def _group_of(name: str) -> str:
+    if ".lora_" in name or ".adapter_layer." in name or name.startswith("wav2vec2.adapter."):
+        return "adapters"
+    if name.startswith("lm_head."):
+        return "head"
+    if name.startswith("wav2vec2.feature_extractor."):
+        return "feature_encoder"
+    if name.startswith("wav2vec2.feature_projection.") or name == "wav2vec2.masked_spec_embed":
+        return "feature_projection"
+    if name.startswith("wav2vec2.encoder.pos_conv_embed."):
+        return "pos_conv"
+    if name.startswith("wav2vec2.encoder.layer_norm."):
+        return "encoder_norm"
+    m = re.match(r"wav2vec2\.encoder\.layers\.(\d+)\.", name)
+    if m:
+        return f"layers.{int(m.group(1))}"
+    raise ModelError(f"parameter {name!r} belongs to no known group; only Wav2Vec2ForCTC models are supported")
+
+
+def group_names(num_layers: int) -> list[str]:
+    """All group names, bottom of the network to top."""
+    return [*GROUP_ORDER, *(f"layers.{i}" for i in range(num_layers)), "head", "adapters"]
+
+
+def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """Every parameter of a ``Wav2Vec2ForCTC`` in exactly one named group (bottom to top; groups may be empty).
+
+    ``feature_encoder`` (CNN), ``feature_projection`` (+ ``masked_spec_embed``), ``pos_conv``, ``encoder_norm`` (the
+    encoder's top-level LayerNorm), ``layers.N``, ``head`` (``lm_head``), ``adapters`` (LoRA / MMS adapter layers).
+    A ``config.add_adapter`` conv adapter (``wav2vec2.adapter``) also counts as ``adapters``.
+    ``encoder_norm`` is its own group; stage patterns attach it to the layer it touches (see
+    :func:`asr_transfer.unfreeze.resolve_groups`): below layer 0 for post-LN models (base-960h), above the top layer
+    for stable-layer-norm models.
+    """
+    groups: dict[str, list[tuple[str, nn.Parameter]]] = {n: [] for n in group_names(model.config.num_hidden_layers)}
+    for name, param in model.named_parameters():
+        group = _group_of(name)
+        if group not in groups:
+            raise ModelError(f"parameter {name!r} is in layer beyond config.num_hidden_layers")
+        groups[group].append((name, param))
+    return groups
+
+
+def count_parameters(params) -> int:
+    return sum(p.numel() for _, p in params)
+

@@ -1,0 +1,452 @@
+"""``report.md`` + one self-contained ``report.html`` comparing evaluations and training runs.
+
+Inputs are evaluation folders (``summary.json`` + ``utterances.jsonl``, from ``evaluate``/``baseline``), folders that
+hold several of them (a ``baseline`` output), and run folders (``metrics.jsonl``, ``stages.json``, optional
+``config.resolved.json`` and evaluations below ``eval/``). The report shows:
+
+* the systems table: WER/CER with bootstrap 95% intervals and paired-bootstrap p-values against the baseline
+  (utterances paired by id; p = fraction of resamples where the system is *not* better than the baseline);
+* learning curves per run with stage boundaries, and the trainable parameters of each stage;
+* per-character error rates, with the letters the English source lacks (ä ö ü ß for German) in red;
+* the worst utterances of each system with aligned ref/hyp; decode speed, model sizes, configs, versions + commit.
+
+In the HTML every number of the systems table sits in a cell with ``data-system``, ``data-metric`` and the exact
+``data-value``, so tools (and tests) can read the numbers back. Plots are PNGs embedded as base64 data URIs; the
+markdown references the same PNGs in ``figures/``.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+from .metrics import char_errors, paired_bootstrap, wrap_alignment
+from . import report_plots as plots
+
+PAIRED_RESAMPLES = 1000
+PAIRED_SEED = 0
+_SKIP_DIRS = {"checkpoints", "tb", "best", "final", "figures"}
+
+
+@dataclass
+class Evaluation:
+    name: str
+    folder: Path
+    summary: dict
+    rows: list[dict]
+
+
+@dataclass
+class Run:
+    name: str
+    folder: Path
+    metrics: list[dict]
+    stages: list[dict]
+    config: dict | None
+    skipped_lines: int = 0
+    evaluations: list[str] = field(default_factory=list)
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read JSON ({exc}); re-run the step that wrote it", path=path) from None
+
+
+def _read_jsonl(path: Path, strict: bool) -> tuple[list[dict], int]:
+    """Rows of a JSONL file; with ``strict=False`` bad lines (a run killed mid-write) are counted, not fatal."""
+    rows, bad = [], 0
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not an object")
+            rows.append(row)
+        except ValueError as exc:
+            if strict:
+                raise UserError(f"bad JSON line ({exc})", path=path, line=line_no) from None
+            bad += 1
+    return rows, bad
+
+
+_ROW_KEYS = ("id", "ref", "hyp", "substitutions", "deletions", "insertions", "hits", "ref_len", "char_errors",
+             "char_ref_len", "alignment")
+
+
+def load_evaluation(folder: Path, name: str | None = None) -> Evaluation:
+    summary = _read_json(folder / "summary.json")
+    if not isinstance(summary, dict):
+        raise UserError("summary.json must be a JSON object", path=folder / "summary.json")
+    rows_path = folder / "utterances.jsonl"
+    rows = _read_jsonl(rows_path, strict=True)[0] if rows_path.is_file() else []
+    for i, row in enumerate(rows, start=1):
+        missing = [k for k in _ROW_KEYS if k not in row]
+        if missing:
+            raise UserError(f"row {i} lacks {', '.join(missing)}; re-run `asr-transfer evaluate`", path=rows_path)
+    return Evaluation(name or str(summary.get("name") or folder.name), folder, summary, rows)
+
+
+def load_run(folder: Path) -> Run:
+    metrics, bad = ([], 0)
+    if (folder / "metrics.jsonl").is_file():
+        metrics, bad = _read_jsonl(folder / "metrics.jsonl", strict=False)
+    metrics = [r for r in metrics if isinstance(r.get("step"), (int, float))]
+    stages = _read_json(folder / "stages.json") if (folder / "stages.json").is_file() else _infer_stages(metrics)
+    if not isinstance(stages, list):
+        raise UserError("stages.json must be a list of {name, start_step, end_step, trainable_params}",
+                        path=folder / "stages.json")
+    config_path = folder / "config.resolved.json"
+    config = _read_json(config_path) if config_path.is_file() else None
+    return Run(folder.resolve().name, folder, metrics, stages, config, bad)
+
+
+def _infer_stages(metrics: list[dict]) -> list[dict]:
+    """Stage spans from the ``stage`` field of metrics rows, for runs without ``stages.json``."""
+    stages: list[dict] = []
+    for row in sorted(metrics, key=lambda r: r["step"]):
+        name = row.get("stage")
+        if name is None:
+            continue
+        if not stages or stages[-1]["name"] != name:
+            stages.append({"name": name, "start_step": row["step"], "end_step": row["step"],
+                           "trainable_params": row.get("trainable_params")})
+        stages[-1]["end_step"] = row["step"]
+    return stages
+
+
+def _summaries_below(folder: Path, max_depth: int = 3) -> list[Path]:
+    found = []
+    for path in sorted(folder.rglob("summary.json")):
+        rel = path.parent.relative_to(folder)
+        if len(rel.parts) <= max_depth and not _SKIP_DIRS & set(rel.parts):
+            found.append(path.parent)
+    return found
+
+
+def collect(inputs) -> tuple[list[Evaluation], list[Run]]:
+    """Evaluations and runs found in ``inputs`` (see the module docstring); names are made unique."""
+    evaluations: list[Evaluation] = []
+    runs: list[Run] = []
+    for item in inputs:
+        folder = Path(item)
+        if not folder.is_dir():
+            raise UserError("not a folder (expected an evaluation, baseline or run folder)", path=folder)
+        if (folder / "summary.json").is_file():
+            evaluations.append(load_evaluation(folder))
+            continue
+        is_run = (folder / "metrics.jsonl").is_file() or (folder / "stages.json").is_file()
+        below = _summaries_below(folder)
+        if is_run:
+            run = load_run(folder)
+            runs.append(run)
+            for sub in below:
+                ev = load_evaluation(sub)
+                ev.name = f"{run.name}/{ev.name}"
+                run.evaluations.append(ev.name)
+                evaluations.append(ev)
+        elif below:
+            evaluations.extend(load_evaluation(sub) for sub in below)
+        else:
+            raise UserError("no summary.json, metrics.jsonl or stages.json here or below", path=folder)
+    seen: dict[str, int] = {}
+    for ev in evaluations:
+        if ev.name in seen:
+            seen[ev.name] += 1
+            ev.name = f"{ev.name} ({seen[ev.name]})"
+        else:
+            seen[ev.name] = 1
+    if not evaluations and not runs:
+        raise UserError("nothing to report: give evaluation or run folders")
+    return evaluations, runs
+
+
+def _errors(row: dict, unit: str) -> tuple[float, float]:
+    if unit == "wer":
+        return row["substitutions"] + row["deletions"] + row["insertions"], row["ref_len"]
+    return row["char_errors"], row["char_ref_len"]
+
+
+def compare(evaluations: list[Evaluation], baseline: str | None = None) -> tuple[str | None, list[dict]]:
+    """One row per system with WER/CER, CIs and paired-bootstrap p-values against the baseline.
+
+    Baseline: ``baseline`` if given, else the system named ``raw``, else the first. Only utterances present in both
+    systems (by id) are paired; ``n_paired`` says how many.
+    """
+    names = [e.name for e in evaluations]
+    if baseline is not None and baseline not in names:
+        raise UserError(f"--baseline {baseline!r} is not one of the systems: {', '.join(names)}")
+    base_name = baseline or ("raw" if "raw" in names else (names[0] if names else None))
+    base = next((e for e in evaluations if e.name == base_name), None)
+    rows = []
+    for ev in evaluations:
+        s = ev.summary
+        row = {"name": ev.name, "n": s.get("n_utterances"), "skipped": s.get("n_skipped", 0),
+               "wer": s.get("wer"), "wer_ci95": s.get("wer_ci95"), "cer": s.get("cer"), "cer_ci95": s.get("cer_ci95"),
+               "p_wer": None, "p_cer": None, "n_paired": None, "same_manifest": None}
+        if base is not None and ev is not base and ev.rows and base.rows:
+            by_id = {r["id"]: r for r in base.rows}
+            pairs = [(by_id[r["id"]], r) for r in ev.rows if r["id"] in by_id]
+            row["n_paired"] = len(pairs)
+            row["same_manifest"] = s.get("manifest_fingerprint") == base.summary.get("manifest_fingerprint")
+            for unit in ("wer", "cer"):
+                a = [_errors(b, unit) for b, _ in pairs]
+                b = [_errors(x, unit) for _, x in pairs]
+                lengths = [x[1] for x in a]
+                if pairs and sum(lengths) > 0:
+                    row[f"p_{unit}"] = paired_bootstrap([x[0] for x in a], [x[0] for x in b], lengths,
+                                                        n=PAIRED_RESAMPLES, seed=PAIRED_SEED)
+        rows.append(row)
+    return base_name, rows
+
+
+def new_letters(lang: str | None) -> set[str]:
+    """Letters of ``lang`` that English lacks (German: ä ö ü ß)."""
+    from .text import LETTERS
+
+    if not lang or lang not in LETTERS:
+        return set()
+    return set(LETTERS[lang]) - set(LETTERS["en"])
+
+
+def worst_utterances(ev: Evaluation, n: int) -> list[dict]:
+    """The ``n`` utterances with the most word errors (ties: higher per-utterance WER first)."""
+
+    def key(r):
+        errors = r["substitutions"] + r["deletions"] + r["insertions"]
+        return (-errors, -(errors / r["ref_len"]) if r["ref_len"] else 0.0, r["id"])
+
+    return sorted(ev.rows, key=key)[: max(0, n)]
+
+
+# ------------------------------------------------------------------ rendering
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.2f}"
+
+
+def _ci(ci) -> str:
+    return "n/a" if not ci else f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
+
+
+def _p(p) -> str:
+    return "—" if p is None else ("< 0.001" if p < 0.001 else f"{p:.3f}")
+
+
+class _Doc:
+    """Builds the markdown and the HTML side by side, so both always show the same content."""
+
+    def __init__(self, out_dir: Path):
+        self.md: list[str] = []
+        self.html: list[str] = []
+        self.figures = out_dir / "figures"
+
+    def heading(self, text: str, level: int = 2) -> None:
+        self.md.append(f"{'#' * level} {text}\n")
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def para(self, text: str) -> None:
+        self.md.append(text + "\n")
+        self.html.append(f"<p>{html.escape(text)}</p>")
+
+    def table(self, headers: list[str], rows: list[list], cls: str = "") -> None:
+        """Cells are strings or ``(text, {data-attr: value})`` tuples."""
+        cells = lambda row: [c if isinstance(c, tuple) else (str(c), {}) for c in row]  # noqa: E731
+        self.md.append("| " + " | ".join(headers) + " |")
+        self.md.append("|" + "---|" * len(headers))
+        for row in rows:
+            self.md.append("| " + " | ".join(t.replace("|", "\\|").replace("\n", " ") for t, _ in cells(row)) + " |")
+        self.md.append("")
+        out = [f'<table class="{cls}"><thead><tr>' + "".join(f"<th>{html.escape(h)}</th>" for h in headers)]
+        out.append("</tr></thead><tbody>")
+        for row in rows:
+            tds = []
+            for text, attrs in cells(row):
+                a = "".join(f' {k}="{html.escape(str(v), quote=True)}"' for k, v in attrs.items())
+                tds.append(f"<td{a}>{html.escape(text)}</td>")
+            out.append("<tr>" + "".join(tds) + "</tr>")
+        self.html.append("".join(out) + "</tbody></table>")
+
+    def figure(self, png: bytes, name: str, alt: str) -> None:
+        self.figures.mkdir(parents=True, exist_ok=True)
+        (self.figures / f"{name}.png").write_bytes(png)
+        self.md.append(f"![{alt}](figures/{name}.png)\n")
+        data = base64.b64encode(png).decode("ascii")
+        self.html.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(alt)}"></figure>')
+
+    def pre(self, text: str, summary: str | None = None) -> None:
+        self.md.append(("" if summary is None else f"<details><summary>{summary}</summary>\n\n") + "```\n" + text +
+                       "\n```\n" + ("" if summary is None else "</details>\n"))
+        block = f"<pre>{html.escape(text)}</pre>"
+        self.html.append(block if summary is None else f"<details><summary>{html.escape(summary)}</summary>{block}</details>")
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
+th{background:#f3f3f3}td[data-value]{text-align:right;font-variant-numeric:tabular-nums}
+pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:13px}img{max-width:100%}.new{color:#d62728;font-weight:bold}"""
+
+
+def build_report(inputs, out_dir, baseline: str | None = None, worst: int = 10) -> Path:
+    """Write ``out_dir/report.md``, ``out_dir/report.html`` and ``out_dir/figures/*.png``; returns the HTML path."""
+    evaluations, runs = collect(inputs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = _Doc(out)
+    doc.heading("asr-transfer report", 1)
+    if evaluations:
+        _systems_section(doc, evaluations, baseline)
+        _char_section(doc, evaluations)
+    for i, run in enumerate(runs):
+        _run_section(doc, run, i)
+    if evaluations:
+        _worst_section(doc, evaluations, worst)
+        _speed_section(doc, evaluations)
+        _environment_section(doc, evaluations)
+    (out / "report.md").write_text("\n".join(doc.md), encoding="utf-8")
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>asr-transfer report</title>'
+            f"<style>{_CSS}</style></head><body>" + "\n".join(doc.html) + "</body></html>\n")
+    (out / "report.html").write_text(page, encoding="utf-8")
+    return out / "report.html"
+
+
+def _systems_section(doc: _Doc, evaluations: list[Evaluation], baseline: str | None) -> None:
+    base_name, rows = compare(evaluations, baseline)
+    doc.heading("Systems")
+    doc.para(f"Baseline for p-values: {base_name}. WER/CER in %, bootstrap 95% intervals over utterances; p = one-sided "
+             "paired bootstrap probability that the system is not better than the baseline (small p: a real gain).")
+    table = []
+    for r in rows:
+        name = r["name"]
+
+        def cell(metric, text, value):
+            return (text, {"data-system": name, "data-metric": metric, "data-value": repr(value)})
+
+        table.append([
+            name, str(r["n"]) + (f" (+{r['skipped']} skipped)" if r["skipped"] else ""),
+            cell("wer", _pct(r["wer"]), r["wer"]), _ci(r["wer_ci95"]),
+            cell("cer", _pct(r["cer"]), r["cer"]), _ci(r["cer_ci95"]),
+            cell("p_wer", _p(r["p_wer"]), r["p_wer"]), cell("p_cer", _p(r["p_cer"]), r["p_cer"]),
+            "—" if r["n_paired"] is None else f"{r['n_paired']}" + ("" if r["same_manifest"] else " (other manifest)"),
+        ])
+    doc.table(["system", "utterances", "WER %", "WER 95% CI", "CER %", "CER 95% CI", "p (WER)", "p (CER)", "paired"],
+              table, cls="systems")
+    ok = [r for r in rows if r["wer"] is not None]
+    if ok:
+        png = plots.systems_png([r["name"] for r in ok], [r["wer"] for r in ok], [r["wer_ci95"] for r in ok],
+                                [r["cer"] for r in ok], [r["cer_ci95"] for r in ok])
+        doc.figure(png, "systems", "WER and CER per system")
+
+
+def _char_section(doc: _Doc, evaluations: list[Evaluation], max_systems: int = 4) -> None:
+    chosen = [e for e in evaluations if e.rows]
+    if not chosen:
+        return
+    if len(chosen) > max_systems:  # the first (usually the baseline) and the best few
+        rest = sorted(chosen[1:], key=lambda e: e.summary.get("wer") if e.summary.get("wer") is not None else 1e9)
+        chosen = [chosen[0], *rest[: max_systems - 1]]
+    stats = {e.name: char_errors((r["ref"], r["hyp"]) for r in e.rows) for e in chosen}
+    new = set().union(*(new_letters(e.summary.get("lang")) for e in chosen))
+    counts: dict[str, int] = {}
+    for s in stats.values():
+        for ch, st in s.items():
+            counts[ch] = max(counts.get(ch, 0), st.ref_count)
+    chars = sorted((c for c, n in counts.items() if n > 0), key=lambda c: (c == " ", c == "'", c))
+    doc.heading("Per-character errors")
+    doc.figure(plots.char_errors_png({n: {c: st.error_rate for c, st in s.items()} for n, s in stats.items()},
+                                     chars, new), "char_errors", "per-character error rates")
+    shown = [c for c in chars if c in new]
+    if shown:
+        doc.para("Letters new to the target language (not in the English alphabet): error rate % (count) and the most "
+                 "frequent confusions.")
+        rows = []
+        for c in shown:
+            row = [c]
+            for name, s in stats.items():
+                st = s.get(c)
+                if st is None or not st.ref_count:
+                    row.append("—")
+                    continue
+                conf = ", ".join(f"→{h or '∅'} {k}" for h, k in st.confusions.most_common(2))
+                row.append(f"{_pct(st.error_rate)} ({st.ref_count})" + (f"; {conf}" if conf else ""))
+            rows.append(row)
+        doc.table(["letter", *stats], rows, cls="newchars")
+
+
+def _run_section(doc: _Doc, run: Run, index: int) -> None:
+    doc.heading(f"Run {run.name}")
+    if run.skipped_lines:
+        doc.para(f"{run.skipped_lines} unreadable metrics.jsonl line(s) were skipped.")
+    if run.metrics:
+        png = plots.learning_curve_png(run.metrics, run.stages, title=run.name)
+        doc.figure(png, f"run{index}_curves", f"learning curves of {run.name}")
+    if run.stages:
+        step = lambda v: "—" if v is None else str(v)  # noqa: E731 - end_step is None while a stage runs
+        rows = [[str(s.get("name")), step(s.get("start_step")), step(s.get("end_step")),
+                 (f"{s['trainable_params']:,}" if isinstance(s.get("trainable_params"), int) else "—",
+                  {"data-run": run.name, "data-stage": str(s.get("name")), "data-metric": "trainable_params",
+                   "data-value": repr(s.get("trainable_params"))})] for s in run.stages]
+        doc.table(["stage", "start step", "end step", "trainable parameters"], rows, cls="stages")
+    if run.evaluations:
+        doc.para("Evaluations of this run: " + ", ".join(run.evaluations))
+    if run.config is not None:
+        doc.pre(json.dumps(run.config, indent=2, ensure_ascii=False), summary="config.resolved.json")
+
+
+def _worst_section(doc: _Doc, evaluations: list[Evaluation], n: int) -> None:
+    if n <= 0:
+        return
+    doc.heading(f"Worst {n} utterances per system")
+    for ev in evaluations:
+        worst = worst_utterances(ev, n)
+        if not worst:
+            continue
+        lines = []
+        for r in worst:
+            errors = r["substitutions"] + r["deletions"] + r["insertions"]
+            lines.append(f"{r['id']}  errors {errors}/{r['ref_len']} words\n{wrap_alignment(r['alignment'], 110)}")
+        doc.pre("\n\n".join(lines), summary=f"{ev.name} ({len(worst)} utterances)")
+
+
+def _speed_section(doc: _Doc, evaluations: list[Evaluation]) -> None:
+    doc.heading("Decoding speed and model size")
+    rows = []
+    for ev in evaluations:
+        s = ev.summary
+        dec = s.get("decoder") or {}
+        desc = dec.get("kind", "?") + ("" if dec.get("kind") != "beam" else
+                                       f" (beam {dec.get('beam_size')}, α {dec.get('lm_weight')}, β {dec.get('word_score')}"
+                                       f"{', LM' if dec.get('lm_dir') else ''})")
+        params = s.get("model_params")
+        size = s.get("model_size_mb")
+        rows.append([ev.name, desc, f"{s.get('device', '?')} / {s.get('precision', '?')}",
+                     "n/a" if s.get("rtf") is None else f"{s['rtf']:.4f}", f"{s.get('audio_s', 0):.1f}",
+                     f"{params / 1e6:.2f} M" if params else "n/a", f"{size:.1f}" if size else "n/a",
+                     str(s.get("model", ""))])
+    doc.table(["system", "decoder", "device / precision", "RTF", "audio s", "parameters", "MB on disk", "model"], rows)
+
+
+def _environment_section(doc: _Doc, evaluations: list[Evaluation]) -> None:
+    doc.heading("Versions")
+    envs = {ev.name: ev.summary.get("environment") or {} for ev in evaluations}
+    flat = {}
+    for name, env in envs.items():
+        d = dict(env.get("versions") or {})
+        git = env.get("git") or {}
+        d["git commit"] = (git.get("commit") or "n/a") + (" (dirty)" if git.get("dirty") else "")
+        flat[name] = d
+    keys = sorted({k for d in flat.values() for k in d}, key=lambda k: (k == "git commit", k))
+    distinct = {json.dumps(d, sort_keys=True) for d in flat.values()}
+    if len(distinct) == 1:
+        d = next(iter(flat.values()))
+        doc.table(["package", "version"], [[k, str(d.get(k))] for k in keys])
+    else:
+        doc.para("The systems were evaluated with different software versions:")
+        doc.table(["package", *flat], [[k, *(str(d.get(k)) for d in flat.values())] for k in keys])

@@ -1,0 +1,510 @@
+"""The staged transfer-training loop (Hugging Face Accelerate: one CPU, one GPU, or DDP via ``accelerate launch``).
+
+Per stage: set which parameter groups train (:mod:`asr_transfer.unfreeze`), find the frozen-prefix boundary
+(:mod:`asr_transfer.forward`), build a fresh AdamW + warm-up/decay schedule, and iterate length-bucketed batches.
+The frozen prefix's output is cached across epochs (:mod:`asr_transfer.cache`). Every ``eval_every`` steps the dev set
+is decoded greedily; one selection metric drives best checkpoint, plateau-gated stage ends and early stopping.
+Checkpoints (:mod:`asr_transfer.checkpoint`) are written only at optimiser-step boundaries and hold everything needed
+for an exact resume: weights, optimiser moments by parameter name, scheduler, RNGs and the sampler position.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from .cache import FeatureCache
+from .config import TrainConfig, save_config, to_dict
+from .data import BucketSampler, Example, SkipCounter, augmentation_for, build_examples, load_example_audio, normalize_wave
+from .errors import ConfigError, UserError
+from .forward import MaskOptions, Suffix, ctc_loss_per_utt, num_segments, pad_features, prefix_features, trainable_boundary, unwrap
+from .runlog import RunLog
+
+_NAN_ENV = "ASR_TRANSFER_INJECT_NAN_EVERY"  # test hook: make every k-th micro-batch loss NaN
+
+
+@dataclass
+class State:
+    """Where the run stands; saved as ``trainer.json`` in every checkpoint."""
+
+    stage: int = 0
+    stage_step: int = 0
+    step: int = 0  # optimiser steps over the whole run
+    epoch: int = 0  # epoch within the current stage
+    batch: int = 0  # next batch index within the epoch
+    best: float | None = None  # best selection metric over the run
+    stage_best: float | None = None
+    bad_evals: int = 0  # evaluations without improvement (stage plateau)
+    run_bad_evals: int = 0  # ... for early stopping of the whole run
+    nan_skipped: int = 0
+    watchdog_events: int = 0
+    done: bool = False
+    opt_stage: int = -1  # the stage the saved optimiser/scheduler belong to
+    stages: list = field(default_factory=list)  # [{name, start_step, end_step, trainable_params, boundary}]
+    config_hash: str = ""
+    fingerprints: dict = field(default_factory=dict)
+
+
+def _config_hash(config: TrainConfig) -> str:
+    d = to_dict(config)
+    d["train"] = {k: v for k, v in d["train"].items() if k not in ("eval_every", "save_every", "keep_last", "log_every", "num_threads")}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _stage_total_steps(stage, batches_per_epoch: int, grad_accum: int) -> int:
+    per_epoch = max(1, math.ceil(batches_per_epoch / grad_accum))
+    if stage.steps is not None:
+        return stage.steps
+    if stage.epochs is not None:
+        return max(1, math.ceil(stage.epochs * per_epoch))
+    return stage.max_steps or 100 * per_epoch  # plateau-gated: the cap (or a generous horizon for the schedule)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: bool = False, allow_inexact_resume: bool = False, progress: bool = True,
+                 stop_after_steps: int | None = None, time_budget_s: float | None = None):
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # per-file shard bars drown the training bar
+        self.stop_after_steps = stop_after_steps
+        self.time_budget_s = time_budget_s
+        self.paused = False
+
+        self.config = config
+        self.run_dir = Path(config.train.output_dir)
+        precision = config.train.precision
+        if precision == "auto":
+            precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+        mp = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+        if mp == "fp16" and not torch.cuda.is_available():
+            raise ConfigError("train.precision = fp16 needs a GPU; use bf16 or fp32 on CPU")
+        # cpu=True when there is no GPU: only then does Accelerate set up gloo for torchrun on CPU.
+        # find_unused_parameters: LayerDrop skips layers and masked_spec_embed is unused when masking is off.
+        self.acc = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available(),
+                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        if config.train.num_threads:
+            torch.set_num_threads(config.train.num_threads)
+        self.main = self.acc.is_main_process
+        self.progress = progress and self.main
+        self.resume = resume
+        self.allow_inexact = allow_inexact_resume
+        self.scaler = torch.amp.GradScaler("cuda") if mp == "fp16" else None
+
+    # ------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        from .manifest import fingerprint
+        from .text import get_normalizer
+        from .transfer import prepare_model
+        from .unfreeze import validate_schedule
+
+        cfg = self.config
+        if not cfg.data.train_manifest:
+            raise ConfigError("data.train_manifest is required")
+        existing = ckpt.list_checkpoints(self.run_dir / "checkpoints")
+        if existing and not self.resume:
+            raise UserError(f"{self.run_dir} already holds checkpoints; pass --resume to continue it or choose another train.output_dir")
+        torch.manual_seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed % 2**32)
+        self.prepared = prepare_model(cfg.model, cfg.augment, cfg.data.train_manifest, seed=cfg.train.seed)
+        self.model = self.prepared.model.to(self.acc.device)
+        self.vocab = self.prepared.vocab
+        self.blank_id = self.vocab["<pad>"]
+        validate_schedule(cfg.stages, self.model.config.num_hidden_layers)
+        self.normalizer = get_normalizer(cfg.model.lang)
+        mc = unwrap(self.model).config
+        self.skips = SkipCounter()
+        self.train_examples = build_examples(cfg.data.train_manifest, self.vocab, self.normalizer, mc.conv_kernel, mc.conv_stride,
+                                             cfg.data.min_utt_s, cfg.data.max_utt_s, self.skips)
+        if not self.train_examples:
+            raise UserError(f"no usable training utterances (skipped: {dict(self.skips.counts)})", path=cfg.data.train_manifest)
+        self.dev_examples: list[Example] = []
+        if cfg.data.dev_manifest:
+            self.dev_examples = build_examples(cfg.data.dev_manifest, self.vocab, self.normalizer, mc.conv_kernel, mc.conv_stride,
+                                               0.0, math.inf, SkipCounter(), cfg.data.max_dev_utts)
+        self.sampler = BucketSampler([e.duration_s for e in self.train_examples], cfg.data.max_batch_s, cfg.train.seed)
+        self.rng = np.random.default_rng([cfg.train.seed, 11])
+        self.cache = FeatureCache(self.run_dir / "cache" / f"rank{self.acc.process_index}", cfg.train.cache_max_mem_mb << 20)
+        self.dev_cache = FeatureCache(self.run_dir / "cache" / f"dev{self.acc.process_index}", cfg.train.cache_max_mem_mb << 20)
+        self.use_cache = cfg.train.cache and not cfg.data.noise_snr_db
+        self.state = State(config_hash=_config_hash(cfg))
+        self.state.fingerprints = {"train": fingerprint(cfg.data.train_manifest)}
+        if cfg.data.dev_manifest:
+            self.state.fingerprints["dev"] = fingerprint(cfg.data.dev_manifest)
+        self.log = RunLog(self.run_dir, enabled=self.main, tracking=cfg.train.tracking, config=to_dict(cfg))
+        if self.main:
+            save_config(cfg, self.run_dir / "config.resolved.json")
+            self.log.write_json("head_init.json", self.prepared.head_report)
+        self.stage_opt = None  # (optimizer, scheduler, suffix, boundary) for the current stage
+        self.resume_parts = None
+        if self.resume:
+            self._load_resume()
+
+    def _load_resume(self) -> None:
+        path = ckpt.latest_valid(self.run_dir / "checkpoints", log=self._say)
+        if path is None:
+            if ckpt.list_checkpoints(self.run_dir / "checkpoints"):
+                raise UserError(f"{self.run_dir}/checkpoints: no checkpoint verifies; cannot resume")
+            self._say("no checkpoint found; starting from scratch")
+            return
+        parts = ckpt.load_checkpoint(path)
+        saved = parts["trainer"]
+        problems = []
+        if saved.get("config_hash") != self.state.config_hash:
+            problems.append("the config changed since the checkpoint")
+        for k, v in self.state.fingerprints.items():
+            if saved.get("fingerprints", {}).get(k) != v:
+                problems.append(f"the {k} manifest changed (fingerprint)")
+        if "rng" not in parts or not parts["rng"][1].get("generator"):
+            problems.append("RNG state missing")
+        if problems and not self.allow_inexact:
+            raise UserError(f"{path}: resume would not be exact: {'; '.join(problems)}. Pass --allow-inexact-resume to continue anyway")
+        unwrap(self.model).load_state_dict(parts["model"])
+        fp, ch = self.state.fingerprints, self.state.config_hash
+        self.state = State(**{k: v for k, v in saved.items() if k in State.__dataclass_fields__})
+        self.state.fingerprints, self.state.config_hash = fp, ch
+        self.resume_parts = parts
+        self._say(f"resuming from {path.name}: stage {self.state.stage}, step {self.state.step}, epoch {self.state.epoch}, batch {self.state.batch}")
+
+    def _say(self, msg: str) -> None:
+        if self.main:
+            from tqdm import tqdm
+
+            tqdm.write(msg)
+
+    # ------------------------------------------------------------------ stage
+    def _begin_stage(self, index: int) -> None:
+        from .unfreeze import apply_stage, make_scheduler, optimizer_param_groups
+
+        stage = self.config.stages[index]
+        trainable = apply_stage(unwrap(self.model), stage)
+        boundary = trainable_boundary(self.model)
+        self.cache.clear()
+        self.dev_cache.clear()
+        cfg = self.config
+        masks = MaskOptions(cfg.augment.mask_time_prob, cfg.augment.mask_time_length, cfg.augment.mask_feature_prob,
+                            cfg.augment.mask_feature_length, cfg.augment.layerdrop)
+        suffix = Suffix(self.model, boundary, masks)
+        groups = optimizer_param_groups(unwrap(self.model), stage)
+        optimizer = torch.optim.AdamW(groups, lr=stage.lr, weight_decay=stage.weight_decay)
+        per_epoch = len([b for b in self.sampler.batches(0) if len(b) >= self.acc.num_processes])
+        total = _stage_total_steps(stage, max(1, per_epoch), cfg.train.grad_accum)
+        scheduler = make_scheduler(optimizer, stage, total)
+        if self.acc.num_processes > 1:
+            suffix = self.acc.prepare_model(suffix)
+        self.stage_opt = (optimizer, scheduler, suffix, boundary, total)
+        resumed_mid_stage = self.resume_parts is not None and self.resume_parts["trainer"].get("opt_stage") == index
+        if self.resume_parts is not None:
+            if resumed_mid_stage:
+                ckpt.restore_optimizer(optimizer, *self.resume_parts["optimizer"])
+                scheduler.load_state_dict(self.resume_parts["scheduler"])
+            ckpt.restore_rng(*self.resume_parts["rng"], np_rng=self.rng)
+            self.resume_parts = None
+        self.state.opt_stage = index
+        if not resumed_mid_stage:
+            self.state.stage_best, self.state.bad_evals = None, 0
+            self.state.stages.append({"name": stage.name, "start_step": self.state.step, "end_step": None,
+                                      "trainable_params": int(trainable), "boundary": boundary,
+                                      "cached_segments": boundary if self.use_cache else 0, "total_steps": total})
+        self.log.write_json("stages.json", self.state.stages)
+        self._say(f"stage {stage.name}: {trainable:,} trainable parameters, boundary segment {boundary}/{num_segments(self.model)},"
+                  f" lr {stage.lr:g}, {total} steps{' (cap; ends on plateau)' if stage.until_plateau else ''}")
+
+    # ------------------------------------------------------------------ data → features
+    def _features(self, examples: list[tuple[int, Example]], epoch: int, boundary: int, dev: bool = False):
+        """Boundary features for ``(index, example)`` pairs: cache hits, else decode audio and run the frozen prefix."""
+        cfg = self.config
+        cache = self.dev_cache if dev else self.cache
+        feats = []
+        do_norm = getattr(self.prepared.processor.feature_extractor, "do_normalize", True)
+        for index, ex in examples:
+            speed, snr, noise_seed = (1.0, None, 0) if dev else augmentation_for(
+                cfg.train.seed, epoch, index, cfg.data.speed_perturb, cfg.data.noise_snr_db)
+            key = f"{ex.uid}|{speed:g}"
+            cached = cache.get(key) if (self.use_cache or dev) and boundary > 0 else None
+            if cached is None:
+                wave = load_example_audio(ex, speed, snr, np.random.default_rng(noise_seed))
+                x = torch.from_numpy(normalize_wave(wave, do_norm)).to(self.acc.device)
+                with self.acc.autocast():
+                    cached = prefix_features(self.model, x, boundary).float()
+                if (self.use_cache or dev) and boundary > 0:
+                    cache.put(key, cached)
+            feats.append(cached.to(self.acc.device))
+        return pad_features(feats)
+
+    # ------------------------------------------------------------------ eval
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        from .decode import GreedyDecoder
+        from .metrics import error_rates
+
+        if not self.dev_examples:
+            return {}
+        _, _, suffix, boundary, _ = self.stage_opt
+        inner = suffix.module if hasattr(suffix, "module") else suffix
+        id2tok = [t for t, _ in sorted(self.vocab.items(), key=lambda kv: kv[1])]
+        decoder = GreedyDecoder(id2tok, blank_id=self.blank_id)
+        refs, hyps, losses, blank_frames, frames, entropy = [], [], [], 0, 0, 0.0
+        bs = 8
+        for start in range(0, len(self.dev_examples), bs):
+            chunk = list(enumerate(self.dev_examples[start : start + bs], start))
+            feats, lengths = self._features(chunk, 0, boundary, dev=True)
+            with self.acc.autocast():
+                logits = inner(feats, lengths, None, training=False).float()
+            from .forward import output_lengths
+
+            out_len = output_lengths(self.model, boundary, lengths)
+            losses.extend(ctc_loss_per_utt(logits, out_len, [e.labels for _, e in chunk], self.blank_id).tolist())
+            lp = torch.log_softmax(logits, -1)
+            for b, (_, ex) in enumerate(chunk):
+                n = int(out_len[b])
+                row = lp[b, :n]
+                hyps.append(decoder.decode(row.cpu().numpy()).text)
+                refs.append(self.normalizer(ex.utt.text))
+                blank_frames += int((row.argmax(-1) == self.blank_id).sum())
+                frames += n
+                entropy += float(-(row.exp() * row).sum(-1).sum())
+        rates = error_rates(refs, hyps)
+        return {"loss": float(np.mean(losses)), "cer": rates["cer"], "wer": rates["wer"],
+                "blank_share": blank_frames / max(1, frames), "entropy": entropy / max(1, frames), "n": len(refs)}
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> None:
+        optimizer, scheduler, *_ = self.stage_opt
+        if self.main:
+            try:
+                ckpt.save_checkpoint(self.run_dir / "checkpoints", self.state.step, unwrap(self.model).state_dict(), optimizer,
+                                     scheduler, self.state.__dict__, np_rng=self.rng)
+                ckpt.prune(self.run_dir / "checkpoints", self.config.train.keep_last)
+            except OSError as exc:
+                # The previous checkpoints are intact (writes are atomic); report and keep training.
+                self._say(f"warning: checkpoint at step {self.state.step} failed ({exc}); previous checkpoints are intact")
+                self.log.log({"step": self.state.step, "split": "event", "checkpoint_failed": 1})
+        self.acc.wait_for_everyone()
+
+    def save_model(self, name: str, metrics: dict | None = None) -> Path | None:
+        from .model import ModelRecord, save_model
+
+        if not self.main:
+            return None
+        base = unwrap(self.model)
+        if self.config.model.adapter == "lora":
+            from .adapters import save_adapter
+
+            record = self._record()
+            return save_adapter(self.run_dir / name, base, record, self.prepared.processor)
+        return save_model(self.run_dir / name, base, self.prepared.processor, self._record(), self._card(metrics))
+
+    def _record(self):
+        from .model import ModelRecord
+
+        return ModelRecord(lang=self.config.model.lang, normalizer=self.normalizer.name, source_model=self.prepared.source,
+                           head_init="scratch" if self.config.model.from_scratch else self.config.model.head_init,
+                           vocab=self.vocab, adapter=None if self.config.model.adapter == "none" else self.config.model.adapter,
+                           extra={"train_manifest": str(self.config.data.train_manifest), "step": self.state.step})
+
+    def _card(self, metrics: dict | None) -> dict:
+        minutes = sum(e.duration_s for e in self.train_examples) / 60
+        return {"data": {"train_manifest": self.config.data.train_manifest, "dev_manifest": self.config.data.dev_manifest,
+                         "train_minutes": round(minutes, 2), "utterances": len(self.train_examples), "skipped": self.skips.as_dict()},
+                "stages": self.state.stages, "metrics": metrics or {}}
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> Path:
+        from tqdm import tqdm
+
+        self._setup()
+        cfg = self.config
+        t0 = self.t_start = time.time()
+        self.start_step = self.state.step
+        world, rank = self.acc.num_processes, self.acc.process_index
+        nan_every = int(os.environ.get(_NAN_ENV, "0"))
+        micro = 0
+        while not self.state.done and self.state.stage < len(cfg.stages):
+            stage = cfg.stages[self.state.stage]
+            self._begin_stage(self.state.stage)
+            optimizer, scheduler, suffix, boundary, total = self.stage_opt
+            bar = tqdm(total=total, initial=self.state.stage_step, desc=f"stage {stage.name}", disable=not self.progress or None,
+                       unit="step", dynamic_ncols=True)
+            stage_over = False
+            accum, accum_loss, accum_n, bad_batch = 0, 0.0, 0, False
+            while not stage_over:
+                batches = self.sampler.batches(self.state.epoch)
+                # DDP needs every rank to run every step: drop global batches too small to give each rank an item.
+                batches = [b for b in batches if len(b) >= world]
+                while self.state.batch < len(batches) and not stage_over:
+                    batch = batches[self.state.batch]
+                    mine = [(i, self.train_examples[i]) for i in batch[rank::world]]
+                    feats, lengths = self._features(mine, self.state.epoch, boundary)
+                    last_micro = accum + 1 == cfg.train.grad_accum
+                    ctx = self.acc.no_sync(suffix) if (world > 1 and not last_micro) else _null()
+                    with ctx:
+                        with self.acc.autocast():
+                            logits = suffix(feats, lengths, self.rng, training=True)
+                        from .forward import output_lengths
+
+                        per_utt = ctc_loss_per_utt(logits, output_lengths(self.model, boundary, lengths), [e.labels for _, e in mine], self.blank_id)
+                        loss = per_utt.sum() / len(batch) * world / cfg.train.grad_accum
+                        micro += 1
+                        if nan_every and micro % nan_every == 0:
+                            loss = loss * float("nan")
+                        finite = torch.tensor([float(torch.isfinite(loss))], device=self.acc.device)
+                        if world > 1:
+                            finite = self.acc.reduce(finite, "min")
+                        if finite.item() < 1:
+                            bad_batch = True
+                        else:
+                            (self.scaler.scale(loss) if self.scaler else loss).backward()
+                            accum_loss += float(per_utt.detach().sum())
+                            accum_n += len(mine)
+                    self.state.batch += 1
+                    accum += 1
+                    if accum < cfg.train.grad_accum:
+                        continue
+                    accum = 0
+                    params = [p for g in optimizer.param_groups for p in g["params"]]
+                    if self.scaler:
+                        self.scaler.unscale_(optimizer)
+                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_norm if cfg.train.clip_norm > 0 else float("inf"))
+                    if bad_batch or not torch.isfinite(norm):
+                        # Skip the whole step: a NaN/inf loss or gradient must never reach the weights.
+                        self.state.nan_skipped += 1
+                        optimizer.zero_grad(set_to_none=True)
+                        bad_batch = False
+                        accum_loss, accum_n = 0.0, 0
+                        self.log.log({"step": self.state.step, "split": "event", "nan_skipped": self.state.nan_skipped})
+                        continue
+                    if self.scaler:
+                        self.scaler.step(optimizer)
+                        self.scaler.update()
+                    else:
+                        optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    self.state.step += 1
+                    self.state.stage_step += 1
+                    bar.update(1)
+                    if self.state.step % cfg.train.log_every == 0 or self.state.stage_step == 1:
+                        totals = torch.tensor([accum_loss, float(accum_n)], device=self.acc.device)
+                        if world > 1:  # log the global mean, not rank 0's share
+                            totals = self.acc.reduce(totals, "sum")
+                        train_loss = float(totals[0] / totals[1].clamp(min=1))
+                        bar.set_postfix(loss=f"{train_loss:.3f}")
+                        self.log.log({"step": self.state.step, "stage": stage.name, "split": "train", "loss": train_loss,
+                                      "lr": scheduler.get_last_lr()[-1], "grad_norm": float(norm), "epoch": self.state.epoch})
+                    accum_loss, accum_n = 0.0, 0
+                    stage_over = self._after_step(stage, total, bar)
+                if not stage_over:
+                    self.state.epoch += 1
+                    self.state.batch = 0
+            bar.close()
+            if self.paused:
+                self.log.close()
+                return self.run_dir / "checkpoints"
+        self.log.write_json("stages.json", self.state.stages)
+        final_metrics = self.evaluate() if self.dev_examples else {}
+        out = self.save_model("final", {"dev": final_metrics} if final_metrics else None)
+        summary = {"steps": self.state.step, "wall_s": round(time.time() - t0, 1), "skipped": self.skips.as_dict(),
+                   "nan_skipped": self.state.nan_skipped, "watchdog_events": self.state.watchdog_events,
+                   "best_" + cfg.train.selection_metric: self.state.best, "final_dev": final_metrics,
+                   "cache": self.cache.stats(), "train_utterances": len(self.train_examples),
+                   "train_minutes": round(sum(e.duration_s for e in self.train_examples) / 60, 3), "device": str(self.acc.device),
+                   "processes": world}
+        self.log.write_json("train_summary.json", summary)
+        self.log.close()
+        return out or self.run_dir / "final"
+
+    def _after_step(self, stage, total: int, bar) -> bool:
+        """Eval, watchdog, checkpoint and stage-end decisions after an optimiser step. Returns True at stage end."""
+        cfg = self.config
+        s = self.state
+        ended = s.stage_step >= total
+        evaluated = None
+        if self.dev_examples and (s.step % cfg.train.eval_every == 0 or ended):
+            evaluated = self.evaluate()
+            metric = evaluated[cfg.train.selection_metric]
+            self.log.log({"step": s.step, "stage": stage.name, "split": "dev", **evaluated})
+            bar.set_postfix(dev_cer=f"{evaluated['cer']:.3f}")
+            if s.best is None or metric < s.best - 1e-12:
+                s.best, s.run_bad_evals = metric, 0
+                self.save_model("best", {"dev": evaluated, "step": s.step})
+            else:
+                s.run_bad_evals += 1
+            if s.stage_best is None or metric < s.stage_best - stage.min_delta:
+                s.stage_best, s.bad_evals = metric, 0
+            else:
+                s.bad_evals += 1
+            if stage.until_plateau and s.bad_evals >= stage.patience:
+                self._say(f"stage {stage.name}: dev {cfg.train.selection_metric} plateaued after {s.bad_evals} evaluations")
+                ended = True
+            if cfg.train.early_stop_patience and s.run_bad_evals >= cfg.train.early_stop_patience:
+                self._say(f"early stopping: no improvement in {s.run_bad_evals} evaluations")
+                ended, s.done = True, True
+            self._watchdog(evaluated, stage)
+        if ended:
+            s.stages[-1]["end_step"] = s.step
+            s.stage += 1
+            s.stage_step, s.epoch, s.batch = 0, 0, 0
+            if s.stage >= len(cfg.stages):
+                s.done = True
+        pause = (self.stop_after_steps is not None and s.step - self.start_step >= self.stop_after_steps) or (
+            self.time_budget_s is not None and time.time() - self.t_start >= self.time_budget_s)
+        if ended or pause or s.step % cfg.train.save_every == 0:
+            self.save()
+        if pause and not s.done:
+            # A time-boxed invocation: checkpoint written, continue later with --resume.
+            self.paused = True
+            self._say(f"pausing at step {s.step} (checkpoint saved); continue with --resume")
+            return True
+        return ended
+
+    def _watchdog(self, evaluated: dict, stage) -> None:
+        """Blank collapse: the model emits (almost) only blanks on dev after warm-up."""
+        cfg = self.config
+        warm = stage.warmup_steps if stage.warmup_steps is not None else int(stage.warmup_ratio * self.stage_opt[4])
+        if self.state.stage_step <= warm or evaluated["blank_share"] < cfg.train.watchdog_blank_share:
+            return
+        self.state.watchdog_events += 1
+        msg = (f"watchdog: the model emits only blanks on dev ({evaluated['blank_share']:.1%} blank frames, entropy "
+               f"{evaluated['entropy']:.2f}) at step {self.state.step}")
+        optimizer, scheduler, *_ = self.stage_opt
+        if cfg.train.watchdog == "lower-lr":
+            scheduler.base_lrs = [lr * 0.5 for lr in scheduler.base_lrs]
+            for g in optimizer.param_groups:
+                g["lr"] *= 0.5
+            msg += "; halving the learning rate"
+        elif cfg.train.watchdog == "rollback" and (self.run_dir / "best" / "model.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            state = load_file(str(self.run_dir / "best" / "model.safetensors"))
+            unwrap(self.model).load_state_dict(state, strict=False)
+            msg += "; rolled back to best/"
+        else:
+            msg += "; check the learning rate and warm-up (train.watchdog = lower-lr or rollback acts on it)"
+        self._say(msg)
+        self.log.log({"step": self.state.step, "split": "event", "watchdog": 1, "blank_share": evaluated["blank_share"]})
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def train(config: TrainConfig, resume: bool = False, allow_inexact_resume: bool = False, progress: bool = True,
+          stop_after_steps: int | None = None, time_budget_s: float | None = None) -> Path:
+    """Run staged transfer training; returns the ``final/`` model folder (or ``checkpoints/`` when paused early).
+
+    ``stop_after_steps`` / ``time_budget_s`` pause this invocation after a checkpoint; ``resume=True`` continues exactly.
+    """
+    return Trainer(config, resume, allow_inexact_resume, progress, stop_after_steps, time_budget_s).run()

@@ -1,0 +1,73 @@
+"""Preparing a model for transfer: source model → target vocabulary → head swap (or from-scratch control) → adapters.
+
+This is the "model" step of training, kept apart from the loop so that ``baseline`` (zero-shot) and the from-scratch
+control reuse exactly what ``train`` does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import AugmentArgs, ModelArgs
+from .errors import UserError
+
+
+@dataclass
+class PreparedModel:
+    model: torch.nn.Module  # Wav2Vec2ForCTC (possibly with adapters), on CPU, train-ready
+    processor: object
+    vocab: dict[str, int]  # target token -> id
+    source_vocab: dict[str, int]
+    head_report: dict
+    source: str
+
+
+def target_vocab_for(args: ModelArgs, train_manifest: str | Path) -> dict[str, int]:
+    """The target vocabulary: ``args.vocab`` if given, else built from the train manifest's normalised text."""
+    from .manifest import read_manifest
+    from .vocab import build_vocab, load_vocab
+
+    if args.vocab:
+        return dict(load_vocab(args.vocab))
+    texts = [u.text for u in read_manifest(train_manifest)]
+    if not texts:
+        raise UserError("train manifest has no utterances", path=train_manifest)
+    return dict(build_vocab(texts, args.lang))
+
+
+def prepare_model(args: ModelArgs, augment: AugmentArgs, train_manifest: str | Path, seed: int = 0) -> PreparedModel:
+    """Load ``args.source``, swap its CTC head for the target vocabulary and apply dropout/adapter settings."""
+    from .model import load_model, make_processor, swap_head
+
+    loaded = load_model(args.source, device="cpu", allow_pickle=args.allow_pickle)
+    model = loaded.model
+    source_vocab = {tok: i for i, tok in enumerate(loaded.vocab)}
+    vocab = target_vocab_for(args, train_manifest)
+    if args.from_scratch:
+        # The control: the same architecture, every weight random, same data and budget.
+        from transformers import Wav2Vec2ForCTC
+
+        torch.manual_seed(seed)
+        model = Wav2Vec2ForCTC(model.config)
+    mode = "random" if args.from_scratch else args.head_init
+    report = swap_head(model, source_vocab, vocab, mode=mode, lang=args.lang, base_letters=args.base_letters, seed=seed)
+    if augment.dropout is not None:
+        _set_dropout(model, augment.dropout)
+    model.config.layerdrop = 0.0  # LayerDrop is applied by asr_transfer.forward, on trainable layers only
+    if args.adapter != "none":
+        from .adapters import add_adapters
+
+        add_adapters(model, mode=args.adapter, r=args.lora_r, alpha=args.lora_alpha)
+    processor = make_processor(vocab, feat_extract_norm=model.config.feat_extract_norm)
+    model.train()
+    return PreparedModel(model, processor, vocab, source_vocab, report.to_dict(), str(args.source))
+
+
+def _set_dropout(model: torch.nn.Module, p: float) -> None:
+    for key in ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout", "final_dropout"):
+        setattr(model.config, key, p)
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = p

@@ -1,0 +1,61 @@
+"""A tiny German-looking corpus (tones + noise, real German transcripts) and a tiny English source model on disk.
+
+Shared by the training, fault and benchmark-smoke tests. Everything is deterministic and builds in about a second.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ASSETS = Path(__file__).parent / "assets"
+TEXTS = ["über den fluss", "das haus ist groß", "schöne grüße", "ein kleiner hund", "die straße ist lang", "guten morgen"]
+
+
+def make_source_model(out: Path, config: Path = ASSETS / "tiny" / "config.json", seed: int = 0) -> Path:
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    from asr_transfer.model import ModelRecord, make_processor, save_model
+    from asr_transfer.vocab import english_source_vocab
+
+    cfg = Wav2Vec2Config.from_json_file(str(config))
+    torch.manual_seed(seed)
+    model = Wav2Vec2ForCTC(cfg)
+    vocab = english_source_vocab()
+    record = ModelRecord(lang="en", normalizer="en-v1", source_model="random-tiny", head_init="random", vocab=vocab)
+    return save_model(out, model, make_processor(vocab, cfg.feat_extract_norm), record)
+
+
+def make_corpus(out: Path, n_train: int = 18, n_dev: int = 6, seed: int = 0) -> tuple[Path, Path]:
+    from asr_transfer.audio import write_wav
+    from asr_transfer.manifest import Utterance, write_manifest
+
+    rng = np.random.default_rng(seed)
+    utts = []
+    for i in range(n_train + n_dev):
+        d = 0.6 + 0.1 * (i % 5)
+        t = np.arange(int(d * 16000)) / 16000
+        x = 0.3 * np.sin(2 * np.pi * (200 + 20 * i) * t) + 0.01 * rng.standard_normal(t.size)
+        path = out / "wav" / f"u{i}.wav"
+        write_wav(path, x)
+        utts.append(Utterance(str(path), d, TEXTS[i % len(TEXTS)], id=f"u{i}", speaker=f"s{i % 3}"))
+    return write_manifest(out / "train.jsonl", utts[:n_train]), write_manifest(out / "dev.jsonl", utts[n_train:])
+
+
+def tiny_config(tmp: Path, source: Path, train: Path, dev: Path, **overrides):
+    """A 3-stage TrainConfig over the tiny corpus; ``overrides`` are ``--set`` style ``key=value`` pairs."""
+    from asr_transfer.config import TrainConfig, load_config
+
+    base = {
+        "model": {"source": str(source), "lang": "de"},
+        "data": {"train_manifest": str(train), "dev_manifest": str(dev), "max_batch_s": 4.0, "max_utt_s": 2.0},
+        "augment": {"mask_time_prob": 0.2, "mask_time_length": 2},
+        "train": {"output_dir": str(tmp / "run"), "eval_every": 4, "save_every": 3, "log_every": 1, "keep_last": 2},
+        "stages": [
+            {"name": "head", "train": ["head"], "lr": 1e-3, "steps": 5},
+            {"name": "top", "train": ["head", "layers.-1:"], "lr": 1e-3, "steps": 5},
+            {"name": "all", "train": ["head", "layers", "feature_projection"], "lr": 3e-4, "layer_decay": 0.9, "epochs": 1},
+        ],
+    }
+    return load_config(TrainConfig, None, [f"{k}={v}" for k, v in overrides.items()], base=base)

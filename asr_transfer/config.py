@@ -40,6 +40,8 @@ class ModelArgs:
     lora_r: int = _help("LoRA rank", 8)
     lora_alpha: int = _help("LoRA alpha", 16)
     allow_pickle: bool = _help("allow pickle-based .bin weights (pickle can run code; only for trusted files)", False)
+    init_config: str | None = _help("build a randomly initialised model from this Wav2Vec2Config JSON instead of loading "
+                                    "source (pre-training a source model; needs vocab and head_init = keep)", None)
 
     def __post_init__(self):
         _choice("model.head_init", self.head_init, ("mapped", "random", "keep"))

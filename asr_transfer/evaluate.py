@@ -450,3 +450,8 @@ def tune_lm(
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "tune.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
+
+
+from ._api import make_module_callable  # noqa: E402
+
+make_module_callable(__name__, evaluate)

@@ -508,3 +508,8 @@ def train(config: TrainConfig, resume: bool = False, allow_inexact_resume: bool 
     ``stop_after_steps`` / ``time_budget_s`` pause this invocation after a checkpoint; ``resume=True`` continues exactly.
     """
     return Trainer(config, resume, allow_inexact_resume, progress, stop_after_steps, time_budget_s).run()
+
+
+from ._api import make_module_callable  # noqa: E402
+
+make_module_callable(__name__, train)

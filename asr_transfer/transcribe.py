@@ -22,7 +22,6 @@ from __future__ import annotations
 import glob
 import sys
 import time
-import types
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -432,12 +431,6 @@ def transcribe(paths, model, decoder="greedy", lm_dir=None, device: str = "auto"
                                  batch_s, on_error, **kwargs))
 
 
-class _CallableModule(types.ModuleType):
-    """``asr_transfer.transcribe`` is both this module and the function: importing the submodule rebinds the
-    package attribute to the module, so the module forwards calls to keep ``asr_transfer.transcribe(...)`` working."""
+from ._api import make_module_callable  # noqa: E402
 
-    def __call__(self, *args, **kwargs):
-        return transcribe(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_module_callable(__name__, transcribe)

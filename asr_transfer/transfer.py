@@ -41,10 +41,13 @@ def prepare_model(args: ModelArgs, augment: AugmentArgs, train_manifest: str | P
     """Load ``args.source``, swap its CTC head for the target vocabulary and apply dropout/adapter settings."""
     from .model import load_model, make_processor, swap_head
 
-    loaded = load_model(args.source, device="cpu", allow_pickle=args.allow_pickle)
-    model = loaded.model
-    source_vocab = {tok: i for i, tok in enumerate(loaded.vocab)}
     vocab = target_vocab_for(args, train_manifest)
+    if args.init_config:
+        model, source_vocab = _random_model(args, vocab, seed)
+    else:
+        loaded = load_model(args.source, device="cpu", allow_pickle=args.allow_pickle)
+        model = loaded.model
+        source_vocab = {tok: i for i, tok in enumerate(loaded.vocab)}
     if args.from_scratch:
         # The control: the same architecture, every weight random, same data and budget.
         from transformers import Wav2Vec2ForCTC
@@ -62,7 +65,25 @@ def prepare_model(args: ModelArgs, augment: AugmentArgs, train_manifest: str | P
         add_adapters(model, mode=args.adapter, r=args.lora_r, alpha=args.lora_alpha)
     processor = make_processor(vocab, feat_extract_norm=model.config.feat_extract_norm)
     model.train()
-    return PreparedModel(model, processor, vocab, source_vocab, report.to_dict(), str(args.source))
+    return PreparedModel(model, processor, vocab, source_vocab, report.to_dict(), str(args.init_config or args.source))
+
+
+def _random_model(args: ModelArgs, vocab: dict[str, int], seed: int):
+    """A randomly initialised ``Wav2Vec2ForCTC`` from ``args.init_config`` whose head already fits ``vocab``."""
+    import json
+
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    path = Path(args.init_config)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        config = Wav2Vec2Config(**{**data, "vocab_size": len(vocab), "pad_token_id": vocab["<pad>"]})
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"cannot read the Wav2Vec2Config ({exc})", path=path) from None
+    if args.head_init != "keep" or not args.vocab:
+        raise UserError("model.init_config needs model.vocab (a vocab.json) and model.head_init = keep", path=path)
+    torch.manual_seed(seed)
+    return Wav2Vec2ForCTC(config), dict(vocab)
 
 
 def _set_dropout(model: torch.nn.Module, p: float) -> None:

@@ -23,8 +23,9 @@ import torch
 from . import checkpoint as ckpt
 from .cache import FeatureCache
 from .config import TrainConfig, save_config, to_dict
-from .data import BucketSampler, Example, SkipCounter, augmentation_for, build_examples, load_example_audio, normalize_wave
-from .errors import ConfigError, UserError
+from .data import (BucketSampler, Example, SkipCounter, audio_skip_reason, augmentation_for, build_examples, load_example_audio,
+                   normalize_wave)
+from .errors import AudioError, ConfigError, UserError
 from .forward import MaskOptions, Suffix, ctc_loss_per_utt, num_segments, pad_features, prefix_features, trainable_boundary, unwrap
 from .runlog import RunLog
 
@@ -118,7 +119,8 @@ class Trainer:
         self.model = self.prepared.model.to(self.acc.device)
         self.vocab = self.prepared.vocab
         self.blank_id = self.vocab["<pad>"]
-        validate_schedule(cfg.stages, self.model.config.num_hidden_layers)
+        validate_schedule(cfg.stages, self.model.config.num_hidden_layers, has_eval=bool(cfg.data.dev_manifest),
+                          stable_layer_norm=bool(self.model.config.do_stable_layer_norm))
         self.normalizer = get_normalizer(cfg.model.lang)
         mc = unwrap(self.model).config
         self.skips = SkipCounter()
@@ -126,10 +128,12 @@ class Trainer:
                                              cfg.data.min_utt_s, cfg.data.max_utt_s, self.skips)
         if not self.train_examples:
             raise UserError(f"no usable training utterances (skipped: {dict(self.skips.counts)})", path=cfg.data.train_manifest)
+        self.bad_audio: set[str] = set()  # uids whose audio failed to decode during the run (skipped from then on)
+        self.dev_skips = SkipCounter()
         self.dev_examples: list[Example] = []
         if cfg.data.dev_manifest:
             self.dev_examples = build_examples(cfg.data.dev_manifest, self.vocab, self.normalizer, mc.conv_kernel, mc.conv_stride,
-                                               0.0, math.inf, SkipCounter(), cfg.data.max_dev_utts)
+                                               0.0, math.inf, self.dev_skips, cfg.data.max_dev_utts)
         self.sampler = BucketSampler([e.duration_s for e in self.train_examples], cfg.data.max_batch_s, cfg.train.seed)
         self.rng = np.random.default_rng([cfg.train.seed, 11])
         self.cache = FeatureCache(self.run_dir / "cache" / f"rank{self.acc.process_index}", cfg.train.cache_max_mem_mb << 20)
@@ -143,6 +147,10 @@ class Trainer:
         if self.main:
             save_config(cfg, self.run_dir / "config.resolved.json")
             self.log.write_json("head_init.json", self.prepared.head_report)
+            from .provenance import begin_training  # provenance hook: run.json (code, env, data, source) at start
+
+            begin_training(self.run_dir, to_dict(cfg), str(self.acc.device), self.state.fingerprints,
+                           sum(e.duration_s for e in self.train_examples) / 60, len(self.train_examples), self.resume)
         self.stage_opt = None  # (optimizer, scheduler, suffix, boundary) for the current stage
         self.resume_parts = None
         if self.resume:
@@ -230,14 +238,25 @@ class Trainer:
                 cfg.train.seed, epoch, index, cfg.data.speed_perturb, cfg.data.noise_snr_db)
             key = f"{ex.uid}|{speed:g}"
             cached = cache.get(key) if (self.use_cache or dev) and boundary > 0 else None
+            if ex.uid in self.bad_audio:
+                continue
             if cached is None:
-                wave = load_example_audio(ex, speed, snr, np.random.default_rng(noise_seed))
+                try:
+                    wave = load_example_audio(ex, speed, snr, np.random.default_rng(noise_seed))
+                except AudioError as exc:
+                    # Decodes badly (NaN/inf, silence, corrupt past the header): skip it from now on, count it once.
+                    self.bad_audio.add(ex.uid)
+                    (self.dev_skips if dev else self.skips).add(audio_skip_reason(exc), ex.uid, str(exc))
+                    self._say(f"warning: skipping {ex.uid}: {exc}")
+                    continue
                 x = torch.from_numpy(normalize_wave(wave, do_norm)).to(self.acc.device)
                 with self.acc.autocast():
                     cached = prefix_features(self.model, x, boundary).float()
                 if (self.use_cache or dev) and boundary > 0:
                     cache.put(key, cached)
             feats.append(cached.to(self.acc.device))
+        if not feats:
+            return None, None
         return pad_features(feats)
 
     # ------------------------------------------------------------------ eval
@@ -257,6 +276,9 @@ class Trainer:
         for start in range(0, len(self.dev_examples), bs):
             chunk = list(enumerate(self.dev_examples[start : start + bs], start))
             feats, lengths = self._features(chunk, 0, boundary, dev=True)
+            chunk = [c for c in chunk if c[1].uid not in self.bad_audio]
+            if not chunk:
+                continue
             with self.acc.autocast():
                 logits = inner(feats, lengths, None, training=False).float()
             from .forward import output_lengths
@@ -296,11 +318,19 @@ class Trainer:
         if not self.main:
             return None
         base = unwrap(self.model)
-        if self.config.model.adapter == "lora":
-            from .adapters import save_adapter
+        if self.config.model.adapter != "none":
+            adapters_only = all(p in ("adapters", "head") for st in self.config.stages for p in st.train)
+            if adapters_only:
+                # Only adapter + head weights changed: save those (a few MB); load_model(base, adapter=DIR) restores them.
+                from .adapters import save_adapter
 
-            record = self._record()
-            return save_adapter(self.run_dir / name, base, record, self.prepared.processor)
+                return save_adapter(self.run_dir / name, base, self._record(), self.prepared.processor)
+            # Base weights trained too: fold LoRA into a copy and save the whole model.
+            import copy
+
+            from .adapters import merge_adapters
+
+            base = merge_adapters(copy.deepcopy(base))
         return save_model(self.run_dir / name, base, self.prepared.processor, self._record(), self._card(metrics))
 
     def _record(self):
@@ -344,27 +374,29 @@ class Trainer:
                     batch = batches[self.state.batch]
                     mine = [(i, self.train_examples[i]) for i in batch[rank::world]]
                     feats, lengths = self._features(mine, self.state.epoch, boundary)
+                    mine = [m for m in mine if m[1].uid not in self.bad_audio]  # unusable audio: skipped, counted
                     last_micro = accum + 1 == cfg.train.grad_accum
                     ctx = self.acc.no_sync(suffix) if (world > 1 and not last_micro) else _null()
                     with ctx:
-                        with self.acc.autocast():
-                            logits = suffix(feats, lengths, self.rng, training=True)
-                        from .forward import output_lengths
+                        if mine:  # empty when every utterance of this micro-batch had unusable audio
+                            with self.acc.autocast():
+                                logits = suffix(feats, lengths, self.rng, training=True)
+                            from .forward import output_lengths
 
-                        per_utt = ctc_loss_per_utt(logits, output_lengths(self.model, boundary, lengths), [e.labels for _, e in mine], self.blank_id)
-                        loss = per_utt.sum() / len(batch) * world / cfg.train.grad_accum
-                        micro += 1
-                        if nan_every and micro % nan_every == 0:
-                            loss = loss * float("nan")
-                        finite = torch.tensor([float(torch.isfinite(loss))], device=self.acc.device)
-                        if world > 1:
-                            finite = self.acc.reduce(finite, "min")
-                        if finite.item() < 1:
-                            bad_batch = True
-                        else:
-                            (self.scaler.scale(loss) if self.scaler else loss).backward()
-                            accum_loss += float(per_utt.detach().sum())
-                            accum_n += len(mine)
+                            per_utt = ctc_loss_per_utt(logits, output_lengths(self.model, boundary, lengths), [e.labels for _, e in mine], self.blank_id)
+                            loss = per_utt.sum() / len(batch) * world / cfg.train.grad_accum
+                            micro += 1
+                            if nan_every and micro % nan_every == 0:
+                                loss = loss * float("nan")
+                            finite = torch.tensor([float(torch.isfinite(loss))], device=self.acc.device)
+                            if world > 1:
+                                finite = self.acc.reduce(finite, "min")
+                            if finite.item() < 1:
+                                bad_batch = True
+                            else:
+                                (self.scaler.scale(loss) if self.scaler else loss).backward()
+                                accum_loss += float(per_utt.detach().sum())
+                                accum_n += len(mine)
                     self.state.batch += 1
                     accum += 1
                     if accum < cfg.train.grad_accum:
@@ -408,18 +440,26 @@ class Trainer:
             bar.close()
             if self.paused:
                 self.log.close()
+                if self.main:  # provenance hook: close this invocation of run.json as paused
+                    from .provenance import finish
+
+                    finish(self.run_dir, status="paused")
                 return self.run_dir / "checkpoints"
         self.log.write_json("stages.json", self.state.stages)
         final_metrics = self.evaluate() if self.dev_examples else {}
         out = self.save_model("final", {"dev": final_metrics} if final_metrics else None)
         summary = {"steps": self.state.step, "wall_s": round(time.time() - t0, 1), "skipped": self.skips.as_dict(),
-                   "nan_skipped": self.state.nan_skipped, "watchdog_events": self.state.watchdog_events,
+                   "dev_skipped": self.dev_skips.as_dict(), "nan_skipped": self.state.nan_skipped, "watchdog_events": self.state.watchdog_events,
                    "best_" + cfg.train.selection_metric: self.state.best, "final_dev": final_metrics,
                    "cache": self.cache.stats(), "train_utterances": len(self.train_examples),
                    "train_minutes": round(sum(e.duration_s for e in self.train_examples) / 60, 3), "device": str(self.acc.device),
                    "processes": world}
         self.log.write_json("train_summary.json", summary)
         self.log.close()
+        if self.main:  # provenance hook: wall time, status and metrics into run.json
+            from .provenance import finish
+
+            finish(self.run_dir, status="finished")
         return out or self.run_dir / "final"
 
     def _after_step(self, stage, total: int, bar) -> bool:

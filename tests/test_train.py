@@ -175,3 +175,18 @@ def test_ddp_two_processes_match_one_process(tmp_path, corpus):
     ga = [r["grad_norm"] for r in _metrics(tmp_path / "one", "train")]
     gb = [r["grad_norm"] for r in _metrics(tmp_path / "two", "train")]
     assert ga == pytest.approx(gb, rel=1e-4)
+
+
+def test_lora_adapter_run_saves_only_adapter_weights_and_reloads(tmp_path, corpus):
+    from asr_transfer.model import load_model
+    from asr_transfer.train import train
+
+    over = {"model.adapter": "lora", "stages.0.train": '["adapters", "head"]', "stages.1.train": '["adapters", "head"]',
+            "stages.2.train": '["adapters", "head"]'}
+    final = train(tiny_config(tmp_path, *corpus, **over), progress=False)
+    files = {p.name for p in final.iterdir()}
+    assert "model.safetensors" not in files, files
+    adapter_bytes = sum(p.stat().st_size for p in final.glob("*.safetensors"))
+    assert 0 < adapter_bytes < (corpus[0] / "model.safetensors").stat().st_size / 2
+    loaded = load_model(corpus[0], adapter=final)
+    assert loaded.record.lang == "de" and loaded.model.config.vocab_size == len(loaded.vocab)

@@ -362,6 +362,9 @@ class Trainer:
             stage = cfg.stages[self.state.stage]
             self._begin_stage(self.state.stage)
             optimizer, scheduler, suffix, boundary, total = self.stage_opt
+            if self.state.step == 0 and self.dev_examples:
+                # Step 0: the untrained (zero-shot) point of every learning curve.
+                self.log.log({"step": 0, "stage": stage.name, "split": "dev", **self.evaluate()})
             bar = tqdm(total=total, initial=self.state.stage_step, desc=f"stage {stage.name}", disable=not self.progress or None,
                        unit="step", dynamic_ncols=True)
             stage_over = False
@@ -451,7 +454,7 @@ class Trainer:
         summary = {"steps": self.state.step, "wall_s": round(time.time() - t0, 1), "skipped": self.skips.as_dict(),
                    "dev_skipped": self.dev_skips.as_dict(), "nan_skipped": self.state.nan_skipped, "watchdog_events": self.state.watchdog_events,
                    "best_" + cfg.train.selection_metric: self.state.best, "final_dev": final_metrics,
-                   "cache": self.cache.stats(), "train_utterances": len(self.train_examples),
+                   "cache": self.cache.stats(), "train_utterances": sum(e.uid not in self.bad_audio for e in self.train_examples),
                    "train_minutes": round(sum(e.duration_s for e in self.train_examples) / 60, 3), "device": str(self.acc.device),
                    "processes": world}
         self.log.write_json("train_summary.json", summary)

@@ -108,21 +108,19 @@ def test_nan_losses_are_skipped_and_counted(tmp_path, corpus, monkeypatch):
     assert all(torch.isfinite(t).all() for t in _weights(final).values())
 
 
-def test_mapped_head_starts_from_english_rows(tmp_path, corpus):
-    from asr_transfer.train import train
+def test_prepare_model_maps_the_head_from_english_rows(corpus):
+    """The trainer's model step: target rows copy the English rows of the same (or base) letter exactly."""
+    from asr_transfer.config import AugmentArgs, ModelArgs
+    from asr_transfer.transfer import prepare_model
 
-    src = _weights(corpus[0])
-    final = train(tiny_config(tmp_path, *corpus, **{"stages": "[]"}) if False else
-                  tiny_config(tmp_path, *corpus, **{"stages.0.steps": "1"}), progress=False, stop_after_steps=0)
-    # stop_after_steps=0 pauses before any update: the checkpointed head must be the mapped one
-    from asr_transfer.checkpoint import latest_valid, load_checkpoint
-
-    head = load_checkpoint(latest_valid(tmp_path / "run" / "checkpoints"))["model"]
-    vocab = json.loads((tmp_path / "run" / "config.resolved.json").read_text())
-    assert head["lm_head.weight"].shape[0] > 32 or head["lm_head.weight"].shape[0] >= 20
-    assert final.name == "checkpoints"
-    assert vocab["model"]["head_init"] == "mapped"
-    assert src["lm_head.weight"].shape[0] == 32
+    src_path, train_m, _ = corpus
+    src = _weights(src_path)
+    en = json.loads((src_path / "vocab.json").read_text())
+    prepared = prepare_model(ModelArgs(source=str(src_path), lang="de"), AugmentArgs(), train_m)
+    head = prepared.model.lm_head.weight.detach()
+    for target, english in (("a", "A"), ("ü", "U"), ("ö", "O"), ("ß", "S"), ("|", "|"), ("<pad>", "<pad>")):
+        assert torch.equal(head[prepared.vocab[target]], src["lm_head.weight"][en[english]]), target
+    assert prepared.model.config.vocab_size == len(prepared.vocab) == head.shape[0]
 
 
 @pytest.mark.parametrize("setting,message", [

@@ -196,8 +196,8 @@ def prefix_features(model: nn.Module, wave: torch.Tensor, boundary: int) -> torc
     """Frozen-prefix output for ONE utterance: ``(samples,)`` wave → ``(frames, dim)`` at the boundary (eval, no grad)."""
     base = unwrap(model)
     with torch.no_grad():
-        if boundary == 0:
-            return wave[:, None] if wave.dim() == 1 else wave
+        if boundary == 0:  # nothing is frozen below the CNN: the "feature" is the normalised wave itself
+            return wave
         out = run_segments(base, wave[None], 0, boundary, training=False)
     return out[0]
 
@@ -205,8 +205,6 @@ def prefix_features(model: nn.Module, wave: torch.Tensor, boundary: int) -> torc
 def pad_features(feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad ``[(frames_i, dim)]`` (or ``[(samples_i,)]``) to a batch; returns ``(batch, max, dim)`` and lengths."""
     lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
-    if feats[0].dim() == 1:
-        return nn.utils.rnn.pad_sequence(feats, batch_first=True), lengths
     return nn.utils.rnn.pad_sequence(feats, batch_first=True), lengths
 
 

@@ -188,3 +188,13 @@ def test_lora_adapter_run_saves_only_adapter_weights_and_reloads(tmp_path, corpu
     assert 0 < adapter_bytes < (corpus[0] / "model.safetensors").stat().st_size / 2
     loaded = load_model(corpus[0], adapter=final)
     assert loaded.record.lang == "de" and loaded.model.config.vocab_size == len(loaded.vocab)
+
+
+def test_training_the_cnn_runs_uncached_from_the_wave(tmp_path, corpus):
+    """A stage that trains the feature encoder has boundary 0: batches are padded waves, the CNN runs per utterance."""
+    from asr_transfer.train import train
+
+    one = '[{name = "all", train = ["feature_encoder", "feature_projection", "pos_conv", "layers", "head"], lr = 1e-3, steps = 3}]'
+    train(tiny_config(tmp_path, *corpus, stages=one), progress=False)
+    stages = json.loads((tmp_path / "run" / "stages.json").read_text())
+    assert stages[0]["boundary"] == 0 and stages[0]["end_step"] == 3

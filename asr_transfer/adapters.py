@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, ModelError
-from .model import (RECORD_FILE, ModelRecord, _set_vocab_config, atomic_folder_write, make_processor,
-                    parameter_groups)
+from .groups import parameter_groups
+from .head import set_vocab_config
+from .model import RECORD_FILE, ModelRecord, atomic_folder_write, make_processor
 
 ADAPTER_MODES = ("lora", "mms")
 LORA_FILE = "adapter.safetensors"
@@ -190,7 +191,7 @@ def apply_saved_adapter(model: nn.Module, adapter_dir: str | os.PathLike):
     else:
         with torch.no_grad():
             model.load_state_dict(state, strict=False)
-    _set_vocab_config(model.config, record.vocab)
+    set_vocab_config(model.config, record.vocab)
     try:
         processor = Wav2Vec2Processor.from_pretrained(str(folder), local_files_only=True)
     except Exception:

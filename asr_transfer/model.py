@@ -1,4 +1,4 @@
-"""Source models: loading (local folder or hub id), head swap, named parameter groups, the record, saving.
+"""Source models: loading (local folder or hub id), the record, the processor, saving.
 
 A model folder is HF ``save_pretrained`` form (``config.json``, ``model.safetensors``, tokenizer + feature extractor
 files) plus ``asr_transfer.json`` (:class:`ModelRecord`: language, normaliser, source, head init) and a model card
@@ -6,6 +6,7 @@ files) plus ``asr_transfer.json`` (:class:`ModelRecord`: language, normaliser, s
 ``pytorch_model.bin`` can run arbitrary code when loaded.
 
 Adapters (LoRA / MMS-style) live in :mod:`asr_transfer.adapters`; ``load_model(base, adapter=DIR)`` applies one.
+The CTC head swap is :mod:`asr_transfer.head`; named parameter groups are :mod:`asr_transfer.groups`.
 """
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ from .errors import ConfigError, ModelError, UserError
 
 RECORD_FILE = "asr_transfer.json"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
-HEAD_MODES = ("mapped", "random", "keep")
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.bin")
 # Hub ids are "name" or "owner/name"; anything else that is not a folder is a mistyped path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
@@ -387,150 +387,6 @@ def model_card(record: ModelRecord, card: dict[str, Any] | None = None) -> str:
     return "\n".join(front + body)
 
 
-# ---------------------------------------------------------------- head swap
-
-
-@dataclass(frozen=True)
-class HeadSwapReport:
-    """Where each row of the new CTC head came from."""
-
-    mode: str
-    copied: tuple[str, ...]  # target tokens whose source row was copied (case-insensitive match)
-    seeded: tuple[tuple[str, str], ...]  # (target token, base letter(s)) rows copied from a base letter
-    random: tuple[str, ...]  # target tokens initialised randomly
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "copied": list(self.copied), "seeded": dict(self.seeded), "random": list(self.random)}
-
-    def summary(self) -> str:
-        seeded = ", ".join(f"{t}←{b}" for t, b in self.seeded) or "none"
-        return (f"head {self.mode}: {len(self.copied)} copied, {len(self.seeded)} seeded ({seeded}), "
-                f"{len(self.random)} random ({' '.join(self.random) or 'none'})")
-
-
-def _folded(vocab: dict[str, int]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for token, i in vocab.items():
-        out.setdefault(token.lower(), i)
-    return out
-
-
-def swap_head(model: nn.Module, source_vocab: dict[str, int], target_vocab: dict[str, int], mode: str = "mapped",
-              lang: str = "de", base_letters: dict[str, str] | None = None, seed: int = 0) -> HeadSwapReport:
-    """Replace ``model.lm_head`` by a ``Linear(hidden, len(target_vocab))`` for the target vocabulary.
-
-    ``mapped``: rows (weight and bias) of tokens the source has (case-insensitive, specials included) are copied;
-    new letters copy their base letter's row (ä←a; a multi-letter base averages its rows); the rest are random
-    (normal(0, initializer_range), bias 0, from ``seed``). ``random``: all rows random. ``keep``: the vocabularies
-    must be equal up to case and the head is left alone. Updates ``config.vocab_size`` and pad/bos/eos ids.
-    """
-    if mode not in HEAD_MODES:
-        raise ConfigError(f"unknown head init {mode!r}; use one of {', '.join(HEAD_MODES)}")
-    if "<pad>" not in target_vocab:
-        raise ConfigError("target vocabulary has no '<pad>' (CTC blank) token")
-    if sorted(target_vocab.values()) != list(range(len(target_vocab))):
-        raise ConfigError("target vocabulary ids are not 0..N-1 without gaps")
-    old = model.lm_head
-    src = _folded(source_vocab)
-    if mode == "keep":
-        if {t.lower(): i for t, i in target_vocab.items()} != {t.lower(): i for t, i in source_vocab.items()}:
-            raise ConfigError("head init 'keep' needs the target vocabulary to equal the source one (up to case); "
-                              "use 'mapped'")
-        _set_vocab_config(model.config, target_vocab)
-        return HeadSwapReport("keep", tuple(sorted(target_vocab, key=target_vocab.get)), (), ())
-    if len(source_vocab) != old.out_features:
-        raise ConfigError(f"source vocabulary has {len(source_vocab)} tokens but the head has {old.out_features} rows")
-    if base_letters is None and mode == "mapped":
-        from .text import BASE_LETTERS
-
-        base_letters = BASE_LETTERS.get(lang, {})
-    new = nn.Linear(old.in_features, len(target_vocab), device=old.weight.device, dtype=old.weight.dtype)
-    generator = torch.Generator().manual_seed(seed)
-    std = float(getattr(model.config, "initializer_range", 0.02))
-    copied, seeded, random_ = [], [], []
-    with torch.no_grad():
-        weight = torch.randn(new.weight.shape, generator=generator, dtype=torch.float32) * std
-        new.weight.copy_(weight.to(new.weight))
-        new.bias.zero_()
-        for token, i in sorted(target_vocab.items(), key=lambda kv: kv[1]):
-            if mode == "random":
-                random_.append(token)
-                continue
-            if token.lower() in src:
-                j = src[token.lower()]
-                new.weight[i] = old.weight[j]
-                new.bias[i] = old.bias[j]
-                copied.append(token)
-                continue
-            base = (base_letters or {}).get(token, (base_letters or {}).get(token.lower()))
-            rows = [src.get(ch.lower()) for ch in base] if base else []
-            if rows and all(r is not None for r in rows):
-                new.weight[i] = old.weight[rows].mean(0) if len(rows) > 1 else old.weight[rows[0]]
-                new.bias[i] = old.bias[rows].mean(0) if len(rows) > 1 else old.bias[rows[0]]
-                seeded.append((token, base))
-            else:
-                random_.append(token)
-    model.lm_head = new
-    _set_vocab_config(model.config, target_vocab)
-    return HeadSwapReport(mode, tuple(copied), tuple(seeded), tuple(random_))
-
-
-def _set_vocab_config(config, vocab: dict[str, int]) -> None:
-    folded = _folded(vocab)
-    config.vocab_size = len(vocab)
-    config.pad_token_id = folded["<pad>"]
-    config.bos_token_id = folded.get("<s>")
-    config.eos_token_id = folded.get("</s>")
-
-
-# ---------------------------------------------------------------- parameter groups
-
-GROUP_ORDER = ("feature_encoder", "feature_projection", "pos_conv", "encoder_norm")
-
-
-def _group_of(name: str) -> str:
-    if ".lora_" in name or ".adapter_layer." in name or name.startswith("wav2vec2.adapter."):
-        return "adapters"
-    if name.startswith("lm_head."):
-        return "head"
-    if name.startswith("wav2vec2.feature_extractor."):
-        return "feature_encoder"
-    if name.startswith("wav2vec2.feature_projection.") or name == "wav2vec2.masked_spec_embed":
-        return "feature_projection"
-    if name.startswith("wav2vec2.encoder.pos_conv_embed."):
-        return "pos_conv"
-    if name.startswith("wav2vec2.encoder.layer_norm."):
-        return "encoder_norm"
-    m = re.match(r"wav2vec2\.encoder\.layers\.(\d+)\.", name)
-    if m:
-        return f"layers.{int(m.group(1))}"
-    raise ModelError(f"parameter {name!r} belongs to no known group; only Wav2Vec2ForCTC models are supported")
-
-
-def group_names(num_layers: int) -> list[str]:
-    """All group names, bottom of the network to top."""
-    return [*GROUP_ORDER, *(f"layers.{i}" for i in range(num_layers)), "head", "adapters"]
-
-
-def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
-    """Every parameter of a ``Wav2Vec2ForCTC`` in exactly one named group (bottom to top; groups may be empty).
-
-    ``feature_encoder`` (CNN), ``feature_projection`` (+ ``masked_spec_embed``), ``pos_conv``, ``encoder_norm`` (the
-    encoder's top-level LayerNorm), ``layers.N``, ``head`` (``lm_head``), ``adapters`` (LoRA / MMS adapter layers).
-    A ``config.add_adapter`` conv adapter (``wav2vec2.adapter``) also counts as ``adapters``.
-    ``encoder_norm`` is its own group; stage patterns attach it to the layer it touches (see
-    :func:`asr_transfer.unfreeze.resolve_groups`): below layer 0 for post-LN models (base-960h), above the top layer
-    for stable-layer-norm models.
-    """
-    groups: dict[str, list[tuple[str, nn.Parameter]]] = {n: [] for n in group_names(model.config.num_hidden_layers)}
-    for name, param in model.named_parameters():
-        group = _group_of(name)
-        if group not in groups:
-            raise ModelError(f"parameter {name!r} is in layer beyond config.num_hidden_layers")
-        groups[group].append((name, param))
-    return groups
-
-
-def count_parameters(params) -> int:
-    return sum(p.numel() for _, p in params)
-
+# Re-exported: callers import these from asr_transfer.model.
+from .groups import count_parameters, group_names, parameter_groups  # noqa: E402,F401
+from .head import HeadSwapReport, swap_head  # noqa: E402,F401

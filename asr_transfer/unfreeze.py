@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
-from .model import group_names, parameter_groups
+from .groups import group_names, parameter_groups
 
 SCHEDULES = ("linear", "cosine", "constant")
 # Groups that sit below the transformer layers: under layer-wise decay they get the lowest layer's rate × decay.

@@ -65,7 +65,11 @@ class _VersionAction(argparse.Action):
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asr-transfer", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="asr-transfer",
+        description="Teach an English wav2vec2 CTC speech recogniser another language with little data.",
+        epilog="Exit codes: 0 ok, 1 a problem with your data/config/model (one line on stderr), 2 usage error. "
+               "Run 'asr-transfer COMMAND --help' for a command's options.")
     parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():

@@ -27,6 +27,7 @@ from .metrics import Counts, UtteranceScore, bootstrap_ci, corpus_rate, score_pa
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
+DURATION_TOLERANCE_S = 0.1  # s of audio a file may lack against its manifest duration before it counts as truncated
 
 
 _VERSIONED = ("torch", "torchaudio", "transformers", "jiwer", "numpy", "flashlight-text", "kenlm", "soundfile")
@@ -82,13 +83,13 @@ class LogProbItem:
     forward_s: float  # this utterance's share of its chunk's forward time
 
 
-def _load(model, device: str, precision: str, batch_s: float | None = None):
+def _load(model, device: str, precision: str, batch_s: float | None = None, allow_pickle: bool = False):
     from .inference import InferenceOptions, as_recognizer
 
     options = InferenceOptions(device=device, precision=precision)
     if batch_s is not None:
         options = dataclasses.replace(options, batch_s=float(batch_s))
-    return as_recognizer(model, options)
+    return as_recognizer(model, options, allow_pickle=allow_pickle)
 
 
 def _chunks(utts: list[Utterance], chunk_s: float):
@@ -123,7 +124,12 @@ def compute_log_probs(recognizer, utts: list[Utterance]) -> tuple[list[LogProbIt
             for u in chunk:
                 try:
                     dur = u.duration if u.duration > 0 else None
-                    ok.append((u, load_audio(u.audio_filepath, offset_s=u.offset, duration_s=dur)))
+                    wave = load_audio(u.audio_filepath, offset_s=u.offset, duration_s=dur)
+                    if dur is not None and len(wave) < (dur - DURATION_TOLERANCE_S) * SAMPLE_RATE:
+                        # A cut-off file decodes what is there; scoring it would count the missing words as deletions.
+                        raise AudioError(f"holds {len(wave) / SAMPLE_RATE:.3f}s but the manifest says {dur:.3f}s "
+                                         "(truncated file?)", path=u.audio_filepath)
+                    ok.append((u, wave))
                 except AudioError as exc:
                     skipped.append({"id": u.uid, "audio_filepath": u.audio_filepath, "reason": str(exc)})
             if ok:
@@ -286,6 +292,7 @@ def evaluate(
     name: str | None = None,
     extra: dict | None = None,
     batch_s: float | None = None,
+    allow_pickle: bool = False,
 ) -> dict:
     """Run ``model`` (path, id, loaded model or Recognizer) over ``manifest``, decode, score; return the summary.
 
@@ -294,14 +301,22 @@ def evaluate(
     ``extra`` is merged into the summary (e.g. the head-swap report of a zero-shot baseline). ``batch_s`` bounds
     padded audio seconds per forward pass; models without an attention mask (``feat_extract_norm="group"``, e.g.
     base-960h) see zero padding, so their scores can shift slightly with batching; a ``batch_s`` below the shortest
-    utterance runs one utterance at a time (exact, slower).
+    utterance runs one utterance at a time (exact, slower). ``allow_pickle`` permits pickled ``pytorch_model.bin``
+    weights (pickle can run code: trusted files only). Audio that cannot be read, or that holds less than the
+    manifest's duration (a truncated copy), is skipped and listed in ``skipped``.
     """
     utts = read_manifest(manifest)
     if max_utts is not None:
         utts = utts[: max(0, int(max_utts))]
     if not utts:
         raise UserError("manifest holds no utterances", path=manifest)
-    recognizer = _load(model, device, precision, batch_s)
+    if out_dir is not None:  # provenance hook: run.json (options, code, env, manifest fingerprint) at start
+        from .provenance import begin_evaluation
+
+        begin_evaluation(out_dir, model, manifest, dict(decoder=decoder, lm_dir=lm_dir, lang=lang, beam_size=beam_size,
+                         lm_weight=lm_weight, word_score=word_score, device=device, precision=precision,
+                         max_utts=max_utts, name=name, batch_s=batch_s, allow_pickle=allow_pickle))
+    recognizer = _load(model, device, precision, batch_s, allow_pickle)
     normalizer = _normalizer_for(recognizer, lang, utts)
     options = decode_options(decoder, lm_dir, beam_size, lm_weight, word_score)
     dec = options.build(recognizer.vocab, blank_id=recognizer.blank_id)
@@ -337,6 +352,9 @@ def evaluate(
     }
     if out_dir is not None:
         write_evaluation(out_dir, summary, rows)
+        from .provenance import end_evaluation  # provenance hook: wall time + metrics into run.json
+
+        end_evaluation(out_dir, summary)
     return summary
 
 
@@ -387,6 +405,10 @@ def baseline(
     results["zero-shot"] = evaluate(
         zero_shot, manifest, out_dir=out / "zero-shot" if out else None, name="zero-shot", extra=extra, **common
     )
+    if out is not None:  # provenance hook: one "baseline" run.json for out_dir; its parts point to it
+        from .provenance import record_baseline
+
+        record_baseline(out, dict(model=model, manifest=manifest, target_vocab=target_vocab, **common), list(results))
     return results
 
 

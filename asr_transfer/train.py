@@ -267,7 +267,12 @@ class Trainer:
 
         if not self.dev_examples:
             return {}
-        _, _, suffix, boundary, _ = self.stage_opt
+        if self.stage_opt is None:
+            # Resumed after the last stage had finished (killed before final/ was written): nothing trains any more.
+            boundary = trainable_boundary(self.model)
+            suffix = Suffix(self.model, boundary, MaskOptions())
+        else:
+            _, _, suffix, boundary, _ = self.stage_opt
         inner = suffix.module if hasattr(suffix, "module") else suffix
         id2tok = [t for t, _ in sorted(self.vocab.items(), key=lambda kv: kv[1])]
         decoder = GreedyDecoder(id2tok, blank_id=self.blank_id)

@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beam-size", type=int, default=None, help="beam width (default: the decoder's, 50)")
     parser.add_argument("--lm-weight", type=float, default=None, help="alpha: LM weight (tune with tune-lm)")
     parser.add_argument("--word-score", type=float, default=None, help="beta: bonus per word (tune with tune-lm)")
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="allow pickled pytorch_model.bin / .pt weights; unpickling can run arbitrary code, so "
+                             "only for models from a source you trust (convert them to safetensors instead)")
     parser.add_argument("--name", default=None, help="system name in reports (default: the --out folder name)")
     parser.add_argument("--out", required=True, help="output folder for summary.json and utterances.jsonl")
 
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     summary = evaluate(
         args.model, args.manifest, decoder=decoder, lm_dir=args.lm, out_dir=args.out, lang=args.lang,
         beam_size=args.beam_size, lm_weight=args.lm_weight, word_score=args.word_score, device=args.device,
-        precision=args.precision, max_utts=args.max_utts, name=args.name,
+        precision=args.precision, max_utts=args.max_utts, name=args.name, allow_pickle=args.allow_pickle,
     )
     print(f"{result_line(summary)} -> {args.out}")
     for item in summary.get("skipped", [])[:5]:

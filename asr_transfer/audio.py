@@ -112,7 +112,8 @@ def load_audio(
     if x.shape[0] == 0:
         raise AudioError("audio holds no samples", path=path)
     x = check_finite(to_mono(x), path)
-    return resample(x, info.sample_rate, sample_rate)
+    # Again after mixing and resampling: finite but huge samples (a corrupt float WAV) overflow to inf there.
+    return check_finite(resample(x, info.sample_rate, sample_rate), path)
 
 
 def stream_audio(
@@ -141,7 +142,7 @@ def stream_audio(
                 last = x.shape[0] < block_frames
                 x = check_finite(to_mono(x), path)
                 if stream is not None:
-                    x = stream.resample_chunk(x, last=last)
+                    x = check_finite(stream.resample_chunk(x, last=last), path)
                 if x.size:
                     yield x
                 if last:

@@ -18,6 +18,9 @@ import numpy as np
 from .audio import SAMPLE_RATE, audio_info, frames_for_samples, load_audio, resample
 from .errors import AudioError, UserError
 from .manifest import Utterance, read_manifest
+from .validate import SILENCE_PEAK  # the same threshold `validate` reports as "silent"
+
+DURATION_TOLERANCE_S = 0.1  # s; manifest duration may exceed the file's by this much (validate's default)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,11 @@ def build_examples(
             skips.add("unreadable audio", uid, str(exc))
             continue
         duration_s = utt.duration or max(0.0, info.duration_s - utt.offset)
+        if utt.offset + duration_s > info.duration_s + DURATION_TOLERANCE_S:
+            # A cut-off copy (libsndfile reads what is there) would train the full transcript on part of the audio.
+            skips.add("audio shorter than manifest", uid, f"file holds {info.duration_s:.3f}s, manifest needs "
+                      f"{utt.offset + duration_s:.3f}s")
+            continue
         if duration_s < min_utt_s or duration_s * SAMPLE_RATE < 400:
             skips.add("too short", uid, f"{duration_s:.3f}s")
             continue
@@ -97,8 +105,15 @@ def build_examples(
 
 
 def load_example_audio(ex: Example, speed: float = 1.0, snr_db: float | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Decode ``ex``'s audio at 16 kHz mono ``(samples,)``, optionally speed-perturbed and with white noise."""
+    """Decode ``ex``'s audio at 16 kHz mono ``(samples,)``, optionally speed-perturbed and with white noise.
+
+    Raises :class:`AudioError` for audio that decodes but cannot be trained on (NaN/inf samples, digital silence);
+    the trainer skips such utterances and counts them (:func:`audio_skip_reason`).
+    """
     wave = load_audio(ex.utt.audio_filepath, ex.utt.offset, ex.utt.duration or None)
+    peak = float(np.abs(wave).max()) if wave.size else 0.0
+    if peak < SILENCE_PEAK:
+        raise AudioError(f"all silent (peak {peak:.1e})", path=ex.utt.audio_filepath)
     if speed != 1.0:
         # Speed perturbation as in Kaldi: resample and reinterpret at 16 kHz (tempo and pitch change together).
         wave = resample(wave, int(round(SAMPLE_RATE * speed)), SAMPLE_RATE)
@@ -108,6 +123,16 @@ def load_example_audio(ex: Example, speed: float = 1.0, snr_db: float | None = N
         noise = rng.standard_normal(wave.shape[0]).astype(np.float32)
         wave = wave + noise * math.sqrt(power / (10 ** (snr_db / 10)))
     return wave.astype(np.float32, copy=False)
+
+
+def audio_skip_reason(exc: AudioError) -> str:
+    """The skip-counter reason for an utterance whose audio failed to load during training."""
+    msg = str(exc)
+    if "NaN/inf" in msg:
+        return "non-finite samples"
+    if "all silent" in msg:
+        return "silent audio"
+    return "unreadable audio"
 
 
 def normalize_wave(wave: np.ndarray, do_normalize: bool = True) -> np.ndarray:

@@ -383,26 +383,37 @@ class Trainer:
                     mine = [(i, self.train_examples[i]) for i in batch[rank::world]]
                     feats, lengths = self._features(mine, self.state.epoch, boundary)
                     mine = [m for m in mine if m[1].uid not in self.bad_audio]  # unusable audio: skipped, counted
+                    weight = 1.0
+                    if not mine and world > 1:
+                        # DDP needs every rank in every forward/backward: borrow a usable utterance at weight 0.
+                        good = [(i, self.train_examples[i]) for i in batch if self.train_examples[i].uid not in self.bad_audio]
+                        if good:
+                            feats, lengths = self._features(good[:1], self.state.epoch, boundary)
+                            mine = [m for m in good[:1] if m[1].uid not in self.bad_audio]
+                            weight = 0.0
                     last_micro = accum + 1 == cfg.train.grad_accum
                     ctx = self.acc.no_sync(suffix) if (world > 1 and not last_micro) else _null()
                     with ctx:
+                        loss = None
                         if mine:  # empty when every utterance of this micro-batch had unusable audio
                             with self.acc.autocast():
                                 logits = suffix(feats, lengths, self.rng, training=True)
                             from .forward import output_lengths
 
                             per_utt = ctc_loss_per_utt(logits, output_lengths(self.model, boundary, lengths), [e.labels for _, e in mine], self.blank_id)
-                            loss = per_utt.sum() / len(batch) * world / cfg.train.grad_accum
+                            loss = weight * per_utt.sum() / len(batch) * world / cfg.train.grad_accum
                             micro += 1
                             if nan_every and micro % nan_every == 0:
                                 loss = loss * float("nan")
-                            finite = torch.tensor([float(torch.isfinite(loss))], device=self.acc.device)
-                            if world > 1:
-                                finite = self.acc.reduce(finite, "min")
-                            if finite.item() < 1:
-                                bad_batch = True
-                            else:
-                                (self.scaler.scale(loss) if self.scaler else loss).backward()
+                        # Every rank joins this vote, so one rank's NaN (or empty batch) never desynchronises DDP.
+                        finite = torch.tensor([float(loss is None or bool(torch.isfinite(loss)))], device=self.acc.device)
+                        if world > 1:
+                            finite = self.acc.reduce(finite, "min")
+                        if finite.item() < 1:
+                            bad_batch = True
+                        elif loss is not None:
+                            (self.scaler.scale(loss) if self.scaler else loss).backward()
+                            if weight:
                                 accum_loss += float(per_utt.detach().sum())
                                 accum_n += len(mine)
                     self.state.batch += 1

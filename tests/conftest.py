@@ -72,3 +72,8 @@ def sine_wave() -> np.ndarray:
     """1 s of a 440 Hz sine at 16 kHz, amplitude 0.5: float32 ``(16000,)``."""
     t = np.arange(16000, dtype=np.float64) / 16000
     return (0.5 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
+
+
+def pytest_addoption(parser):
+    """``--full``: larger sizes for tests that scale (e.g. the audio fuzz test's number of mutated files)."""
+    parser.addoption("--full", action="store_true", default=False, help="run size-scaled tests at full size")

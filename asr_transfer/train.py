@@ -9,12 +9,10 @@ for an exact resume: weights, optimiser moments by parameter name, scheduler, RN
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -28,45 +26,9 @@ from .data import (BucketSampler, Example, SkipCounter, audio_skip_reason, augme
 from .errors import AudioError, ConfigError, UserError
 from .forward import MaskOptions, Suffix, ctc_loss_per_utt, num_segments, pad_features, prefix_features, trainable_boundary, unwrap
 from .runlog import RunLog
+from .trainstate import Accum, State, config_hash, end_stage, record_evaluation, resume_problems, stage_total_steps
 
 _NAN_ENV = "ASR_TRANSFER_INJECT_NAN_EVERY"  # test hook: make every k-th micro-batch loss NaN
-
-
-@dataclass
-class State:
-    """Where the run stands; saved as ``trainer.json`` in every checkpoint."""
-
-    stage: int = 0
-    stage_step: int = 0
-    step: int = 0  # optimiser steps over the whole run
-    epoch: int = 0  # epoch within the current stage
-    batch: int = 0  # next batch index within the epoch
-    best: float | None = None  # best selection metric over the run
-    stage_best: float | None = None
-    bad_evals: int = 0  # evaluations without improvement (stage plateau)
-    run_bad_evals: int = 0  # ... for early stopping of the whole run
-    nan_skipped: int = 0
-    watchdog_events: int = 0
-    done: bool = False
-    opt_stage: int = -1  # the stage the saved optimiser/scheduler belong to
-    stages: list = field(default_factory=list)  # [{name, start_step, end_step, trainable_params, boundary}]
-    config_hash: str = ""
-    fingerprints: dict = field(default_factory=dict)
-
-
-def _config_hash(config: TrainConfig) -> str:
-    d = to_dict(config)
-    d["train"] = {k: v for k, v in d["train"].items() if k not in ("eval_every", "save_every", "keep_last", "log_every", "num_threads")}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _stage_total_steps(stage, batches_per_epoch: int, grad_accum: int) -> int:
-    per_epoch = max(1, math.ceil(batches_per_epoch / grad_accum))
-    if stage.steps is not None:
-        return stage.steps
-    if stage.epochs is not None:
-        return max(1, math.ceil(stage.epochs * per_epoch))
-    return stage.max_steps or 100 * per_epoch  # plateau-gated: the cap (or a generous horizon for the schedule)
 
 
 class Trainer:
@@ -79,6 +41,8 @@ class Trainer:
         self.stop_after_steps = stop_after_steps
         self.time_budget_s = time_budget_s
         self.paused = False
+        self.micro = 0  # micro-batches run in this invocation (the NaN-injection test hook counts them)
+        self.nan_every = int(os.environ.get(_NAN_ENV, "0"))
 
         self.config = config
         self.run_dir = Path(config.train.output_dir)
@@ -139,7 +103,7 @@ class Trainer:
         self.cache = FeatureCache(self.run_dir / "cache" / f"rank{self.acc.process_index}", cfg.train.cache_max_mem_mb << 20)
         self.dev_cache = FeatureCache(self.run_dir / "cache" / f"dev{self.acc.process_index}", cfg.train.cache_max_mem_mb << 20)
         self.use_cache = cfg.train.cache and not cfg.data.noise_snr_db
-        self.state = State(config_hash=_config_hash(cfg))
+        self.state = State(config_hash=config_hash(cfg))
         self.state.fingerprints = {"train": fingerprint(cfg.data.train_manifest)}
         if cfg.data.dev_manifest:
             self.state.fingerprints["dev"] = fingerprint(cfg.data.dev_manifest)
@@ -165,19 +129,12 @@ class Trainer:
             return
         parts = ckpt.load_checkpoint(path)
         saved = parts["trainer"]
-        problems = []
-        if saved.get("config_hash") != self.state.config_hash:
-            problems.append("the config changed since the checkpoint")
-        for k, v in self.state.fingerprints.items():
-            if saved.get("fingerprints", {}).get(k) != v:
-                problems.append(f"the {k} manifest changed (fingerprint)")
-        if "rng" not in parts or not parts["rng"][1].get("generator"):
-            problems.append("RNG state missing")
+        problems = resume_problems(parts, self.state)
         if problems and not self.allow_inexact:
             raise UserError(f"{path}: resume would not be exact: {'; '.join(problems)}. Pass --allow-inexact-resume to continue anyway")
         unwrap(self.model).load_state_dict(parts["model"])
         fp, ch = self.state.fingerprints, self.state.config_hash
-        self.state = State(**{k: v for k, v in saved.items() if k in State.__dataclass_fields__})
+        self.state = State.from_saved(saved)
         self.state.fingerprints, self.state.config_hash = fp, ch
         self.resume_parts = parts
         self._say(f"resuming from {path.name}: stage {self.state.stage}, step {self.state.step}, epoch {self.state.epoch}, batch {self.state.batch}")
@@ -204,7 +161,7 @@ class Trainer:
         groups = optimizer_param_groups(unwrap(self.model), stage)
         optimizer = torch.optim.AdamW(groups, lr=stage.lr, weight_decay=stage.weight_decay)
         per_epoch = len([b for b in self.sampler.batches(0) if len(b) >= self.acc.num_processes])
-        total = _stage_total_steps(stage, max(1, per_epoch), cfg.train.grad_accum)
+        total = stage_total_steps(stage, max(1, per_epoch), cfg.train.grad_accum)
         scheduler = make_scheduler(optimizer, stage, total)
         if self.acc.num_processes > 1:
             suffix = self.acc.prepare_model(suffix)
@@ -262,8 +219,9 @@ class Trainer:
     # ------------------------------------------------------------------ eval
     @torch.no_grad()
     def evaluate(self) -> dict:
-        from .decode import GreedyDecoder
-        from .metrics import error_rates
+        """Greedy dev CER/WER, loss, blank share and entropy (see :mod:`asr_transfer.devscore`); {} without dev."""
+        from .devscore import DevScore
+        from .forward import output_lengths
 
         if not self.dev_examples:
             return {}
@@ -273,35 +231,20 @@ class Trainer:
             suffix = Suffix(self.model, boundary, MaskOptions())
         else:
             _, _, suffix, boundary, _ = self.stage_opt
-        inner = suffix.module if hasattr(suffix, "module") else suffix
-        id2tok = [t for t, _ in sorted(self.vocab.items(), key=lambda kv: kv[1])]
-        decoder = GreedyDecoder(id2tok, blank_id=self.blank_id)
-        refs, hyps, losses, blank_frames, frames, entropy = [], [], [], 0, 0, 0.0
-        bs = 8
-        for start in range(0, len(self.dev_examples), bs):
-            chunk = list(enumerate(self.dev_examples[start : start + bs], start))
+        inner = suffix.module if hasattr(suffix, "module") else suffix  # no DDP hooks outside training
+        score = DevScore(self.vocab, self.blank_id)
+        for start in range(0, len(self.dev_examples), 8):
+            chunk = list(enumerate(self.dev_examples[start : start + 8], start))
             feats, lengths = self._features(chunk, 0, boundary, dev=True)
             chunk = [c for c in chunk if c[1].uid not in self.bad_audio]
             if not chunk:
                 continue
-            with self.acc.autocast():
+            with torch.no_grad(), self.acc.autocast():
                 logits = inner(feats, lengths, None, training=False).float()
-            from .forward import output_lengths
-
             out_len = output_lengths(self.model, boundary, lengths)
-            losses.extend(ctc_loss_per_utt(logits, out_len, [e.labels for _, e in chunk], self.blank_id).tolist())
-            lp = torch.log_softmax(logits, -1)
-            for b, (_, ex) in enumerate(chunk):
-                n = int(out_len[b])
-                row = lp[b, :n]
-                hyps.append(decoder.decode(row.cpu().numpy()).text)
-                refs.append(self.normalizer(ex.utt.text))
-                blank_frames += int((row.argmax(-1) == self.blank_id).sum())
-                frames += n
-                entropy += float(-(row.exp() * row).sum(-1).sum())
-        rates = error_rates(refs, hyps)
-        return {"loss": float(np.mean(losses)), "cer": rates["cer"], "wer": rates["wer"],
-                "blank_share": blank_frames / max(1, frames), "entropy": entropy / max(1, frames), "n": len(refs)}
+            losses = ctc_loss_per_utt(logits, out_len, [e.labels for _, e in chunk], self.blank_id)
+            score.add(torch.log_softmax(logits, -1), out_len, [self.normalizer(e.utt.text) for _, e in chunk], losses)
+        return score.result()
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
@@ -318,25 +261,12 @@ class Trainer:
         self.acc.wait_for_everyone()
 
     def save_model(self, name: str, metrics: dict | None = None) -> Path | None:
-        from .model import ModelRecord, save_model
-
         if not self.main:
             return None
-        base = unwrap(self.model)
-        if self.config.model.adapter != "none":
-            adapters_only = all(p in ("adapters", "head") for st in self.config.stages for p in st.train)
-            if adapters_only:
-                # Only adapter + head weights changed: save those (a few MB); load_model(base, adapter=DIR) restores them.
-                from .adapters import save_adapter
+        from .transfer import save_trained
 
-                return save_adapter(self.run_dir / name, base, self._record(), self.prepared.processor)
-            # Base weights trained too: fold LoRA into a copy and save the whole model.
-            import copy
-
-            from .adapters import merge_adapters
-
-            base = merge_adapters(copy.deepcopy(base))
-        return save_model(self.run_dir / name, base, self.prepared.processor, self._record(), self._card(metrics))
+        return save_trained(self.run_dir / name, unwrap(self.model), self.prepared.processor, self._record(),
+                            self._card(metrics), self.config)
 
     def _record(self):
         from .model import ModelRecord
@@ -354,109 +284,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> Path:
-        from tqdm import tqdm
-
         self._setup()
-        cfg = self.config
-        t0 = self.t_start = time.time()
+        self.t_start = time.time()
         self.start_step = self.state.step
-        world, rank = self.acc.num_processes, self.acc.process_index
-        nan_every = int(os.environ.get(_NAN_ENV, "0"))
-        micro = 0
-        while not self.state.done and self.state.stage < len(cfg.stages):
-            stage = cfg.stages[self.state.stage]
-            self._begin_stage(self.state.stage)
-            optimizer, scheduler, suffix, boundary, total = self.stage_opt
-            if self.state.step == 0 and self.dev_examples:
-                # Step 0: the untrained (zero-shot) point of every learning curve.
-                self.log.log({"step": 0, "stage": stage.name, "split": "dev", **self.evaluate()})
-            bar = tqdm(total=total, initial=self.state.stage_step, desc=f"stage {stage.name}", disable=not self.progress or None,
-                       unit="step", dynamic_ncols=True)
-            stage_over = False
-            accum, accum_loss, accum_n, bad_batch = 0, 0.0, 0, False
-            while not stage_over:
-                batches = self.sampler.batches(self.state.epoch)
-                # DDP needs every rank to run every step: drop global batches too small to give each rank an item.
-                batches = [b for b in batches if len(b) >= world]
-                while self.state.batch < len(batches) and not stage_over:
-                    batch = batches[self.state.batch]
-                    mine = [(i, self.train_examples[i]) for i in batch[rank::world]]
-                    feats, lengths = self._features(mine, self.state.epoch, boundary)
-                    mine = [m for m in mine if m[1].uid not in self.bad_audio]  # unusable audio: skipped, counted
-                    weight = 1.0
-                    if not mine and world > 1:
-                        # DDP needs every rank in every forward/backward: borrow a usable utterance at weight 0.
-                        good = [(i, self.train_examples[i]) for i in batch if self.train_examples[i].uid not in self.bad_audio]
-                        if good:
-                            feats, lengths = self._features(good[:1], self.state.epoch, boundary)
-                            mine = [m for m in good[:1] if m[1].uid not in self.bad_audio]
-                            weight = 0.0
-                    last_micro = accum + 1 == cfg.train.grad_accum
-                    ctx = self.acc.no_sync(suffix) if (world > 1 and not last_micro) else _null()
-                    with ctx:
-                        loss = None
-                        if mine:  # empty when every utterance of this micro-batch had unusable audio
-                            with self.acc.autocast():
-                                logits = suffix(feats, lengths, self.rng, training=True)
-                            from .forward import output_lengths
-
-                            per_utt = ctc_loss_per_utt(logits, output_lengths(self.model, boundary, lengths), [e.labels for _, e in mine], self.blank_id)
-                            loss = weight * per_utt.sum() / len(batch) * world / cfg.train.grad_accum
-                            micro += 1
-                            if nan_every and micro % nan_every == 0:
-                                loss = loss * float("nan")
-                        # Every rank joins this vote, so one rank's NaN (or empty batch) never desynchronises DDP.
-                        finite = torch.tensor([float(loss is None or bool(torch.isfinite(loss)))], device=self.acc.device)
-                        if world > 1:
-                            finite = self.acc.reduce(finite, "min")
-                        if finite.item() < 1:
-                            bad_batch = True
-                        elif loss is not None:
-                            (self.scaler.scale(loss) if self.scaler else loss).backward()
-                            if weight:
-                                accum_loss += float(per_utt.detach().sum())
-                                accum_n += len(mine)
-                    self.state.batch += 1
-                    accum += 1
-                    if accum < cfg.train.grad_accum:
-                        continue
-                    accum = 0
-                    params = [p for g in optimizer.param_groups for p in g["params"]]
-                    if self.scaler:
-                        self.scaler.unscale_(optimizer)
-                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_norm if cfg.train.clip_norm > 0 else float("inf"))
-                    if bad_batch or not torch.isfinite(norm):
-                        # Skip the whole step: a NaN/inf loss or gradient must never reach the weights.
-                        self.state.nan_skipped += 1
-                        optimizer.zero_grad(set_to_none=True)
-                        bad_batch = False
-                        accum_loss, accum_n = 0.0, 0
-                        self.log.log({"step": self.state.step, "split": "event", "nan_skipped": self.state.nan_skipped})
-                        continue
-                    if self.scaler:
-                        self.scaler.step(optimizer)
-                        self.scaler.update()
-                    else:
-                        optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    self.state.step += 1
-                    self.state.stage_step += 1
-                    bar.update(1)
-                    if self.state.step % cfg.train.log_every == 0 or self.state.stage_step == 1:
-                        totals = torch.tensor([accum_loss, float(accum_n)], device=self.acc.device)
-                        if world > 1:  # log the global mean, not rank 0's share
-                            totals = self.acc.reduce(totals, "sum")
-                        train_loss = float(totals[0] / totals[1].clamp(min=1))
-                        bar.set_postfix(loss=f"{train_loss:.3f}")
-                        self.log.log({"step": self.state.step, "stage": stage.name, "split": "train", "loss": train_loss,
-                                      "lr": scheduler.get_last_lr()[-1], "grad_norm": float(norm), "epoch": self.state.epoch})
-                    accum_loss, accum_n = 0.0, 0
-                    stage_over = self._after_step(stage, total, bar)
-                if not stage_over:
-                    self.state.epoch += 1
-                    self.state.batch = 0
-            bar.close()
+        while not self.state.done and self.state.stage < len(self.config.stages):
+            self._run_stage(self.config.stages[self.state.stage])
             if self.paused:
                 self.log.close()
                 if self.main:  # provenance hook: close this invocation of run.json as paused
@@ -464,15 +296,129 @@ class Trainer:
 
                     finish(self.run_dir, status="paused")
                 return self.run_dir / "checkpoints"
+        return self._finish()
+
+    def _run_stage(self, stage) -> None:
+        """Iterate epochs of length-bucketed batches until the stage ends (or this invocation pauses)."""
+        from tqdm import tqdm
+
+        world = self.acc.num_processes
+        self._begin_stage(self.state.stage)
+        total = self.stage_opt[4]
+        if self.state.step == 0 and self.dev_examples:
+            # Step 0: the untrained (zero-shot) point of every learning curve.
+            self.log.log({"step": 0, "stage": stage.name, "split": "dev", **self.evaluate()})
+        bar = tqdm(total=total, initial=self.state.stage_step, desc=f"stage {stage.name}", disable=not self.progress or None,
+                   unit="step", dynamic_ncols=True)
+        accum = Accum()
+        stage_over = False
+        while not stage_over:
+            # DDP needs every rank to run every step: drop global batches too small to give each rank an item.
+            batches = [b for b in self.sampler.batches(self.state.epoch) if len(b) >= world]
+            while self.state.batch < len(batches) and not stage_over:
+                self._micro_batch(batches[self.state.batch], accum)
+                self.state.batch += 1
+                accum.count += 1
+                if accum.count < self.config.train.grad_accum:
+                    continue
+                if self._optimizer_step(accum, stage, bar):
+                    stage_over = self._after_step(stage, total, bar)
+                accum.reset()
+            if not stage_over:
+                self.state.epoch += 1
+                self.state.batch = 0
+        bar.close()
+
+    def _micro_batch(self, batch: list[int], accum: Accum) -> None:
+        """Forward + backward of this rank's share of one global batch; gradients accumulate until the step."""
+        from .forward import output_lengths
+
+        cfg = self.config
+        world, rank = self.acc.num_processes, self.acc.process_index
+        _, _, suffix, boundary, _ = self.stage_opt
+        mine = [(i, self.train_examples[i]) for i in batch[rank::world]]
+        feats, lengths = self._features(mine, self.state.epoch, boundary)
+        mine = [m for m in mine if m[1].uid not in self.bad_audio]  # unusable audio: skipped, counted
+        weight = 1.0
+        if not mine and world > 1:
+            # DDP needs every rank in every forward/backward: borrow a usable utterance at weight 0.
+            good = [(i, self.train_examples[i]) for i in batch if self.train_examples[i].uid not in self.bad_audio]
+            if good:
+                feats, lengths = self._features(good[:1], self.state.epoch, boundary)
+                mine = [m for m in good[:1] if m[1].uid not in self.bad_audio]
+                weight = 0.0
+        last_micro = accum.count + 1 == cfg.train.grad_accum
+        with self.acc.no_sync(suffix) if (world > 1 and not last_micro) else nullcontext():
+            loss = None
+            if mine:  # empty when every utterance of this micro-batch had unusable audio
+                with self.acc.autocast():
+                    logits = suffix(feats, lengths, self.rng, training=True)
+                per_utt = ctc_loss_per_utt(logits, output_lengths(self.model, boundary, lengths), [e.labels for _, e in mine],
+                                           self.blank_id)
+                # Mean over the GLOBAL batch: each rank divides by the global count; DDP averages over ranks.
+                loss = weight * per_utt.sum() / len(batch) * world / cfg.train.grad_accum
+                self.micro += 1
+                if self.nan_every and self.micro % self.nan_every == 0:
+                    loss = loss * float("nan")
+            # Every rank joins this vote, so one rank's NaN (or empty batch) never desynchronises DDP.
+            finite = torch.tensor([float(loss is None or bool(torch.isfinite(loss)))], device=self.acc.device)
+            if world > 1:
+                finite = self.acc.reduce(finite, "min")
+            if finite.item() < 1:
+                accum.bad = True
+            elif loss is not None:
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+                if weight:
+                    accum.loss_sum += float(per_utt.detach().sum())
+                    accum.n += len(mine)
+
+    def _optimizer_step(self, accum: Accum, stage, bar) -> bool:
+        """Clip and apply the accumulated gradients; False (step skipped and counted) on a NaN/inf loss or gradient."""
+        cfg = self.config
+        optimizer, scheduler, *_ = self.stage_opt
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if self.scaler:
+            self.scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_norm if cfg.train.clip_norm > 0 else float("inf"))
+        if accum.bad or not torch.isfinite(norm):
+            # Skip the whole step: a NaN/inf loss or gradient must never reach the weights.
+            self.state.nan_skipped += 1
+            optimizer.zero_grad(set_to_none=True)
+            self.log.log({"step": self.state.step, "split": "event", "nan_skipped": self.state.nan_skipped})
+            return False
+        if self.scaler:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.state.step += 1
+        self.state.stage_step += 1
+        bar.update(1)
+        if self.state.step % cfg.train.log_every == 0 or self.state.stage_step == 1:
+            totals = torch.tensor([accum.loss_sum, float(accum.n)], device=self.acc.device)
+            if self.acc.num_processes > 1:  # log the global mean, not rank 0's share
+                totals = self.acc.reduce(totals, "sum")
+            train_loss = float(totals[0] / totals[1].clamp(min=1))
+            bar.set_postfix(loss=f"{train_loss:.3f}")
+            self.log.log({"step": self.state.step, "stage": stage.name, "split": "train", "loss": train_loss,
+                          "lr": scheduler.get_last_lr()[-1], "grad_norm": float(norm), "epoch": self.state.epoch})
+        return True
+
+    def _finish(self) -> Path:
+        """Final dev evaluation, ``final/`` model, ``train_summary.json`` and the provenance record."""
+        cfg = self.config
         self.log.write_json("stages.json", self.state.stages)
         final_metrics = self.evaluate() if self.dev_examples else {}
         out = self.save_model("final", {"dev": final_metrics} if final_metrics else None)
-        summary = {"steps": self.state.step, "wall_s": round(time.time() - t0, 1), "skipped": self.skips.as_dict(),
-                   "dev_skipped": self.dev_skips.as_dict(), "nan_skipped": self.state.nan_skipped, "watchdog_events": self.state.watchdog_events,
-                   "best_" + cfg.train.selection_metric: self.state.best, "final_dev": final_metrics,
-                   "cache": self.cache.stats(), "train_utterances": sum(e.uid not in self.bad_audio for e in self.train_examples),
-                   "train_minutes": round(sum(e.duration_s for e in self.train_examples) / 60, 3), "device": str(self.acc.device),
-                   "processes": world}
+        summary = {"steps": self.state.step, "wall_s": round(time.time() - self.t_start, 1), "skipped": self.skips.as_dict(),
+                   "dev_skipped": self.dev_skips.as_dict(), "nan_skipped": self.state.nan_skipped,
+                   "watchdog_events": self.state.watchdog_events, "best_" + cfg.train.selection_metric: self.state.best,
+                   "final_dev": final_metrics, "cache": self.cache.stats(),
+                   "train_utterances": sum(e.uid not in self.bad_audio for e in self.train_examples),
+                   "train_minutes": round(sum(e.duration_s for e in self.train_examples) / 60, 3),
+                   "device": str(self.acc.device), "processes": self.acc.num_processes}
         self.log.write_json("train_summary.json", summary)
         self.log.close()
         if self.main:  # provenance hook: wall time, status and metrics into run.json
@@ -492,28 +438,18 @@ class Trainer:
             metric = evaluated[cfg.train.selection_metric]
             self.log.log({"step": s.step, "stage": stage.name, "split": "dev", **evaluated})
             bar.set_postfix(dev_cer=f"{evaluated['cer']:.3f}")
-            if s.best is None or metric < s.best - 1e-12:
-                s.best, s.run_bad_evals = metric, 0
+            verdict = record_evaluation(s, metric, stage, cfg.train.early_stop_patience)
+            if verdict.new_best:
                 self.save_model("best", {"dev": evaluated, "step": s.step})
-            else:
-                s.run_bad_evals += 1
-            if s.stage_best is None or metric < s.stage_best - stage.min_delta:
-                s.stage_best, s.bad_evals = metric, 0
-            else:
-                s.bad_evals += 1
-            if stage.until_plateau and s.bad_evals >= stage.patience:
+            if verdict.plateaued:
                 self._say(f"stage {stage.name}: dev {cfg.train.selection_metric} plateaued after {s.bad_evals} evaluations")
                 ended = True
-            if cfg.train.early_stop_patience and s.run_bad_evals >= cfg.train.early_stop_patience:
+            if verdict.stop_run:
                 self._say(f"early stopping: no improvement in {s.run_bad_evals} evaluations")
                 ended, s.done = True, True
             self._watchdog(evaluated, stage)
         if ended:
-            s.stages[-1]["end_step"] = s.step
-            s.stage += 1
-            s.stage_step, s.epoch, s.batch = 0, 0, 0
-            if s.stage >= len(cfg.stages):
-                s.done = True
+            end_stage(s, len(cfg.stages))
         pause = (self.stop_after_steps is not None and s.step - self.start_step >= self.stop_after_steps) or (
             self.time_budget_s is not None and time.time() - self.t_start >= self.time_budget_s)
         if ended or pause or s.step % cfg.train.save_every == 0:
@@ -528,36 +464,18 @@ class Trainer:
     def _watchdog(self, evaluated: dict, stage) -> None:
         """Blank collapse: the model emits (almost) only blanks on dev after warm-up."""
         cfg = self.config
+        from .devscore import blank_collapse, watchdog_action
+
         warm = stage.warmup_steps if stage.warmup_steps is not None else int(stage.warmup_ratio * self.stage_opt[4])
-        if self.state.stage_step <= warm or evaluated["blank_share"] < cfg.train.watchdog_blank_share:
+        if self.state.stage_step <= warm or not blank_collapse(evaluated, cfg.train.watchdog_blank_share):
             return
         self.state.watchdog_events += 1
         msg = (f"watchdog: the model emits only blanks on dev ({evaluated['blank_share']:.1%} blank frames, entropy "
                f"{evaluated['entropy']:.2f}) at step {self.state.step}")
         optimizer, scheduler, *_ = self.stage_opt
-        if cfg.train.watchdog == "lower-lr":
-            scheduler.base_lrs = [lr * 0.5 for lr in scheduler.base_lrs]
-            for g in optimizer.param_groups:
-                g["lr"] *= 0.5
-            msg += "; halving the learning rate"
-        elif cfg.train.watchdog == "rollback" and (self.run_dir / "best" / "model.safetensors").is_file():
-            from safetensors.torch import load_file
-
-            state = load_file(str(self.run_dir / "best" / "model.safetensors"))
-            unwrap(self.model).load_state_dict(state, strict=False)
-            msg += "; rolled back to best/"
-        else:
-            msg += "; check the learning rate and warm-up (train.watchdog = lower-lr or rollback acts on it)"
+        msg += "; " + watchdog_action(cfg.train.watchdog, optimizer, scheduler, unwrap(self.model), self.run_dir / "best")
         self._say(msg)
         self.log.log({"step": self.state.step, "split": "event", "watchdog": 1, "blank_share": evaluated["blank_share"]})
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def train(config: TrainConfig, resume: bool = False, allow_inexact_resume: bool = False, progress: bool = True,

@@ -92,3 +92,22 @@ def _set_dropout(model: torch.nn.Module, p: float) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = p
+
+
+def save_trained(out_dir: Path, model: torch.nn.Module, processor, record, card: dict, config) -> Path:
+    """Save a trained model: adapter + head weights only when nothing else trained, else the whole (merged) model."""
+    from .model import save_model
+
+    if config.model.adapter != "none":
+        if all(p in ("adapters", "head") for st in config.stages for p in st.train):
+            # Only adapter + head weights changed: save those (a few MB); load_model(base, adapter=DIR) restores them.
+            from .adapters import save_adapter
+
+            return save_adapter(out_dir, model, record, processor)
+        # Base weights trained too: fold LoRA into a copy and save the whole model.
+        import copy
+
+        from .adapters import merge_adapters
+
+        model = merge_adapters(copy.deepcopy(model))
+    return save_model(out_dir, model, processor, record, card)

@@ -237,8 +237,13 @@ class Suffix(nn.Module):
 
     def forward(self, feats: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator | None = None, training: bool = True):
         base = unwrap(self.model)
+        if self.boundary == 0 and unwrap(self.model).config.feat_extract_norm == "layer":
+            # Trainable CNN with per-frame LayerNorm: a real output frame sees only real samples, so the padded batch
+            # gives the same real frames as per-utterance runs, 2-4x faster on CPU (one big conv instead of many).
+            return run_segments(base, feats, 0, num_segments(base), lengths, training, self.trains, self.masks, rng)
         if self.boundary == 0:
-            # Trainable CNN: run it per utterance (unpadded, as inference does), then pad.
+            # Trainable CNN with GroupNorm (statistics over time, padding would change them): run it per utterance
+            # (unpadded, as inference does), then pad.
             outs = [run_segments(base, feats[i : i + 1, : int(n)], 0, 1, training=training, trains=self.trains)[0]
                     for i, n in enumerate(lengths.tolist())]
             h, frame_lengths = pad_features(outs)

@@ -71,8 +71,14 @@ class PretrainResult:
 
 
 # ------------------------------------------------------------------------------------------------------ configs
-def run_configs(options: PretrainOptions, manifests: dict, vocab_path: Path):
-    """The two :class:`~asr_transfer.config.TrainConfig` objects: curriculum run (or None) and main run."""
+def run_configs(options: PretrainOptions, manifests: dict, vocab_path: Path) -> list:
+    """The :class:`~asr_transfer.config.TrainConfig` of each run, in order.
+
+    The leading ``curriculum_stages`` stages form one run on short utterances (``short``); every later stage is a
+    run of its own on the full manifest (named after the stage), starting from the previous run's ``final/`` model
+    with a fresh optimiser. One run per stage lets a longer schedule be added later without invalidating the finished
+    runs before it.
+    """
     from .config import TrainConfig, load_config
 
     base = load_config(TrainConfig, options.config, options.overrides)
@@ -86,14 +92,19 @@ def run_configs(options: PretrainOptions, manifests: dict, vocab_path: Path):
     runs = Path(options.runs_dir)
     data = replace(base.data, train_manifest=str(manifests["train"]), dev_manifest=str(manifests["dev"]))
     model = replace(base.model, vocab=str(vocab_path), head_init="keep", lang="en")
-    short = None
+    configs = []
     if n:
-        short = replace(base, model=model, stages=base.stages[:n],
-                        data=replace(data, max_utt_s=min(options.curriculum_max_utt_s, data.max_utt_s)),
-                        train=replace(base.train, output_dir=str(runs / "short")))
-        model = replace(model, init_config=None, source=str(runs / "short" / "final"))
-    main = replace(base, model=model, data=data, stages=base.stages[n:], train=replace(base.train, output_dir=str(runs / "full")))
-    return short, main
+        configs.append(replace(base, model=model, stages=base.stages[:n],
+                               data=replace(data, max_utt_s=min(options.curriculum_max_utt_s, data.max_utt_s)),
+                               train=replace(base.train, output_dir=str(runs / "short"))))
+    for stage in base.stages[n:]:
+        if configs:
+            model = replace(model, init_config=None, source=str(Path(configs[-1].train.output_dir) / "final"))
+        # The first full-manifest run keeps its historical folder name "full".
+        name = "full" if not configs or configs[-1].train.output_dir.endswith("short") else stage.name
+        configs.append(replace(base, model=model, data=data, stages=(stage,),
+                               train=replace(base.train, output_dir=str(runs / name))))
+    return configs
 
 
 # ------------------------------------------------------------------------------------------------------ the run
@@ -114,11 +125,10 @@ def pretrain_source(options: PretrainOptions, resume: bool = False, time_budget_
                               voice_set="source", snr_db=options.snr_db, dev_minutes=options.dev_minutes,
                               test_minutes=options.test_minutes, jobs=options.jobs)
     vocab_path = save_vocab(english_source_vocab(), runs_dir / "vocab.json")
-    short, main = run_configs(options, manifests, vocab_path)
+    configs = run_configs(options, manifests, vocab_path)
+    main = configs[-1]
     result = PretrainResult(out=None)
-    for config in (short, main):
-        if config is None:
-            continue
+    for config in configs:
         run_dir = Path(config.train.output_dir)
         result.runs.append(run_dir)
         finished = (run_dir / "final" / "model.safetensors").is_file() and (run_dir / "train_summary.json").is_file()

@@ -81,6 +81,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_library_progress() -> None:
+    """transformers draws a bar per weight file on every load/save; our own bars say what is going on."""
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover
+        return
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -93,6 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(f"asr_transfer.commands.{COMMANDS[args.command][0]}")
+    _quiet_library_progress()
     try:
         return int(module.run(args) or 0)
     except UserError as exc:

@@ -113,17 +113,20 @@ def normalize_wave(wave: np.ndarray) -> np.ndarray:
     return ((wave - wave.mean()) / np.sqrt(wave.var() + _NORM_EPS)).astype(np.float32, copy=False)
 
 
-def plan_batches(lengths: Sequence[int], max_samples: int) -> list[list[int]]:
+def plan_batches(lengths: Sequence[int], max_samples: int, min_fill: float = 0.8) -> list[list[int]]:
     """Group indices so that ``len(group) * max(lengths in group) <= max_samples`` (one item always fits alone).
 
-    Indices are visited longest first, so each batch holds similar lengths and little padding.
+    Indices are visited longest first, and a new group also starts when an item is shorter than ``min_fill`` × the
+    group's longest, so no item is more than ``1 - min_fill`` padding. Without that bound a large ``max_samples``
+    (160 s) packs 3-s clips with 8-s ones: on 60 synthetic clips, 55 % of the batch was padding and inference on CPU
+    ran 1.7-2x slower than with small batches (bench/transcribe_speed.py).
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
         longest = lengths[current[0]] if current else lengths[i]
-        if current and (len(current) + 1) * longest > max_samples:
+        if current and ((len(current) + 1) * longest > max_samples or lengths[i] < min_fill * longest):
             batches.append(current)
             current = []
         current.append(i)

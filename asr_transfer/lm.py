@@ -29,7 +29,7 @@ import math
 import re
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -245,11 +245,14 @@ def estimate_kneser_ney(
 
 @dataclass
 class _Exclusions:
-    """Normalised dev/test sentences; LM sentences equal to one, or containing one of >= ``min_words`` words, go."""
+    """Normalised dev/test sentences; LM sentences equal to one, containing one of >= ``min_words`` words, or lying
+    inside one with >= ``min_words`` words ("within": the LM text split a test sentence into pieces that the corpus
+    did not split, e.g. at a full stop inside a quotation) go."""
 
     exact: set[str]
     by_head: dict[tuple[str, ...], list[tuple[str, ...]]]
     min_words: int
+    spans: dict[tuple[str, ...], list[tuple[tuple[str, ...], int]]] = field(default_factory=dict)
 
     @classmethod
     def from_manifests(cls, manifests: Sequence[str | Path], normalize, min_words: int) -> "_Exclusions":
@@ -262,14 +265,17 @@ class _Exclusions:
                 if text:
                     exact.add(text)
         by_head: dict = defaultdict(list)
+        spans: dict = defaultdict(list)
         for text in exact:
             words = tuple(text.split())
             if len(words) >= min_words:
                 by_head[words[:min_words]].append(words)
-        return cls(exact, dict(by_head), min_words)
+                for i in range(len(words) - min_words + 1):
+                    spans[words[i : i + min_words]].append((words, i))
+        return cls(exact, dict(by_head), min_words, dict(spans))
 
     def hit(self, sentence: str, words: Sequence[str]) -> str | None:
-        """"exact", "contained" or None."""
+        """"exact", "contained", "within" or None."""
         if sentence in self.exact:
             return "exact"
         k = self.min_words
@@ -278,6 +284,10 @@ class _Exclusions:
                 for cand in self.by_head.get(tuple(words[i : i + k]), ()):
                     if tuple(words[i : i + len(cand)]) == cand:
                         return "contained"
+        if len(words) >= k:
+            for cand, i in self.spans.get(tuple(words[:k]), ()):
+                if cand[i : i + len(words)] == tuple(words):
+                    return "within"
         return None
 
 
@@ -360,7 +370,7 @@ def build_lm(
 
     lines, _ = lexicon_lines(sorted(word_counts), set("".join(word_counts)))  # spelling checked again at decode
     (out / "lexicon.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    excluded = stats["excluded_exact"] + stats["excluded_contained"]
+    excluded = stats["excluded_exact"] + stats["excluded_contained"] + stats["excluded_within"]
     record = {
         "lang": normalize.lang,
         "normalizer": normalize.name,
@@ -375,6 +385,7 @@ def build_lm(
         "sentences_excluded": excluded,
         "sentences_excluded_exact": stats["excluded_exact"],
         "sentences_excluded_contained": stats["excluded_contained"],
+        "sentences_excluded_within": stats["excluded_within"],
         "sentences_dropped_alphabet": stats["dropped_alphabet"],
         "foreign_characters": dict(foreign.most_common()),
         "words": sum(word_counts.values()),

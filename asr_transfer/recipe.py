@@ -1,0 +1,391 @@
+"""Per-language recipes: one shared, numbered pipeline; each recipe's TOML states only what differs.
+
+A recipe is ``recipes/<name>/recipe.toml`` on top of ``recipes/defaults.toml`` on top of the dataclass defaults
+below, then ``--set key=value`` overrides (later wins). Config is data (tomllib), never code; unknown keys are errors.
+The stages (implemented in :mod:`asr_transfer.recipe_stages`) are
+
+====  ==========  =====================================================================================
+ 0    data        synthetic corpus (espeak-ng) or a Common Voice import (``--cv-root``)
+ 1    validate    every split checked against the language's normaliser and the source's CTC frame rate
+ 2    lang        vocab.json from the train text; n-gram LM with the dev/test sentences excluded
+ 3    baseline    source-only: the raw English head and the zero-shot mapped head, on test
+ 4    train       staged transfer training, then the from-scratch control (same data, same step budget)
+ 5    evaluate    the adapted model (and the control) on test: greedy and beam + LM
+ 6    report      report.html + report.md over every system and both training runs; the final table
+====  ==========  =====================================================================================
+
+Each finished stage writes ``<out>/.done/stage-N.json`` holding a hash of the config it depends on and of the
+markers of the stages it reads from. A rerun skips a stage whose hash still matches, reruns it (and says why) when
+its part of the config changed or an earlier stage ran again, and always reruns it with ``--force``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import TrainConfig, _choice, _help, load_config, read_config_data, to_dict
+from .errors import ConfigError, UserError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+# Keys of the nested TrainConfig that the runner fills in from the recipe's own outputs.
+RUNNER_KEYS = ("model.source", "model.lang", "model.vocab", "data.train_manifest", "data.dev_manifest", "train.output_dir")
+
+
+@dataclass(frozen=True)
+class DataSection:
+    kind: str = _help("synth (espeak-ng speech from the language's default text) or commonvoice (needs --cv-root)", "synth")
+    minutes: float = _help("synth: minutes of train audio", 10.0)
+    dev_minutes: float | None = _help("synth: dev minutes (None: 10% of minutes, at most 10)", None)
+    test_minutes: float | None = _help("synth: test minutes (None: 10% of minutes, at most 10)", None)
+    seed: int = _help("synth: sentence order and voice/speed/pitch draws", 0)
+    snr_db: float | None = _help("synth: add white/pink noise at this SNR (None: clean)", None)
+    voice_set: str = _help("synth: train voices: target, source or held-out (dev/test always held-out)", "target")
+    text_files: tuple[str, ...] = _help("synth: text to speak (empty: the language's default text files)", ())
+    jobs: int = _help("synth: parallel espeak-ng processes", 2)
+    cv_splits: tuple[str, ...] = _help("commonvoice: official splits to import (train, dev, test needed)",
+                                       ("train", "dev", "test"))
+    min_duration_s: float = _help("commonvoice: skip clips shorter than this", 0.5)
+    max_duration_s: float = _help("commonvoice: skip clips longer than this", 20.0)
+    train_minutes: float | None = _help("commonvoice: keep a seeded random subset of train this long (None: all)", None)
+
+    def __post_init__(self):
+        _choice("data.kind", self.kind, ("synth", "commonvoice"))
+        _choice("data.voice_set", self.voice_set, ("target", "source", "held-out"))
+        for key in ("minutes", "dev_minutes", "test_minutes", "train_minutes", "max_duration_s"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"data.{key} must be > 0, got {value}")
+        if self.jobs < 1:
+            raise ConfigError(f"data.jobs must be >= 1, got {self.jobs}")
+
+
+@dataclass(frozen=True)
+class VocabSection:
+    min_count: int = _help("letters seen fewer times in the train text are left out of the vocabulary", 1)
+    all_letters: bool = _help("add every letter of the language even if train lacks it", False)
+
+
+@dataclass(frozen=True)
+class LmSection:
+    enabled: bool = _help("build an n-gram LM for beam search (stage 2) and use it in stage 5", True)
+    order: int = _help("n-gram order", 4)
+    text_files: tuple[str, ...] = _help("LM text (empty: the language's default text files)", ())
+    include_train_text: bool = _help("add the train transcripts to the LM text", True)
+    prune: tuple[int, ...] = _help("count-pruning thresholds per order, e.g. [0, 1, 1]", ())
+
+
+@dataclass(frozen=True)
+class BaselineSection:
+    enabled: bool = _help("score the source model before training: raw English head and zero-shot mapped head", True)
+
+
+@dataclass(frozen=True)
+class ControlSection:
+    enabled: bool = _help("train the from-scratch control: same architecture randomly initialised, same data", True)
+    steps: int | None = _help("control optimiser steps (None: as many as the transfer run took)", None)
+    lr: float = _help("control peak learning rate (one stage, every group trains)", 5e-4)
+    warmup_ratio: float = _help("control warm-up share of its steps", 0.1)
+    groups: tuple[str, ...] = _help("groups the control trains (default: all of them)",
+                                    ("feature_encoder", "feature_projection", "pos_conv", "layers", "head"))
+
+    def __post_init__(self):
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"control.steps must be >= 1, got {self.steps}")
+
+
+@dataclass(frozen=True)
+class EvalSection:
+    model: str = _help("which adapted checkpoint to score: best (dev-selected) or final", "best")
+    beam: bool = _help("also decode with beam search (+ the stage-2 LM when lm.enabled)", True)
+    beam_size: int = _help("beam width", 50)
+    lm_weight: float = _help("LM weight alpha (overridden by tune_lm)", 1.0)
+    word_score: float = _help("word insertion bonus beta (overridden by tune_lm)", 1.0)
+    tune_lm: bool = _help("grid-search alpha/beta on dev before the test decode", False)
+    alphas: tuple[float, ...] = _help("tune_lm grid: LM weights", (0.5, 1.0, 2.0))
+    betas: tuple[float, ...] = _help("tune_lm grid: word bonuses", (0.0, 1.0, 2.0))
+    max_utts: int | None = _help("score at most this many test utterances (None: all)", None)
+    device: str = _help("auto, cpu or cuda (baseline and evaluation)", "auto")
+    precision: str = _help("fp32, bf16 or int8 for evaluation", "fp32")
+
+    def __post_init__(self):
+        _choice("eval.model", self.model, ("best", "final"))
+        _choice("eval.precision", self.precision, ("fp32", "bf16", "int8"))
+
+
+@dataclass(frozen=True)
+class ReportSection:
+    baseline: str | None = _help("system the p-values compare against (raw, zero-shot, ...)", "zero-shot")
+    worst: int = _help("worst utterances shown per system", 10)
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """A recipe: the language, the source model and one table per pipeline stage."""
+
+    description: str = _help("one line saying what the recipe does", "")
+    lang: str = _help("target language (normaliser, base-letter map, default text)", "de")
+    source: str = _help("English source model: a local folder in HF form or a hub id", "models/en-synth-small")
+    num_threads: int | None = _help("torch CPU threads for every stage (None: torch's default, one per core); not "
+                                    "part of any stage's hash", None)
+    data: DataSection = _help("stage 0: corpus", factory=DataSection)
+    vocab: VocabSection = _help("stage 2: character vocabulary", factory=VocabSection)
+    lm: LmSection = _help("stage 2: n-gram language model", factory=LmSection)
+    baseline: BaselineSection = _help("stage 3: source-only baselines", factory=BaselineSection)
+    train: dict[str, Any] = _help("stage 4: a TrainConfig table (model, data, augment, train, stages); the runner "
+                                  "sets " + ", ".join(RUNNER_KEYS), factory=dict)
+    control: ControlSection = _help("stage 4: the from-scratch control", factory=ControlSection)
+    eval: EvalSection = _help("stage 5: evaluation on test", factory=EvalSection)
+    report: ReportSection = _help("stage 6: report", factory=ReportSection)
+
+    def __post_init__(self):
+        from .text import LANGUAGES
+
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ConfigError(f"num_threads must be >= 1, got {self.num_threads}")
+        if self.lang not in LANGUAGES:
+            raise ConfigError(f"lang must be one of {', '.join(LANGUAGES)}; got {self.lang!r}")
+        for key in RUNNER_KEYS:
+            section, name = key.split(".")
+            if name in (self.train.get(section) or {}):
+                raise ConfigError(f"train.{key} is set by the recipe runner; set lang/source instead or leave it out")
+        self.train_config("x.jsonl", "x.jsonl", "x.json", "run")  # unknown keys and bad values fail at load time
+
+    def train_config(self, train_manifest, dev_manifest, vocab, output_dir, **changes) -> TrainConfig:
+        """The resolved :class:`TrainConfig` of the transfer run; ``changes`` are ``--set``-style ``key: value``."""
+        data = json.loads(json.dumps(self.train))
+        runner = {"model": {"source": self.source, "lang": self.lang, "vocab": str(vocab)},
+                  "data": {"train_manifest": str(train_manifest), "dev_manifest": str(dev_manifest)},
+                  "train": {"output_dir": str(output_dir)}}
+        for section, values in runner.items():
+            data.setdefault(section, {}).update(values)
+        for key, value in changes.items():
+            node = data
+            *parents, last = key.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+        try:
+            return load_config(TrainConfig, base=data)
+        except ConfigError as exc:
+            raise ConfigError(f"in the recipe's train table: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------------- loading
+def list_recipes(recipes_dir: Path = RECIPES_DIR) -> list[str]:
+    return sorted(p.parent.name for p in recipes_dir.glob("*/recipe.toml"))
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """``recipes/<name>/recipe.toml`` for a name; a recipe.toml path (or its folder) as given."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if (path / "recipe.toml").is_file():
+        return path / "recipe.toml"
+    for base in (RECIPES_DIR, Path.cwd() / "recipes"):
+        if (base / str(name_or_path) / "recipe.toml").is_file():
+            return base / str(name_or_path) / "recipe.toml"
+    known = ", ".join(list_recipes()) or "none found"
+    raise UserError(f"no recipe {str(name_or_path)!r} (a name under {RECIPES_DIR} or a path to a recipe.toml; "
+                    f"known: {known})")
+
+
+def load_recipe(name_or_path: str | Path, overrides=()) -> tuple[str, RecipeConfig, Path]:
+    """``(name, config, recipe.toml path)``: dataclass defaults ← defaults.toml ← recipe.toml ← ``overrides``."""
+    path = find_recipe(name_or_path)
+    defaults_path = path.parent.parent / "defaults.toml"
+    if not defaults_path.is_file():
+        defaults_path = RECIPES_DIR / "defaults.toml"
+    base = read_config_data(defaults_path) if defaults_path.is_file() else {}
+    return path.parent.name, load_config(RecipeConfig, path, overrides, base=base), path
+
+
+# ------------------------------------------------------------------------------------------------- the runner
+@dataclass(frozen=True)
+class StageSpec:
+    number: int
+    name: str
+    deps: tuple[int, ...]
+    keys: tuple[str, ...]  # config keys (dotted) the stage's outputs depend on
+    outputs: tuple[str, ...]  # folders under <out> the stage owns (cleared before it reruns)
+    fn: Callable
+    enabled: Callable = field(default=lambda cfg: True)
+    needs_source: bool = False  # loads the source model (checked before any stage runs)
+
+
+def _lookup(data: dict, key: str):
+    for part in key.split("."):
+        data = data.get(part) if isinstance(data, dict) else None
+    return data
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+class RecipeRunner:
+    """Runs stages ``start..stop`` of a recipe in ``out_dir`` with done-markers; see the module docstring."""
+
+    def __init__(self, name: str, config: RecipeConfig, out_dir: str | Path, cv_root: str | Path | None = None,
+                 force: bool = False, progress: bool = True, log: Callable[[str], None] = print):
+        from .recipe_stages import STAGES
+
+        self.name, self.config, self.out = name, config, Path(out_dir)
+        self.cv_root = str(Path(cv_root).resolve()) if cv_root else None
+        self.force, self.progress, self.log = force, progress, log
+        self.stages = {s.number: s for s in STAGES}
+        self.data = to_dict(config)
+        # The resolved nested TrainConfig is what stage 4 depends on (defaults filled in, so equal configs hash equal).
+        self.data["train"] = to_dict(config.train_config("", "", "", ""))
+        self._fresh: dict[int, bool] = {}
+
+    # ----------------------------------------------------------------- markers
+    def marker_path(self, n: int) -> Path:
+        return self.out / ".done" / f"stage-{n}.json"
+
+    def marker(self, n: int) -> dict | None:
+        try:
+            return json.loads(self.marker_path(n).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+
+    def stage_inputs(self, n: int) -> dict:
+        """What stage ``n``'s outputs depend on: its config keys and the markers of the stages it reads."""
+        spec = self.stages[n]
+        config = {k: _lookup(self.data, k) for k in spec.keys}
+        if "source" in spec.keys:
+            config["source_weights"] = self.source_digest()
+        if n == 0 and self.config.data.kind == "commonvoice":
+            config["cv_root"] = self.cv_root or (self.marker(0) or {}).get("inputs", {}).get("config", {}).get("cv_root")
+        deps = {str(d): [(self.marker(d) or {}).get("hash"), (self.marker(d) or {}).get("finished")] for d in spec.deps}
+        return {"config": config, "deps": deps}
+
+    def source_digest(self) -> str | None:
+        """sha256 of a local source's weights and config (a retrained source reruns the stages that read it)."""
+        if not hasattr(self, "_source_digest"):
+            from .recipe_stages import resolve_source
+
+            folder = Path(resolve_source(self.config.source))
+            files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + [folder / "config.json"]
+            digest = hashlib.sha256()
+            for path in (f for f in files if f.is_file()):
+                with open(path, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(block)
+            self._source_digest = digest.hexdigest()[:16] if folder.is_dir() else None
+        return self._source_digest
+
+    def is_fresh(self, n: int) -> bool:
+        """Stage ``n`` ran with the current config and none of the stages it reads from ran again since."""
+        if n not in self._fresh:
+            m = self.marker(n)
+            self._fresh[n] = bool(m) and m.get("hash") == _digest(self.stage_inputs(n)) and all(
+                self.is_fresh(d) for d in self.stages[n].deps)
+        return self._fresh[n]
+
+    def _why_stale(self, n: int) -> str:
+        m = self.marker(n)
+        if m is None:
+            return "it has not run yet"
+        old, new = m.get("inputs", {}), self.stage_inputs(n)
+        changed = [k for k in new["config"] if old.get("config", {}).get(k) != new["config"][k]]
+        if changed:
+            return f"its config changed since it ran ({', '.join(changed)})"
+        return "a stage it reads from ran again since"
+
+    # ----------------------------------------------------------------- running
+    def run(self, start: int = 0, stop: int | None = None) -> dict[int, str]:
+        """Run stages ``start..stop``; returns ``{stage: "ran" | "skipped" | "disabled"}``."""
+        last = max(self.stages)
+        stop = last if stop is None else stop
+        if not (0 <= start <= last and 0 <= stop <= last) or start > stop:
+            raise UserError(f"--stage/--stop-stage must satisfy 0 <= stage <= stop-stage <= {last}; got {start}..{stop}")
+        selected = [self.stages[n] for n in range(start, stop + 1)]
+        if any(spec.needs_source for spec in selected):
+            from .recipe_stages import check_source
+
+            check_source(self.config.source)
+        if start == 0 and self.config.data.kind == "commonvoice" and not self.stage_inputs(0)["config"]["cv_root"]:
+            raise UserError(f"recipe {self.name} imports Common Voice: pass --cv-root DIR (the cv-corpus-N folder or "
+                            f"its {self.config.lang}/ folder with clips/ and train/dev/test.tsv)")
+        if self.config.num_threads:
+            import torch
+
+            torch.set_num_threads(self.config.num_threads)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "recipe.resolved.json").write_text(
+            json.dumps({"name": self.name, **self.data}, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        outcome: dict[int, str] = {}
+        for n in range(start, stop + 1):
+            outcome[n] = self._run_stage(self.stages[n])
+        return outcome
+
+    def _run_stage(self, spec: StageSpec) -> str:
+        n, label = spec.number, f"stage {spec.number} ({spec.name})"
+        for d in spec.deps:
+            if not self.is_fresh(d):
+                dep = self.stages[d]
+                raise UserError(f"{label} needs stage {d} ({dep.name}), but {self._why_stale(d)}: "
+                                f"rerun from --stage {d}")
+        fresh = self.is_fresh(n)
+        if fresh and not self.force:
+            m = self.marker(n) or {}
+            self.log(f"{label}: done ({m.get('wall_s', 0):.1f} s, {m.get('finished_at', '?')}); skipping (--force reruns)")
+            return "skipped"
+        if self.marker(n) is not None and not fresh:
+            self.log(f"{label}: {self._why_stale(n)}; rerunning")
+        inputs = self.stage_inputs(n)
+        digest = _digest(inputs)
+        self.marker_path(n).unlink(missing_ok=True)
+        self._fresh = {}
+        if not spec.enabled(self.config):
+            self.log(f"{label}: disabled in the recipe")
+            self._write_marker(n, spec, inputs, digest, 0.0, {"disabled": True})
+            return "disabled"
+        running = self.out / ".done" / f"stage-{n}.running.json"
+        resume = (not self.force and _read(running).get("hash") == digest)
+        if not resume:
+            for name in spec.outputs:
+                shutil.rmtree(self.out / name, ignore_errors=True)
+        running.parent.mkdir(parents=True, exist_ok=True)
+        running.write_text(json.dumps({"hash": digest}) + "\n", encoding="utf-8")
+        self.log(f"{label}: running" + (" (continuing an interrupted run)" if resume else ""))
+        t0 = time.perf_counter()
+        result = spec.fn(self, resume=resume) or {}
+        wall_s = time.perf_counter() - t0
+        self._write_marker(n, spec, inputs, digest, wall_s, result)
+        running.unlink(missing_ok=True)
+        self._fresh = {}
+        self.log(f"{label}: finished in {wall_s:.1f} s")
+        return "ran"
+
+    def _write_marker(self, n, spec, inputs, digest, wall_s, result) -> None:
+        from . import __version__
+
+        record = {"stage": n, "name": spec.name, "hash": digest, "inputs": inputs, "wall_s": round(wall_s, 2),
+                  "finished": time.time(), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "package_version": __version__, "result": result}
+        path = self.marker_path(n)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+        tmp.replace(path)
+
+    # ----------------------------------------------------------------- paths shared by the stages
+    def path(self, *parts: str) -> Path:
+        return self.out.joinpath(*parts)
+
+    def manifest(self, split: str) -> Path:
+        return self.out / "data" / f"{split}.jsonl"
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}

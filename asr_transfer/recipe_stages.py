@@ -1,0 +1,367 @@
+"""The numbered stages of a recipe (see :mod:`asr_transfer.recipe`); each is ``fn(runner, resume) -> result dict``.
+
+Every stage reads only files written by the stages it names as dependencies and writes only into the folders it
+owns under ``<out>``::
+
+    data/      0  train/dev/test.jsonl (+ wavs/ for synthetic speech)
+    validate/  1  <split>.json per split (ValidationReport.to_dict)
+    lang/      2  vocab.json            lm/  2  lm.arpa, lexicon.txt, lm.json
+    baseline/  3  raw/, zero-shot/ evaluations
+    train/     4  the transfer run folder   control/  4  the from-scratch control's run folder
+    eval/      5  adapted-greedy/, adapted-lm/, control-greedy/, control-lm/ (+ adapted-tune/ with eval.tune_lm)
+    report/    6  report.html, report.md, figures/
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .errors import UserError
+from .recipe import RECIPES_DIR, StageSpec
+
+SPLITS = ("train", "dev", "test")
+
+
+def resolve_source(source: str) -> str:
+    """A local source folder as an absolute path (relative ones also tried against the checkout), else the hub id."""
+    for candidate in (Path(source), RECIPES_DIR.parent / source):
+        if candidate.is_dir():
+            return str(candidate.resolve())
+    return source
+
+
+def check_source(source: str) -> None:
+    """Fail before any stage runs when ``source`` names a local folder (its first part exists here) that is missing.
+
+    Hub ids (``facebook/wav2vec2-base-960h``) pass; they are resolved from the Hugging Face cache when loaded.
+    """
+    bases = (Path.cwd(), RECIPES_DIR.parent)
+    if any((base / source).is_dir() for base in bases):
+        return
+    first = Path(source).parts[0] if Path(source).parts else ""
+    if Path(source).is_absolute() or source.startswith(".") or any((base / first).is_dir() for base in bases):
+        hint = (" (the shipped English source: build it with `asr-transfer pretrain-source` or get it from the "
+                "project's release)" if Path(source).name == "en-synth-small" else "")
+        raise UserError(f"source model folder {source} not found{hint}; set another with --set source=DIR_OR_HUB_ID")
+
+
+# ------------------------------------------------------------------------------------------------- 0 data
+def stage_data(r, resume: bool = False) -> dict:
+    cfg, d = r.config, r.config.data
+    out = r.path("data")
+    if d.kind == "synth":
+        from .corpora.synth import prepare_synth
+
+        prepare_synth(cfg.lang, out, d.minutes, seed=d.seed, text_files=list(d.text_files) or None,
+                      voice_set=d.voice_set, snr_db=d.snr_db, dev_minutes=d.dev_minutes, test_minutes=d.test_minutes,
+                      jobs=d.jobs)
+    else:
+        from .corpora.commonvoice import prepare_commonvoice
+
+        cv_root = r.stage_inputs(0)["config"]["cv_root"]  # --cv-root, or the folder of the last import
+        missing = [s for s in SPLITS if s not in d.cv_splits]
+        if missing:
+            raise UserError(f"data.cv_splits must include {', '.join(missing)} (the recipe trains, tunes and tests)")
+        summary = prepare_commonvoice(cv_root, out, cfg.lang, splits=d.cv_splits, min_duration_s=d.min_duration_s,
+                                      max_duration_s=d.max_duration_s)
+        r.log(summary.format())
+        if d.train_minutes is not None:
+            _subset_train(r.manifest("train"), d.train_minutes * 60, d.seed, r.log)
+    return {split: _split_facts(r.manifest(split)) for split in SPLITS}
+
+
+def _split_facts(path: Path) -> dict:
+    from .manifest import read_manifest
+
+    utts = read_manifest(path)
+    return {"utterances": len(utts), "minutes": round(sum(u.duration for u in utts) / 60, 3),
+            "speakers": len({u.speaker for u in utts if u.speaker})}
+
+
+def _subset_train(path: Path, budget_s: float, seed: int, log) -> None:
+    """Keep a seeded random subset of whole utterances about ``budget_s`` long; the full list stays in train_full.jsonl."""
+    import numpy as np
+
+    from .manifest import read_manifest, write_manifest
+
+    utts = read_manifest(path)
+    path.replace(path.with_name("train_full.jsonl"))
+    order = np.random.default_rng(seed).permutation(len(utts))
+    keep, total = set(), 0.0
+    for i in order:
+        if total >= budget_s:
+            break
+        keep.add(int(i))
+        total += utts[i].duration
+    write_manifest(path, [u for i, u in enumerate(utts) if i in keep])
+    log(f"train subset: {len(keep)} of {len(utts)} utterances, {total / 60:.1f} of "
+        f"{sum(u.duration for u in utts) / 60:.1f} minutes (data.train_minutes, seed {seed})")
+
+
+# ------------------------------------------------------------------------------------------------- 1 validate
+def stage_validate(r, resume: bool = False) -> dict:
+    from .validate import validate_manifest
+
+    source = Path(resolve_source(r.config.source))
+    # The source's config.json gives the CTC frame rate; its English vocab.json must not be used for the OOV check.
+    model_config = source / "config.json" if (source / "config.json").is_file() else None
+    result, failed = {}, []
+    for split in SPLITS:
+        report = validate_manifest(r.manifest(split), lang=r.config.lang, model_config=model_config)
+        r.log(f"{split}:\n{report.format(max_problems=10)}")
+        out = r.path("validate", f"{split}.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        result[split] = {"utterances": report.utterances, "errors": len(report.errors), "warnings": len(report.warnings)}
+        if report.errors:
+            failed.append(f"{split}: {len(report.errors)} errors ({', '.join(report.by_kind())})")
+    if failed:
+        raise UserError(f"validation failed: {'; '.join(failed)}; details in {r.path('validate')}; fix the data "
+                        "(or the data settings) and rerun from --stage 0")
+    return result
+
+
+# ------------------------------------------------------------------------------------------------- 2 vocab + LM
+def stage_lang(r, resume: bool = False) -> dict:
+    from .manifest import read_manifest
+    from .vocab import build_vocab, save_vocab
+
+    cfg = r.config
+    vocab = build_vocab([u.text for u in read_manifest(r.manifest("train"))], cfg.lang,
+                        min_count=cfg.vocab.min_count, all_letters=cfg.vocab.all_letters)
+    vocab_path = save_vocab(vocab, r.path("lang", "vocab.json"))
+    letters = "".join(t for t in vocab if len(t) == 1 and t != "|")
+    r.log(f"vocab: {len(vocab)} tokens ({letters}) -> {vocab_path}"
+          + (f"; left out (rare): {''.join(vocab.rare)}" if vocab.rare else "")
+          + (f"; unseen in train: {''.join(vocab.unseen)}" if vocab.unseen else ""))
+    result = {"vocab_size": len(vocab), "letters": letters, "unseen": "".join(vocab.unseen)}
+    if cfg.lm.enabled:
+        from .corpora.textsource import default_text_files
+        from .lm import build_lm
+
+        files = [Path(p) for p in cfg.lm.text_files] or default_text_files(cfg.lang)
+        held_out = [r.manifest("dev"), r.manifest("test")]
+        min_words = max(cfg.lm.order, 4)
+        text, dropped = _text_without_pieces_of(files, held_out, cfg.lang, min_words, r.path("lm", "text.txt"))
+        r.log(f"LM text: dropped {dropped} sentence(s) that are pieces (>= {min_words} words) of a dev/test transcript")
+        if cfg.lm.include_train_text:
+            text.append(r.manifest("train"))
+        # build_lm drops sentences equal to or containing a dev/test transcript; the pieces went above. A synthetic
+        # corpus speaks sentences of this very text, so without both the LM would know the test sentences.
+        build_lm(text, cfg.lang, order=cfg.lm.order, exclude_manifests=held_out, out_dir=r.path("lm"),
+                 vocab=vocab_path, prune=cfg.lm.prune, log=r.log)
+        record = json.loads(r.path("lm", "lm.json").read_text(encoding="utf-8"))
+        result["lm"] = {k: record[k] for k in ("sentences_used", "sentences_excluded", "unique_words", "ngram_counts")}
+        result["lm"]["sentences_dropped_as_pieces"] = dropped
+    return result
+
+
+def _text_without_pieces_of(files, manifests, lang: str, min_words: int, out: Path) -> tuple[list[Path], int]:
+    """The sentences of ``files`` (one per line, normalised) minus runs of >= ``min_words`` words of a transcript.
+
+    Sentences come from :func:`corpora.textsource.extract_sentences` (paragraph-aware: fortunes and man pages wrap
+    sentences over lines), the same splitting the synthetic corpus uses, so a dev/test sentence reappears here as
+    itself and ``build_lm`` excludes it. Sentences that are only a piece of a transcript (a test utterance spoken
+    from two short sentences) are dropped here by lookup in the set of all word runs of the dev/test transcripts
+    (about n²/2 per n-word transcript). ``.jsonl`` files pass through. Returns ``(files for build_lm, dropped)``.
+    """
+    from .corpora.textsource import extract_sentences
+    from .manifest import read_manifest
+    from .text import get_normalizer
+
+    normalize = get_normalizer(lang)
+    runs: set[str] = set()
+    for manifest in manifests:
+        for utt in read_manifest(manifest):
+            words = normalize(utt.text).split()
+            runs.update(" ".join(words[i:j]) for i in range(len(words)) for j in range(i + min_words, len(words) + 1))
+    text = [Path(p) for p in files if Path(p).suffix != ".jsonl"]
+    sentences = extract_sentences(lang, text, min_words=1, max_words=10**6, max_chars=10**9) if text else []
+    kept = [s for s in sentences if s not in runs]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(s + "\n" for s in kept), encoding="utf-8")
+    return [out, *(Path(p) for p in files if Path(p).suffix == ".jsonl")], len(sentences) - len(kept)
+
+
+# ------------------------------------------------------------------------------------------------- 3 baseline
+def stage_baseline(r, resume: bool = False) -> dict:
+    from .commands.evaluate import result_line
+    from .evaluate import baseline
+
+    e = r.config.eval
+    results = baseline(resolve_source(r.config.source), r.manifest("test"), target_vocab=r.path("lang", "vocab.json"),
+                       lang=r.config.lang, out_dir=r.path("baseline"), device=e.device, precision=e.precision,
+                       max_utts=e.max_utts)
+    for summary in results.values():
+        r.log(result_line(summary))
+    return {name: {"wer": s["wer"], "cer": s["cer"]} for name, s in results.items()}
+
+
+# ------------------------------------------------------------------------------------------------- 4 train
+def _train_once(r, label: str, config, inputs: dict) -> dict:
+    """Train ``config`` unless its run folder already finished with the same inputs; resume an interrupted one.
+
+    Stage 4 holds two runs; each keeps its own ``recipe-run.json`` so that changing only the control's settings
+    does not retrain the transfer run (and vice versa).
+    """
+    import shutil
+
+    from .recipe import _digest
+    from .train import train
+
+    run_dir = Path(config.train.output_dir)
+    digest = _digest(inputs)
+    same = not r.force and _read_json(run_dir / "recipe-run.json").get("hash") == digest
+    if same and (run_dir / "train_summary.json").is_file():
+        r.log(f"{label}: finished earlier with the same inputs; reusing {run_dir}")
+    else:
+        resume = same and any((run_dir / "checkpoints").glob("step-*"))
+        if not resume:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            run_dir.mkdir(parents=True)
+            (run_dir / "recipe-run.json").write_text(json.dumps({"hash": digest, "inputs": inputs}, default=str) + "\n",
+                                                     encoding="utf-8")
+        train(config, resume=resume, progress=r.progress)
+    summary = _read_json(run_dir / "train_summary.json")
+    r.log(f"{label}: {summary.get('steps')} steps in {summary.get('wall_s', 0):.0f} s; final dev {_dev_line(summary)}")
+    return summary
+
+
+def stage_train(r, resume: bool = False) -> dict:
+    from .config import to_dict
+
+    cfg = r.config
+    common = (r.manifest("train"), r.manifest("dev"), r.path("lang", "vocab.json"))
+    source = resolve_source(cfg.source)
+    upstream = r.stage_inputs(4)["deps"]
+    config = cfg.train_config(*common, r.path("train"), **{"model.source": source})
+    inputs = {"train": to_dict(cfg.train_config("", "", "", "")), "lang": cfg.lang, "source": cfg.source,
+              "source_weights": r.source_digest(), "deps": upstream}
+    summary = _train_once(r, "transfer", config, inputs)
+    result = {"transfer": _run_facts(summary)}
+    if cfg.control.enabled:
+        c = cfg.control
+        steps = c.steps or max(1, int(summary["steps"]))
+        stage = {"name": "scratch", "train": list(c.groups), "lr": c.lr, "steps": steps, "warmup_ratio": c.warmup_ratio}
+        changes = {"model.source": source, "model.from_scratch": True, "stages": [stage]}
+        control = cfg.train_config(*common, r.path("control"), **changes)
+        r.log(f"control: from scratch (same architecture, random weights, same data), {steps} steps, lr {c.lr:g}, "
+              f"training {', '.join(c.groups)}")
+        inputs = {**inputs, "train": to_dict(cfg.train_config("", "", "", "", **{**changes, "model.source": ""}))}
+        result["control"] = _run_facts(_train_once(r, "control", control, inputs))
+    return result
+
+
+def _run_facts(summary: dict) -> dict:
+    return {k: summary.get(k) for k in ("steps", "wall_s", "train_minutes", "train_utterances", "final_dev", "device")}
+
+
+def _dev_line(summary: dict) -> str:
+    dev = summary.get("final_dev") or {}
+    if "cer" not in dev:
+        return "n/a"
+    return f"CER {100 * dev['cer']:.1f}% WER {100 * dev['wer']:.1f}%"
+
+
+# ------------------------------------------------------------------------------------------------- 5 evaluate
+def _model_dir(run_dir: Path, which: str) -> Path:
+    best = run_dir / "best"
+    return best if which == "best" and (best / "config.json").is_file() else run_dir / "final"
+
+
+def stage_evaluate(r, resume: bool = False) -> dict:
+    systems = [("adapted", r.path("train"))]
+    if r.config.control.enabled:
+        systems.append(("control", r.path("control")))
+    result = {}
+    for label, run_dir in systems:
+        result.update(_evaluate_system(r, label, _model_dir(run_dir, r.config.eval.model)))
+    return result
+
+
+def _evaluate_system(r, label: str, model_dir: Path) -> dict:
+    from .commands.evaluate import result_line
+    from .evaluate import evaluate, tune_lm
+    from .inference import InferenceOptions, as_recognizer
+
+    cfg, e = r.config, r.config.eval
+    rec = as_recognizer(str(model_dir), InferenceOptions(device=e.device, precision=e.precision))
+    common = dict(lang=cfg.lang, max_utts=e.max_utts, extra={"recipe": r.name, "system": label})
+    out = {}
+    s = evaluate(rec, r.manifest("test"), out_dir=r.path("eval", f"{label}-greedy"), name=f"{label} (greedy)", **common)
+    r.log(result_line(s))
+    out[s["name"]] = {"wer": s["wer"], "cer": s["cer"]}
+    if not e.beam:
+        return out
+    lm_dir = r.path("lm") if cfg.lm.enabled else None
+    alpha, beta = e.lm_weight, e.word_score
+    if e.tune_lm and lm_dir is not None:
+        tuned = tune_lm(rec, r.manifest("dev"), lm_dir, e.alphas, e.betas, out_dir=r.path("eval", f"{label}-tune"),
+                        lang=cfg.lang, beam_size=e.beam_size)
+        alpha, beta = tuned["best"]["lm_weight"], tuned["best"]["word_score"]
+        r.log(f"{label}: tuned on dev: lm_weight {alpha:g}, word_score {beta:g} (dev WER {100 * tuned['best']['wer']:.1f}%)")
+    name = f"{label} + LM" if lm_dir is not None else f"{label} (beam)"
+    s = evaluate(rec, r.manifest("test"), decoder="beam", lm_dir=lm_dir, beam_size=e.beam_size, lm_weight=alpha,
+                 word_score=beta, out_dir=r.path("eval", f"{label}-lm" if lm_dir else f"{label}-beam"), name=name, **common)
+    r.log(result_line(s))
+    out[name] = {"wer": s["wer"], "cer": s["cer"], "lm_weight": alpha, "word_score": beta}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- 6 report
+def report_inputs(r) -> list[Path]:
+    """Evaluation folders in table order, then the training run folders."""
+    labels = ("adapted", "control") if r.config.control.enabled else ("adapted",)
+    evals = [r.path("baseline", "raw"), r.path("baseline", "zero-shot")] if r.config.baseline.enabled else []
+    for label in labels:
+        evals += [r.path("eval", f"{label}-{kind}") for kind in ("greedy", "lm", "beam")]
+    runs = [r.path("train"), r.path("control")][: len(labels)]
+    return [p for p in evals if (p / "summary.json").is_file()] + [p for p in runs if (p / "metrics.jsonl").is_file()]
+
+
+def stage_report(r, resume: bool = False) -> dict:
+    from .report import build_report
+
+    inputs = report_inputs(r)
+    names = [_read_json(p / "summary.json").get("name") for p in inputs if (p / "summary.json").is_file()]
+    base = r.config.report.baseline if r.config.report.baseline in names else None
+    html = build_report(inputs, r.path("report"), baseline=base, worst=r.config.report.worst)
+    return {"html": str(html), "systems": names}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def results_table(r) -> str:
+    """system | WER % [95% CI] | CER % [95% CI] for every evaluation of the recipe, in report order."""
+
+    def cell(s: dict, key: str) -> str:
+        value, ci = s.get(key), s.get(f"{key}_ci95")
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "n/a"
+        return f"{100 * value:6.2f} " + (f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "")
+
+    rows = [(s.get("name", p.name), cell(s, "wer"), cell(s, "cer"), str(s.get("n_utterances", "")))
+            for p in report_inputs(r) if (s := _read_json(p / "summary.json"))]
+    header = ("system", "WER % [95% CI]", "CER % [95% CI]", "utts")
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+STAGES = (
+    StageSpec(0, "data", (), ("lang", "data"), ("data",), stage_data),
+    StageSpec(1, "validate", (0,), ("lang", "source"), ("validate",), stage_validate),
+    StageSpec(2, "vocab + LM", (1,), ("lang", "vocab", "lm"), ("lang", "lm"), stage_lang),
+    StageSpec(3, "baseline", (2,), ("lang", "source", "eval.device", "eval.precision", "eval.max_utts"), ("baseline",),
+              stage_baseline, enabled=lambda cfg: cfg.baseline.enabled, needs_source=True),
+    StageSpec(4, "train", (2,), ("lang", "source", "train", "control"), (), stage_train, needs_source=True),
+    StageSpec(5, "evaluate", (2, 4), ("lang", "eval"), ("eval",), stage_evaluate),
+    StageSpec(6, "report", (3, 5), ("report",), ("report",), stage_report),
+)

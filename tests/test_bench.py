@@ -1,0 +1,207 @@
+"""Benchmarks at micro size: each script runs end to end on a tiny random model and writes its section to a
+temporary results file (never bench/RESULTS.md); plus known-answer checks of the helpers they rely on."""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from train_fixtures import make_corpus, make_source_model
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+TINY_CONFIG = ROOT / "tests" / "assets" / "tiny" / "config.json"
+if str(BENCH) not in sys.path:
+    sys.path.insert(0, str(BENCH))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench")
+    train, dev = make_corpus(d, n_train=10, n_dev=3)
+    return {"dir": d, "src": make_source_model(d / "src"), "train": train, "dev": dev}
+
+
+def _raw_json(section_text: str) -> dict:
+    m = re.search(r"```json\n(.*?)\n```", section_text, re.S)
+    assert m, "the section carries its raw numbers"
+    return json.loads(m.group(1))
+
+
+def _table_rows(text: str, first_cell: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| " + first_cell)]
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def test_section_records_command_machine_load_git_and_appends(tmp_path):
+    import common
+
+    out = tmp_path / "R.md"
+    for i in range(2):
+        s = common.Section(f"t{i}", argv=[str(BENCH / "x.py"), "--full", "a b"]).start()
+        s.add(common.table(["a", "b"], [[1, 0.5], ["x", None]]))
+        s.data = {"i": i}
+        s.append(out)
+    text = out.read_text()
+    assert text.startswith("# Benchmark results") and text.count("# Benchmark results") == 1
+    assert text.count("## ") == 2
+    assert "`.venv/bin/python bench/x.py --full 'a b'`" in text
+    assert "load average (1/5/15 min) before:" in text and "git: " in text and "torch " in text
+    assert "| 1 | 0.5 |" in text and "| x | – |" in text
+    assert _raw_json(text.split("## ")[2]) == {"i": 1}
+
+
+def test_per_device_batch_and_ctc_collator_pad_like_the_example_script():
+    from asr_transfer.model import make_processor
+    from asr_transfer.vocab import english_source_vocab
+    from hf_baseline import DataCollatorCTCWithPadding, per_device_batch
+
+    assert per_device_batch(80.0, 4.0) == 20 and per_device_batch(3.0, 10.0) == 1 and per_device_batch(10, 4) == 2
+    collate = DataCollatorCTCWithPadding(make_processor(english_source_vocab()))
+    feats = [{"input_values": np.ones(5, np.float32), "labels": [7, 8, 9], "duration_s": 1.5},
+             {"input_values": np.ones(3, np.float32), "labels": [4], "duration_s": 0.5}]
+    batch = collate(feats)
+    assert batch["input_values"].shape == (2, 5) and float(batch["input_values"][1, 3:].abs().sum()) == 0.0
+    assert batch["labels"].tolist() == [[7, 8, 9], [4, -100, -100]]
+    assert collate.batch_audio_s == [2.0]
+
+
+def test_manifest_prefix_is_nested_and_long_file_has_the_asked_length(tmp_path, tiny):
+    import soundfile
+
+    import common
+    from asr_transfer.manifest import read_manifest
+    from scaling import build_long_file
+
+    a = read_manifest(common.manifest_prefix(tiny["train"], 0.05, tmp_path / "a.jsonl"))
+    b = read_manifest(common.manifest_prefix(tiny["train"], 0.1, tmp_path / "b.jsonl"))
+    assert [u.id for u in a] == [u.id for u in b[: len(a)]] and len(a) < len(b)
+    assert sum(u.duration for u in a) >= 3.0
+    path = build_long_file({"test": tiny["train"]}, 0.25, tmp_path / "long.wav")
+    assert soundfile.info(str(path)).frames == 15 * 16000
+
+
+# ------------------------------------------------------------------------------------------------ scripts
+def test_train_speed_micro(tmp_path, tiny):
+    import train_speed
+
+    out = tmp_path / "R.md"
+    rc = train_speed.main(["--model", str(tiny["src"]), "--train", str(tiny["train"]), "--dev", str(tiny["dev"]),
+                           "--max-batch-s", "3", "--epochs", "2", "--steps", "2,2,2", "--hf-cap", "1", "--evals", "2",
+                           "--base-config", str(TINY_CONFIG), "--base-minutes", "0.05", "--base-max-batch-s", "2",
+                           "--skip", "throughput",
+                           "--results", str(out), "--work-dir", str(tmp_path / "w")])
+    assert rc == 0
+    text = out.read_text()
+    rows = _table_rows(text, "tiny (random)")
+    assert len(rows) == 3 and all(r[-1] not in ("–", "") for r in rows), rows
+    raw = _raw_json(text)
+    head = raw["base960"]["head"]
+    # The head stage caches everything below the head: the boundary is the head segment, and later epochs hit the cache.
+    assert head["ours"]["boundary"] == 5 and head["ours"]["cache"]["hits"] > 0
+    assert head["hf"]["steady_audio_s_per_s"] > 0 and head["hf_settings"]["per_device_train_batch_size"] >= 1
+    cer = raw["time_to_cer"]
+    assert cer["schedule_steps"] == 6 and cer["hf_curve"] and 0 <= cer["target_cer"]
+    assert "Time to equal dev CER" in text and "Targets:" in text
+
+
+def test_transcribe_speed_micro(tmp_path, tiny):
+    import transcribe_speed
+
+    out = tmp_path / "R.md"
+    assert transcribe_speed.main(["--model", str(tiny["src"]), "--files", str(tiny["train"]), "--repeats", "1",
+                                  "--precisions", "fp32,int8", "--results", str(out), "--work-dir", str(tmp_path)]) == 0
+    text = out.read_text()
+    names = [r[1] for r in _table_rows(text, "en")]
+    assert names[:3] == ["ours fp32", "pipeline fp32, batch_size default", "pipeline fp32, batch_size=8"]
+    assert "ours int8" in names
+    raw = _raw_json(text)["langs"]["en"]
+    assert raw["files"] == 11 and set(raw["wer"]) >= {"ours fp32", "ours int8"}
+
+
+def test_scaling_micro_measures_child_peak_rss(tmp_path, tiny):
+    import scaling
+
+    out = tmp_path / "R.md"
+    assert scaling.main(["--model", str(tiny["src"]), "--clips", str(tiny["train"]), "--minutes-list", "0.1",
+                         "--results", str(out), "--work-dir", str(tmp_path)]) == 0
+    raw = _raw_json(out.read_text())
+    run = raw["runs"][0]
+    assert abs(run["duration_s"] - 6.0) < 0.01 and run["s_per_audio_min"] > 0
+    # Peak RSS is the child's own (torch alone is > 100 MB), not this test process's.
+    assert 100 < raw["load_only"]["peak_rss_mb"] <= run["peak_rss_mb"] + 50
+
+
+def test_data_efficiency_micro_excludes_test_sentences_from_the_lm(tmp_path, tiny):
+    import data_efficiency
+    from asr_transfer.manifest import read_manifest
+
+    dev = read_manifest(tiny["dev"])
+    text = tmp_path / "lm.txt"  # LM text that contains every dev/test sentence plus some others
+    text.write_text("\n".join([u.text for u in dev] + ["ein hund und eine katze", "der zug fährt heute spät",
+                                                       "wir gehen nach hause"] * 3) + "\n")
+    out = tmp_path / "R.md"
+    assert data_efficiency.main(["--model", str(tiny["src"]), "--train", str(tiny["train"]), "--dev", str(tiny["dev"]),
+                                 "--test", str(tiny["dev"]), "--minutes-list", "0.1", "--steps", "1,1,1",
+                                 "--systems", "mapped,scratch", "--lm-text", str(text), "--lm-order", "2",
+                                 "--alphas", "0.5", "--betas", "0", "--max-batch-s", "3",
+                                 "--results", str(out), "--work-dir", str(tmp_path / "w")]) == 0
+    section = out.read_text()
+    raw = _raw_json(section)
+    assert raw["lm"]["sentences_excluded"] == len(dev) and raw["lm"]["sentences_used"] == 9
+    assert set(raw["results"]) == {"mapped", "scratch"} and "wer_lm" in raw["results"]["mapped"]["0.1"]
+    assert (tmp_path / "figures" / "data_efficiency.png").stat().st_size > 1000
+    assert "![WER vs training minutes](figures/data_efficiency.png)" in section
+
+
+def test_gpu_section_skips_without_cuda_and_runs_its_code_on_cpu_when_asked(tmp_path):
+    import torch
+
+    import gpu
+
+    out = tmp_path / "R.md"
+    assert gpu.main(["--results", str(out)]) == 0
+    if not torch.cuda.is_available():
+        assert "Skipped: no CUDA device" in out.read_text()
+    out2 = tmp_path / "R2.md"
+    assert gpu.main(["--allow-cpu", "--config", str(TINY_CONFIG), "--batch", "2", "--utt-s", "1", "--steps", "1",
+                     "--warmup", "1", "--rtf-minutes", "0.2", "--peak-tflops", "1", "--results", str(out2)]) == 0
+    raw = _raw_json(out2.read_text())
+    for row in raw["finetune"].values():
+        assert row["flops_per_step"] > 0 and 0 < row["mfu"] < 1
+    # The cached step skips the CNN, so it counts fewer FLOPs than the full forward.
+    assert raw["finetune"]["ours, CNN cached"]["flops_per_step"] < raw["finetune"]["HF forward (full model)"]["flops_per_step"]
+    assert raw["rtf"]["fp32"]["rtf"] > 0
+
+
+def test_inference_batches_bound_padding_per_item():
+    """The fix found by transcribe_speed.py: big batch budgets must not pack 3-s clips with 8-s ones."""
+    from asr_transfer.inference import plan_batches
+
+    lengths = [8, 3, 7, 3, 4, 8, 5, 7]
+    batches = plan_batches(lengths, max_samples=1000)
+    assert batches == [[0, 5, 2, 7], [6, 4], [1, 3]]
+    for b in batches:
+        longest = max(lengths[i] for i in b)
+        assert all(lengths[i] >= 0.8 * longest for i in b)
+
+
+def test_lm_exclusion_drops_pieces_of_a_test_sentence(tmp_path):
+    """Found by data_efficiency.py: the LM text split 23 of 44 test sentences into pieces that were not excluded."""
+    from asr_transfer.lm import build_lm
+    from asr_transfer.manifest import Utterance, write_manifest
+
+    test = write_manifest(tmp_path / "test.jsonl", [Utterance(str(tmp_path / "a.wav"), 3.0,
+                                                               "Der Hund läuft schnell. Nach Hause und schläft.")],
+                          relative=False)
+    text = tmp_path / "lm.txt"
+    text.write_text("Der Hund läuft schnell.\nNach Hause und schläft.\nDer Hund.\nEin Vogel singt heute laut.\n")
+    out = build_lm([text], "de", order=3, exclude_manifests=[test], out_dir=tmp_path / "lm", log=lambda *a: None)
+    record = json.loads((out / "lm.json").read_text())
+    assert record["sentences_excluded_within"] == 2 and record["sentences_used"] == 2
+    assert "läuft" not in (out / "unigrams.txt").read_text().split()

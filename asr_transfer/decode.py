@@ -181,6 +181,14 @@ def _token_kinds(vocab: Sequence[str], blank_id: int, delimiter: str) -> tuple[l
     return symbols, kinds
 
 
+def _checked_log_probs(log_probs, vocab_size: int) -> np.ndarray:
+    """``(frames, vocab)`` as numpy, with a clear error when the columns do not match the vocabulary."""
+    x = _as_numpy(log_probs)
+    if x.shape[1] != vocab_size:
+        raise ValueError(f"log_probs has {x.shape[1]} columns but the vocabulary has {vocab_size} tokens")
+    return x
+
+
 class GreedyDecoder:
     """Best path decoding: argmax per frame, collapse repeats, drop blanks and specials."""
 
@@ -193,9 +201,7 @@ class GreedyDecoder:
 
     def decode(self, log_probs, frame_offset_s: float = 0.0) -> Hypothesis:
         """``log_probs``: ``(frames, vocab)`` log-softmax; returns the best-path :class:`Hypothesis`."""
-        x = _as_numpy(log_probs)
-        if x.shape[1] != len(self.vocab):
-            raise ValueError(f"log_probs has {x.shape[1]} columns but the vocabulary has {len(self.vocab)} tokens")
+        x = _checked_log_probs(log_probs, len(self.vocab))
         if x.shape[0] == 0:
             return Hypothesis("", (), 0.0)
         path = x.argmax(axis=1)
@@ -412,9 +418,7 @@ class BeamDecoder:
 
     def decode(self, log_probs, frame_offset_s: float = 0.0) -> Hypothesis:
         """``log_probs``: ``(frames, vocab)`` log-softmax; returns the best beam :class:`Hypothesis`."""
-        x = _as_numpy(log_probs)
-        if x.shape[1] != len(self.vocab):
-            raise ValueError(f"log_probs has {x.shape[1]} columns but the vocabulary has {len(self.vocab)} tokens")
+        x = _checked_log_probs(log_probs, len(self.vocab))
         if x.shape[0] == 0:
             return Hypothesis("", (), 0.0)
         em = self._emissions(x)

@@ -95,7 +95,10 @@ def parse_line(raw: bytes | str, line: int, path: str | Path, base_dir: Path | N
         raise ManifestError("'audio_filepath' must be a non-empty string", path=path, line=line)
     if not isinstance(obj["text"], str):
         raise ManifestError(f"'text' must be a string, got {type(obj['text']).__name__}", path=path, line=line)
-    audio_path = Path(audio).expanduser()
+    try:
+        audio_path = Path(audio).expanduser()
+    except RuntimeError:  # "~name/..." for a user this machine does not know: keep the path as written
+        audio_path = Path(audio)
     if not audio_path.is_absolute() and base_dir is not None:
         audio_path = base_dir / audio_path
     extra = {k: v for k, v in obj.items() if k not in REQUIRED and k not in OPTIONAL}

@@ -102,31 +102,40 @@ def cached_lm(text_files, order: int, exclude: list[Path], lm_dir: Path, vocab: 
 
 
 def plot(results: dict, sizes: list[float], source: dict | None, path: Path, title: str) -> Path:
+    """Two panels: test WER (greedy solid, beam + LM dashed) and greedy CER against training minutes (log x)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     colours = {"mapped": "tab:blue", "random": "tab:orange", "scratch": "tab:red"}
-    for system, by_size in results.items():
-        xs = [m for m in sizes if m in by_size]
-        ax.plot(xs, [100 * by_size[m]["wer"] for m in xs], "o-", color=colours[system], label=f"{LABELS[system]}, greedy")
-        lm = [m for m in xs if "wer_lm" in by_size[m]]
-        if lm:
-            ax.plot(lm, [100 * by_size[m]["wer_lm"] for m in lm], "s--", color=colours[system],
-                    label=f"{LABELS[system]}, beam + LM")
-    if source is not None:
-        ax.axhline(100 * source["wer"], color="grey", linestyle=":", label=LABELS["source"])
-    ax.set_xscale("log")
-    ax.set_xticks(sizes)
-    ax.set_xticklabels([f"{m:g}" for m in sizes])
-    ax.set_xlabel("German training audio (minutes)")
-    ax.set_ylabel("test WER (%)")
-    ax.set_ylim(0, min(110, max(ax.get_ylim()[1], 20)))
-    ax.set_title(title)
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    for ax, metric in zip(axes, ("wer", "cer")):
+        top = 20.0
+        for system, by_size in results.items():
+            xs = [m for m in sizes if m in by_size]
+            ys = [100 * by_size[m][metric] for m in xs]
+            ax.plot(xs, ys, "o-", color=colours[system], label=f"{LABELS[system]}, greedy")
+            top = max([top, *ys])
+            lm = [m for m in xs if f"{metric}_lm" in by_size[m]]
+            if lm:
+                ys = [100 * by_size[m][f"{metric}_lm"] for m in lm]
+                ax.plot(lm, ys, "s--", color=colours[system], label=f"{LABELS[system]}, beam + LM")
+                top = max([top, *ys])
+        if source is not None:
+            ax.axhline(100 * source[metric], color="grey", linestyle=":", label=LABELS["source"])
+            top = max(top, 100 * source[metric])
+        ax.set_xscale("log")
+        ax.set_xticks(sizes)
+        ax.set_xticklabels([f"{m:g}" for m in sizes])
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("German training audio (minutes)")
+        ax.set_ylabel(f"test {metric.upper()} (%)")
+        ax.set_ylim(0, top * 1.08)
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -206,7 +215,8 @@ def main(argv=None) -> int:
                   + f" (train {wall:.0f}s)", flush=True)
 
     results_path = Path(args.results)
-    png = results_path.parent / "figures" / f"data_efficiency{'-full' if args.full else ''}.png"
+    stamp = time.strftime("%Y%m%d-%H%M", time.gmtime())  # one figure per results section
+    png = results_path.parent / "figures" / f"data_efficiency{'-full' if args.full else ''}-{stamp}.png"
     plot(results, sizes, source_res, png, f"German synthetic test ({test_minutes:g} min, SNR {args.snr_db:g} dB)")
     rows = [[LABELS["source"], "–", source_res["wer"], None, source_res["cer"], None]]
     for system in systems:

@@ -18,6 +18,7 @@ SAMPLE_RATE = 16_000  # Hz; what wav2vec2 checkpoints are trained on
 FRAME_STRIDE_S = 0.02  # s; the wav2vec2 CNN's hop (320 samples at 16 kHz)
 RECEPTIVE_FIELD_SAMPLES = 400  # samples; shortest input the wav2vec2 CNN turns into one frame
 STREAM_BLOCK_S = 30.0  # s; block size for streaming reads of long files
+NORM_EPS = 1e-7  # what Wav2Vec2FeatureExtractor adds to the variance
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,15 @@ def stream_audio(
         raise
     except Exception as exc:
         raise _open_error(path, exc) from None
+
+
+def normalize_wave(wave: np.ndarray) -> np.ndarray:
+    """Zero mean, unit variance over one ``(samples,)`` wave, as ``Wav2Vec2FeatureExtractor(do_normalize=True)``.
+
+    Training and inference both call this, so a model sees the same input scaling in both.
+    """
+    wave = wave.astype(np.float32, copy=False)
+    return ((wave - wave.mean()) / np.sqrt(wave.var() + NORM_EPS)).astype(np.float32, copy=False)
 
 
 def write_wav(path: str | Path, x: np.ndarray, sample_rate: int = SAMPLE_RATE, subtype: str = "PCM_16") -> None:

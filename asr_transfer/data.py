@@ -137,9 +137,9 @@ def audio_skip_reason(exc: AudioError) -> str:
 
 def normalize_wave(wave: np.ndarray, do_normalize: bool = True) -> np.ndarray:
     """Zero-mean unit-variance per utterance, as ``Wav2Vec2FeatureExtractor(do_normalize=True)`` does."""
-    if not do_normalize:
-        return wave
-    return ((wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)).astype(np.float32)
+    from .audio import normalize_wave as _normalize
+
+    return _normalize(wave) if do_normalize else wave
 
 
 class BucketSampler:

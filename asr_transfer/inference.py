@@ -27,11 +27,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, frames_for_samples
+from .audio import SAMPLE_RATE, frames_for_samples, normalize_wave
 from .errors import UserError
 
 PRECISIONS = ("fp32", "bf16", "int8")
-_NORM_EPS = 1e-7  # what Wav2Vec2FeatureExtractor adds to the variance
 
 
 @dataclass(frozen=True)
@@ -105,12 +104,6 @@ def _warn_once(message: str) -> None:
     if message not in _WARNED:
         _WARNED.add(message)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
-
-
-def normalize_wave(wave: np.ndarray) -> np.ndarray:
-    """Zero mean, unit variance over the real samples of one ``(samples,)`` wave (float32)."""
-    wave = wave.astype(np.float32, copy=False)
-    return ((wave - wave.mean()) / np.sqrt(wave.var() + _NORM_EPS)).astype(np.float32, copy=False)
 
 
 def plan_batches(lengths: Sequence[int], max_samples: int, min_fill: float = 0.8) -> list[list[int]]:

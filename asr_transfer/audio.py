@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -161,6 +161,42 @@ def normalize_wave(wave: np.ndarray) -> np.ndarray:
     """
     wave = wave.astype(np.float32, copy=False)
     return ((wave - wave.mean()) / np.sqrt(wave.var() + NORM_EPS)).astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class WaveStats:
+    """Mean and standard deviation of a whole signal, as :func:`normalize_wave` would compute them over it."""
+
+    mean: float
+    std: float  # sqrt(variance + NORM_EPS)
+
+    def apply(self, wave: np.ndarray) -> np.ndarray:
+        """``(wave - mean) / std`` as float32: a piece of the signal normalised with the whole signal's statistics."""
+        return ((wave.astype(np.float32, copy=False) - np.float32(self.mean)) / np.float32(self.std)).astype(
+            np.float32, copy=False)
+
+
+def wave_stats(blocks: Iterable[np.ndarray]) -> WaveStats:
+    """:class:`WaveStats` over a stream of ``(samples,)`` blocks, in O(1) memory.
+
+    Long-file transcription normalises every window with the statistics of the whole file, so chunked inference
+    sees the same input scaling as a single pass (per-window statistics shift with each window's speech/silence mix).
+    Sums are float64 per block and merged with Chan's parallel formula, so an hour of audio loses no precision.
+    """
+    n, mean, m2 = 0, 0.0, 0.0
+    for block in blocks:
+        b = np.asarray(block, dtype=np.float64)
+        if not b.size:
+            continue
+        nb, mb = b.size, float(b.mean())
+        m2b = float(((b - mb) ** 2).sum())
+        delta = mb - mean
+        total = n + nb
+        mean += delta * nb / total
+        m2 += m2b + delta * delta * n * nb / total
+        n = total
+    var = m2 / n if n else 0.0
+    return WaveStats(mean, float(np.sqrt(var + NORM_EPS)))
 
 
 def write_wav(path: str | Path, x: np.ndarray, sample_rate: int = SAMPLE_RATE, subtype: str = "PCM_16") -> None:

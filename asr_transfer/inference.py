@@ -184,11 +184,12 @@ class Recognizer:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def log_probs(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def log_probs(self, waves: Sequence[np.ndarray], normalized: bool = False) -> list[np.ndarray]:
         """Per-frame log-softmax for each mono 16 kHz ``(samples,)`` wave, in input order.
 
         Returns ``(frames, vocab)`` float32 arrays with ``frames == self.frames_for(len(wave))``; waves shorter than
-        the receptive field (400 samples) give ``(0, vocab)``.
+        the receptive field (400 samples) give ``(0, vocab)``. ``normalized``: the caller has already applied the
+        model's input normalisation (chunked inference uses the whole file's statistics), so it is not redone here.
         """
         import torch
 
@@ -207,11 +208,11 @@ class Recognizer:
         with torch.inference_mode(), self._autocast():
             for batch in batches:
                 idx = [runnable[j] for j in batch]
-                for i, lp in zip(idx, self._forward([waves[i] for i in idx])):
+                for i, lp in zip(idx, self._forward([waves[i] for i in idx], normalized)):
                     out[i] = lp
         return out  # type: ignore[return-value]
 
-    def _forward(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+    def _forward(self, waves: list[np.ndarray], normalized: bool = False) -> list[np.ndarray]:
         """One padded forward pass; ``waves`` are already sorted longest first."""
         import torch
 
@@ -219,7 +220,7 @@ class Recognizer:
         batch = np.full((len(waves), longest), self.padding_value, dtype=np.float32)
         mask = np.zeros((len(waves), longest), dtype=np.int64)
         for row, w in enumerate(waves):
-            batch[row, : len(w)] = normalize_wave(w) if self.do_normalize else w
+            batch[row, : len(w)] = normalize_wave(w) if self.do_normalize and not normalized else w
             mask[row, : len(w)] = 1
         inputs = {"input_values": torch.from_numpy(batch).to(self.device)}
         if self.use_attention_mask:

@@ -12,6 +12,10 @@ Windows start on multiples of the CNN hop (320 samples), so a window's frame ``i
 whose receptive field is local they reproduce unchunked inference (see tests). The first window keeps its left edge
 and the last its right edge.
 
+Every window is normalised with the whole file's mean and deviation, from a first streaming pass over the file
+(cheap next to inference), so the model sees the input scaling of a single pass; a window's own statistics shift
+with its mix of speech and silence.
+
 Memory stays flat with file length: audio is read block-wise, at most ``batch_s`` seconds of windows are in flight,
 and the kept log-probs are decoded in segments of about ``segment_s`` seconds, cut where the best path is at a word
 boundary inside a pause (blank/delimiter frames after a delimiter). Cutting there leaves greedy output exactly as
@@ -28,7 +32,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, audio_info, load_audio, stream_audio
+from .audio import SAMPLE_RATE, WaveStats, audio_info, load_audio, stream_audio, wave_stats
 from .decode import DecodeOptions, Hypothesis, WordTiming
 from .errors import UserError
 from .inference import InferenceOptions, Recognizer, as_recognizer
@@ -271,12 +275,16 @@ def keep_range(start: int, num_frames: int, is_last: bool, plan: ChunkPlan) -> t
 
 
 def iter_chunked_log_probs(recognizer: Recognizer, blocks: Iterable[np.ndarray], chunk_s: float = 30.0,
-                           stride_s: float = 5.0, stats: dict | None = None) -> Iterator[np.ndarray]:
+                           stride_s: float = 5.0, stats: dict | None = None,
+                           file_stats: WaveStats | None = None) -> Iterator[np.ndarray]:
     """Kept ``(frames, vocab)`` log-probs of consecutive windows; concatenated they are the file's frames in order.
 
     Windows are batched so that one forward pass holds about ``recognizer.options.batch_s`` seconds of audio.
-    ``stats`` (optional) receives ``load_s``, ``infer_s`` and ``num_samples``.
+    ``stats`` (optional) receives ``load_s``, ``infer_s`` and ``num_samples``. ``file_stats``: normalise every
+    window with the whole file's mean and deviation (:func:`~asr_transfer.audio.wave_stats`) instead of its own,
+    as a single pass over the file would; only for models with ``do_normalize``.
     """
+    prenormalized = file_stats is not None and recognizer.do_normalize
     plan = chunk_plan(recognizer, chunk_s, stride_s)
     per_batch = max(1, int(recognizer.options.batch_s * SAMPLE_RATE // plan.chunk))
     stats = stats if stats is not None else {}
@@ -300,9 +308,11 @@ def iter_chunked_log_probs(recognizer: Recognizer, blocks: Iterable[np.ndarray],
         t0 = time.perf_counter()
         # The shorter last window runs on its own: zero padding would otherwise leak into its last frames
         # (group-norm statistics, positional conv) for models fed without an attention mask.
+        if prenormalized:
+            batch = [(start, file_stats.apply(w), last) for start, w, last in batch]
         full = [w for _, w, last in batch if not last]
-        outputs = (recognizer.log_probs(full) if full else []) + \
-            ([recognizer.log_probs([batch[-1][1]])[0]] if batch[-1][2] else [])
+        outputs = (recognizer.log_probs(full, prenormalized) if full else []) + \
+            ([recognizer.log_probs([batch[-1][1]], prenormalized)[0]] if batch[-1][2] else [])
         stats["infer_s"] += time.perf_counter() - t0
         for (start, wave, is_last), lp in zip(batch, outputs):
             lo, hi = keep_range(start, len(lp), is_last, plan)
@@ -393,8 +403,14 @@ def _transcribe_long(path: Path, recognizer: Recognizer, dec, chunk_s: float, st
     stats = {"load_s": open_s, "infer_s": 0.0}
     segmented = SegmentedDecoder(dec, recognizer.vocab, recognizer.blank_id, recognizer.frame_stride_s,
                                  int(segment_s / recognizer.frame_stride_s))
-    blocks = stream_audio(path, block_s=max(chunk_s, 10.0))
-    for kept in iter_chunked_log_probs(recognizer, blocks, chunk_s, stride_s, stats):
+    block_s = max(chunk_s, 10.0)
+    file_stats = None
+    if recognizer.do_normalize:  # a first streaming pass: the file's own statistics, as one pass would use
+        t0 = time.perf_counter()
+        file_stats = wave_stats(stream_audio(path, block_s=block_s))
+        stats["load_s"] += time.perf_counter() - t0
+    blocks = stream_audio(path, block_s=block_s)
+    for kept in iter_chunked_log_probs(recognizer, blocks, chunk_s, stride_s, stats, file_stats):
         segmented.push(kept)
     hyp = segmented.finish()
     return _finish(path, hyp, stats["num_samples"] / SAMPLE_RATE, stats["load_s"], stats["infer_s"],

@@ -11,6 +11,7 @@ import torch
 
 from asr_transfer import inference
 from asr_transfer.errors import UserError
+from asr_transfer.audio import wave_stats
 from asr_transfer.inference import InferenceOptions, Recognizer, normalize_wave, plan_batches
 from asr_transfer.model import load_model
 
@@ -138,6 +139,21 @@ def test_normalisation_uses_real_samples_only():
     w = np.array([1.0, 2.0, 3.0, 4.0], dtype=np.float32)
     n = normalize_wave(w)
     assert abs(n.mean()) < 1e-6 and abs(n.std() - 1.0) < 1e-3
+
+
+def test_wave_stats_over_blocks_equal_whole_signal_statistics():
+    """Known values first (1..4: mean 2.5, variance 1.25), then a long offset signal cut into uneven blocks."""
+    s = wave_stats([np.array([1.0, 2.0]), np.zeros(0), np.array([3.0, 4.0])])
+    assert s.mean == pytest.approx(2.5) and s.std == pytest.approx(np.sqrt(1.25 + 1e-7))
+    rng = np.random.default_rng(0)
+    x = (100.0 + 0.01 * rng.standard_normal(1_000_003)).astype(np.float32)  # large mean, small spread
+    s = wave_stats(np.array_split(x, [7, 5000, 5001, 640_000]))
+    assert s.mean == pytest.approx(float(x.astype(np.float64).mean()), rel=1e-12)
+    assert s.std == pytest.approx(float(np.sqrt(x.astype(np.float64).var() + 1e-7)), rel=1e-9)
+    x64 = x.astype(np.float64)  # float32 normalize_wave itself loses ~0.1 here (mean 100, spread 0.01)
+    np.testing.assert_allclose(s.apply(x), (x64 - x64.mean()) / np.sqrt(x64.var() + 1e-7), atol=2e-3)
+    y = rng.standard_normal(50_000).astype(np.float32)
+    np.testing.assert_allclose(wave_stats([y[:123], y[123:]]).apply(y), normalize_wave(y), atol=1e-5)
 
 
 def test_plan_batches_bounds_padded_samples():

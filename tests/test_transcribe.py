@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import asr_transfer
 from asr_transfer import transcribe as tr
-from asr_transfer.audio import load_audio, stream_audio, write_wav
+from asr_transfer.audio import load_audio, stream_audio, wave_stats, write_wav
 from asr_transfer.cli import main
 from asr_transfer.decode import GreedyDecoder, WordTiming
 from asr_transfer.inference import InferenceOptions, Recognizer
@@ -111,6 +111,23 @@ def test_chunked_log_probs_equal_unchunked_for_a_local_model(local_model, long_w
     assert chunked.shape == full.shape
     assert len(set(full.argmax(1).tolist())) >= 10  # the comparison is not trivially constant
     np.testing.assert_allclose(chunked, full, atol=1e-4)
+
+
+def test_file_statistics_make_chunking_invisible_for_a_normalising_model(tmp_path):
+    """A normalising local model on a file whose level changes 20x halfway: windows normalised with the file's
+    statistics (what transcribe does) give one pass's log-probs; each window's own statistics do not."""
+    model = load_model(build_tiny_model(tmp_path / "m", norm="layer", do_normalize=True, local=True), device="cpu")
+    wave = synthetic_speechlike(40.0, seed=3)
+    wave[: len(wave) // 2] *= 0.05
+    path = tmp_path / "levels.wav"
+    write_wav(path, wave)
+    rec = _cpu(model)
+    full = rec.log_probs([load_audio(path)])[0]
+    stats = wave_stats(stream_audio(path))
+    with_file = np.concatenate(list(iter_chunked_log_probs(rec, stream_audio(path), 10.0, 2.0, file_stats=stats)))
+    np.testing.assert_allclose(with_file, full, atol=1e-4)
+    per_window = np.concatenate(list(iter_chunked_log_probs(rec, stream_audio(path), 10.0, 2.0)))
+    assert np.abs(per_window - full).max() > 1e-2  # the difference the first pass removes
 
 
 def test_chunked_transcript_equals_unchunked_words_and_times(local_model, long_wav):

@@ -8,10 +8,10 @@ The steps, each reusing the module that owns it:
 2. a randomly initialised ``Wav2Vec2ForCTC`` built from a ``Wav2Vec2Config`` JSON (``model.init_config``) with
    base-960h's vocabulary layout (:func:`asr_transfer.vocab.english_source_vocab`), so that transfer code written
    for base-960h works on it unchanged;
-3. the one training loop (:func:`asr_transfer.train.train`) in two invocations — a curriculum: the first
+3. the one training loop (:func:`asr_transfer.train.train`), one invocation per run — a curriculum: the first
    ``curriculum_stages`` stages see only utterances <= ``curriculum_max_utt_s`` (short utterances leave the CTC
-   blank plateau much sooner), the remaining stages start from that model (``head_init = keep``, exactly the
-   transfer code path) on the full manifest. Both are resumable and time-boxable;
+   blank plateau much sooner); every remaining stage is a run of its own on the full manifest, starting from the
+   previous run's model (``head_init = keep``, exactly the transfer code path). All are resumable and time-boxable;
 4. greedy evaluation (:func:`asr_transfer.evaluate.evaluate`) on the held-out synthetic test set and on real
    English (``../shared/realspeech/en.jsonl`` when present);
 5. export of the best dev-CER checkpoint to ``out`` in HF ``save_pretrained`` form with a model card.
@@ -238,6 +238,7 @@ def hardware() -> str:
 
 
 def _wall(runs_dir: Path) -> dict[str, float]:
+    """Seconds of wall time from the wall log: ``train`` and ``evaluate`` in all, and ``train <run>`` per run."""
     out: dict[str, float] = {}
     path = runs_dir / WALL_LOG
     if path.is_file():
@@ -245,6 +246,8 @@ def _wall(runs_dir: Path) -> dict[str, float]:
             row = json.loads(line)
             key = "evaluate" if row["what"] == "evaluate" else "train"
             out[key] = out.get(key, 0.0) + row["wall_s"]
+            if key == "train":
+                out[row["what"]] = out.get(row["what"], 0.0) + row["wall_s"]
     return out
 
 
@@ -282,9 +285,11 @@ def model_card(model, options: PretrainOptions, result: PretrainResult, runs: li
             lines.append(f"| {label} | {ev[name]['n_utterances']} | {pct(name, 'wer')} | {pct(name, 'cer')} |")
     test = ev.get("synth_test")
     if test and test.get("cer") is not None and test["cer"] > TARGET_TEST_CER:
+        falling = _still_falling(runs)
         lines += ["", f"**Below target**: the project's target is a synthetic test CER of at most {100 * TARGET_TEST_CER:.0f} %. "
-                  "The dev curve below was still falling when the step budget ran out; more optimiser steps with the same "
-                  "recipe (e.g. `--set stages.1.steps=5000`, about 2 h on 2 free cores) are the first thing to try."]
+                  + ("The dev curve below was still falling at the last evaluation; a further `[[stages]]` entry in the "
+                     "config, run with `--resume`, continues from the last run's model." if falling else
+                     "The dev curve below had flattened; a larger model or more varied data is needed, not more steps.")]
     lines += ["", "References and hypotheses are compared after the `en` text normaliser.", "",
               "## Data", "",
               f"espeak-ng {corpus['espeak']['version']} (`{corpus['espeak']['voice']}`), sentences from the system's "
@@ -316,16 +321,21 @@ def model_card(model, options: PretrainOptions, result: PretrainResult, runs: li
               f"Config `{options.config}` (architecture `{main_cfg['model'].get('init_config') or runs[0]['config']['model']['init_config']}`), "
               "AdamW, gradient clipping at "
               f"{main_cfg['train']['clip_norm']}, batches of at most {main_cfg['data']['max_batch_s']:g} s padded audio, "
-              "all parameter groups trainable (CNN included), one training loop (`asr_transfer.train`) in two runs:", "",
-              "| run | utterances | train minutes | stage | steps | peak lr | warm-up | schedule |", "|---|---|---|---|---|---|---|---|"]
+              f"all parameter groups trainable (CNN included), one training loop (`asr_transfer.train`) in {len(runs)} runs: "
+              "a curriculum run on short utterances, then one run per later stage, each starting from the previous "
+              "run's final model with a fresh optimiser:", "",
+              "| run | utterances | audio min | stage | steps | peak lr | warm-up | schedule | torch threads | wall min |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
+        run_wall = wall.get(f"train {r['run']}")
         for st_cfg, st in zip(r["config"]["stages"], r["stages"]):
             steps = (st.get("end_step") or r["steps"]) - st["start_step"]
-            lines.append(f"| {r['run']} | {r['utterances']} | {r['train_minutes']} | {st['name']} | {steps} | {st_cfg['lr']:g} "
-                         f"| {st_cfg.get('warmup_steps')} | {st_cfg['schedule']} |")
+            lines.append(f"| {r['run']} | {r['utterances']} | {r['train_minutes']:.1f} | {st['name']} | {steps} | {st_cfg['lr']:g} "
+                         f"| {st_cfg.get('warmup_steps')} | {st_cfg['schedule']} | {r['config']['train'].get('num_threads')} "
+                         f"| {'' if run_wall is None else f'{run_wall / 60:.1f}'} |")
     lines += ["", f"Total: {sum(r['steps'] for r in runs)} optimiser steps, training wall time "
-              f"{wall.get('train', 0) / 60:.1f} min (+ {wall.get('evaluate', 0) / 60:.1f} min evaluation) on {hardware()} "
-              "(shared with other jobs, so the wall time is an upper bound).", "",
+              f"{wall.get('train', 0) / 60:.1f} min (+ {wall.get('evaluate', 0) / 60:.1f} min evaluation) on {hardware()}. "
+              "Runs that shared the cores with other jobs took longer than they would alone.", "",
               "Dev curve (greedy, synthetic dev set, held-out voices):", "",
               "| run | step | dev CER | dev WER | dev loss | blank share |", "|---|---|---|---|---|---|"]
     for r in runs:
@@ -361,6 +371,12 @@ def plateau_summary(runs: list[dict]) -> str:
                         f"at step {offset + step} of {sum(x['steps'] for x in runs)} (run `{r['run']}`, step {step}).")
         offset += r["steps"]
     return "On this run the dev output never left the all-blank plateau."
+
+
+def _still_falling(runs: list[dict], window: int = 3) -> bool:
+    """Whether the last dev CER is the lowest of the last ``window`` evaluations and below the one before them."""
+    cers = [cer for r in runs for _, cer, *_ in r["dev_curve"]]
+    return len(cers) > window and cers[-1] == min(cers[-window:]) and cers[-1] < cers[-window - 1]
 
 
 def format_summary(result: PretrainResult) -> str:

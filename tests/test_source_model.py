@@ -82,6 +82,17 @@ def test_card_documents_training():
         assert needle in card, needle
 
 
+def test_still_falling_reads_the_last_evaluations_across_runs():
+    from asr_transfer.pretrain import _still_falling
+
+    def run(cers):
+        return {"dev_curve": [(i, c, 1.0, 1.0, 0.5) for i, c in enumerate(cers)]}
+
+    assert _still_falling([run([0.9, 0.8]), run([0.7, 0.6, 0.5])])
+    assert not _still_falling([run([0.5, 0.4, 0.41, 0.42, 0.43])])  # the best is behind: flattened
+    assert not _still_falling([run([0.5, 0.5])])  # too few evaluations to say
+
+
 # ---------------------------------------------------------------------------------------------- the pipeline
 def _tiny_setup(tmp_path: Path) -> Path:
     config = json.loads(TINY_STABLE_CONFIG.read_text())
@@ -145,6 +156,7 @@ def test_pretrain_smoke_builds_exports_and_resumes(tmp_path):
     assert model.config.do_stable_layer_norm and model.lm_head.out_features == 32
     card = (result.out / "README.md").read_text()
     assert "wall time" in card and "asr-transfer pretrain-source --smoke" in card
+    assert "in 2 runs" in card and "| short | " in card and "| full | " in card and "wall min" in card
     # The CNN trained: its weights differ from the seed's random init.
     from transformers import Wav2Vec2Config
 

@@ -342,7 +342,8 @@ def model_card(model, options: PretrainOptions, result: PretrainResult, runs: li
         for step, cer, wer, loss, blank in r["dev_curve"]:
             lines.append(f"| {r['run']} | {step} | {100 * cer:.1f} % | {100 * wer:.1f} % | {loss:.2f} | "
                          f"{'' if blank is None else f'{100 * blank:.1f} %'} |")
-    lines += ["", "## The blank plateau", "", BLANK_PLATEAU_NOTES, "", plateau_summary(runs), "",
+    lines += ["", "## What each run bought", "", *run_gains(runs, wall), "",
+              "## The blank plateau", "", BLANK_PLATEAU_NOTES, "", plateau_summary(runs), "",
               "## Reproduce", "", "```sh", options.command or "asr-transfer pretrain-source", "```", "",
               "Long runs can be time-boxed: add `--time-budget-min N`, then repeat the command with `--resume` "
               "(resumes exactly from the last checkpoint).", "",
@@ -371,6 +372,23 @@ def plateau_summary(runs: list[dict]) -> str:
                         f"at step {offset + step} of {sum(x['steps'] for x in runs)} (run `{r['run']}`, step {step}).")
         offset += r["steps"]
     return "On this run the dev output never left the all-blank plateau."
+
+
+def run_gains(runs: list[dict], wall: dict[str, float]) -> list[str]:
+    """A table of dev CER at each run's start and best, per 100 steps and per wall minute: which settings paid."""
+    out = ["| run | peak lr | steps | dev CER start → best | CER points / 100 steps | CER points / wall min |",
+           "|---|---|---|---|---|---|"]
+    for r in runs:
+        curve = r["dev_curve"]
+        if not curve or not r["steps"]:
+            continue
+        start, best = min(curve[0][1], 1.0), min(c for _, c, *_ in curve)  # a random start's CER can exceed 1
+        gain = 100 * (start - best)
+        minutes = wall.get(f"train {r['run']}")
+        lrs = "/".join(f"{st['lr']:g}" for st in r["config"]["stages"])
+        out.append(f"| {r['run']} | {lrs} | {r['steps']} | {100 * start:.1f} % → {100 * best:.1f} % | "
+                   f"{100 * gain / r['steps']:.2f} | {'' if not minutes else f'{gain / (minutes / 60):.2f}'} |")
+    return out
 
 
 def _still_falling(runs: list[dict], window: int = 3) -> bool:

@@ -170,9 +170,9 @@ SENTENCES = ("the quick brown fox jumps over the lazy dog", "she sells sea shell
 def test_trained_model_chunked_text_matches_unchunked(tmp_path):
     """78 s of synthetic English (espeak-ng, a held-out voice), 30 s windows with 5 s context vs one pass.
 
-    Measured with the shipped model (37% CER on synthetic English): 4.1% CER between the two. The issue's target is
-    2%; the gap comes from a weak model reading uncertain frames differently with another context and from per-window
-    (not per-file) input normalisation. Guarded at 5% so a regression shows; see the closing note of the issue.
+    Measured with the shipped model (18% test CER on synthetic English): 1.3% CER between the two with file-level
+    input normalisation (1.1% with per-window statistics; the earlier 37%-CER model gave 4.0% / 4.1%, so it is the
+    model's certainty, not the statistics, that closes the gap on this evenly levelled file). Guarded at the issue's 2%.
     """
     import subprocess
 
@@ -188,7 +188,7 @@ def test_trained_model_chunked_text_matches_unchunked(tmp_path):
     whole = tr.transcribe([path], rec, chunk_s=1000.0, progress=False)[0]
     chunked = tr.transcribe([path], rec, progress=False)[0]
     assert whole.duration_s > 60 and whole.text
-    assert jiwer.cer(whole.text, chunked.text) <= 0.05
+    assert jiwer.cer(whole.text, chunked.text) <= 0.02
 
 
 def test_segmented_decoder_memory_is_bounded(tiny_rec):

@@ -112,6 +112,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.child is not None:
         return child(args)
+    common.setup_threads(args.threads)  # the section header reports this process's threads: make them the children's
     model = str(common.require_model(args.model))
     sizes = [float(x) for x in (args.minutes_list or "1,10,60").split(",")]
     section = Section("scaling: long-file transcription time and peak memory" + (" (--full)" if args.full else "")).start()

@@ -237,6 +237,13 @@ def _check_error(rc: int, err: str, needle: str, file: Path) -> None:
     assert str(file) in lines[0], lines[0]
 
 
+def _check_refused(rc: int, err: str, needle: str, case_id: str, c: dict) -> None:
+    """A command refused the case in one error line; a refused pickle never ran (its marker file is absent)."""
+    _check_error(rc, err, needle, c["file"])
+    if case_id == "model-pickle-only":
+        assert not c["marker"].exists(), "the pickle ran"
+
+
 @pytest.mark.parametrize("case", _params("validate"))
 def test_validate(world, capfd, case):
     c = world.case(case.id)
@@ -260,9 +267,7 @@ def test_train(world, capfd, case):
     rc, out, err = _run(capfd, ["train", str(cfg), "--no-progress"])
     kind, _, detail = case.train.partition(":")
     if kind == "error":
-        _check_error(rc, err, detail, c["file"])
-        if case.id == "model-pickle-only":
-            assert not c["marker"].exists(), "the pickle ran"
+        _check_refused(rc, err, detail, case.id, c)
         return
     assert rc == 0, err
     summary = json.loads((c["config"].parent / "run" / "train_summary.json").read_text())
@@ -285,9 +290,7 @@ def test_evaluate(world, capfd, case):
                                 "de", "--device", "cpu", "--out", str(out_dir)])
     kind, _, detail = case.evaluate.partition(":")
     if kind == "error":
-        _check_error(rc, err, detail, c["file"])
-        if case.id == "model-pickle-only":
-            assert not c["marker"].exists(), "the pickle ran"
+        _check_refused(rc, err, detail, case.id, c)
         return
     assert rc == 0, err
     summary = json.loads((out_dir / "summary.json").read_text())
@@ -307,9 +310,7 @@ def test_transcribe(world, capfd, case):
     good = world.good[1]
     rc, out, err = _run(capfd, ["transcribe", "--model", str(c["model"]), "--device", "cpu", str(good), str(c["audio"])])
     if case.id.startswith("model-"):
-        _check_error(rc, err, case.train.split(":", 1)[1], c["file"])
-        if case.id == "model-pickle-only":
-            assert not c["marker"].exists(), "the pickle ran"
+        _check_refused(rc, err, case.train.split(":", 1)[1], case.id, c)
         return
     lines = out.strip().splitlines()
     if case.transcribe == "ok":

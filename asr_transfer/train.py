@@ -24,7 +24,7 @@ from .config import TrainConfig, save_config, to_dict
 from .data import (BucketSampler, Example, SkipCounter, audio_skip_reason, augmentation_for, build_examples, load_example_audio,
                    normalize_wave)
 from .errors import AudioError, ConfigError, UserError
-from .forward import MaskOptions, Suffix, ctc_loss_per_utt, num_segments, pad_features, prefix_features, trainable_boundary, unwrap
+from .forward import PAD_QUANTUM_FRAMES, PAD_QUANTUM_SAMPLES, MaskOptions, Suffix, ctc_loss_per_utt, num_segments, pad_features, prefix_features, trainable_boundary, unwrap
 from .runlog import RunLog
 from .trainstate import Accum, State, config_hash, end_stage, record_evaluation, resume_problems, stage_total_steps
 
@@ -214,7 +214,7 @@ class Trainer:
             feats.append(cached.to(self.acc.device))
         if not feats:
             return None, None
-        return pad_features(feats)
+        return pad_features(feats, PAD_QUANTUM_SAMPLES if boundary == 0 else PAD_QUANTUM_FRAMES)
 
     # ------------------------------------------------------------------ eval
     @torch.no_grad()

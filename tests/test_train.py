@@ -198,3 +198,27 @@ def test_training_the_cnn_runs_uncached_from_the_wave(tmp_path, corpus):
     train(tiny_config(tmp_path, *corpus, stages=one), progress=False)
     stages = json.loads((tmp_path / "run" / "stages.json").read_text())
     assert stages[0]["boundary"] == 0 and stages[0]["end_step"] == 3
+
+
+@pytest.mark.parametrize("boundary", [0, 3])
+def test_quantised_batch_padding_leaves_real_frames_unchanged(tiny_stable_model, boundary):
+    """Batches are padded to a 0.5-s quantum (fewer oneDNN shapes); the masks must make that padding invisible."""
+    from asr_transfer.forward import (PAD_QUANTUM_FRAMES, PAD_QUANTUM_SAMPLES, MaskOptions, Suffix, output_lengths,
+                                      pad_features, prefix_features)
+
+    model = tiny_stable_model.eval()
+    torch.manual_seed(0)
+    waves = [torch.randn(n) for n in (12_345, 20_011)]
+    with torch.no_grad():
+        feats = [prefix_features(model, w, boundary) for w in waves] if boundary else waves
+        suffix = Suffix(model, boundary, MaskOptions())
+        multiple = PAD_QUANTUM_SAMPLES if boundary == 0 else PAD_QUANTUM_FRAMES
+        tight, lengths = pad_features(feats)
+        padded, same_lengths = pad_features(feats, multiple)
+        assert padded.shape[1] % multiple == 0 and padded.shape[1] > tight.shape[1]
+        assert torch.equal(lengths, same_lengths) and torch.equal(padded[:, : tight.shape[1]], tight)
+        a = suffix(tight, lengths, training=False)
+        b = suffix(padded, lengths, training=False)
+    assert b.shape[1] > a.shape[1]
+    for i, n in enumerate(output_lengths(model, boundary, lengths).tolist()):
+        torch.testing.assert_close(b[i, :n], a[i, :n], atol=1e-5, rtol=1e-5)

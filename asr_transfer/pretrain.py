@@ -45,7 +45,7 @@ class PretrainOptions:
     out: str = "models/en-synth-small"
     corpus_dir: str = "data/en-synth-source"
     runs_dir: str = "runs/en-synth-small"
-    minutes: float = 150.0  # train audio
+    minutes: float = 1200.0  # train audio: ~20k distinct sentences, nearly all the usable English text
     dev_minutes: float = 4.0
     test_minutes: float = 8.0
     snr_db: float | None = 20.0  # corpus noise (white or pink per utterance); the trainer can add a range on top
@@ -324,14 +324,15 @@ def model_card(model, options: PretrainOptions, result: PretrainResult, runs: li
               f"all parameter groups trainable (CNN included), one training loop (`asr_transfer.train`) in {len(runs)} runs: "
               "a curriculum run on short utterances, then one run per later stage, each starting from the previous "
               "run's final model with a fresh optimiser:", "",
-              "| run | utterances | audio min | stage | steps | peak lr | warm-up | schedule | torch threads | wall min |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "| run | utterances | audio min | stage | steps | peak lr | warm-up | schedule | precision | torch threads | wall min |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         run_wall = wall.get(f"train {r['run']}")
         for st_cfg, st in zip(r["config"]["stages"], r["stages"]):
             steps = (st.get("end_step") or r["steps"]) - st["start_step"]
             lines.append(f"| {r['run']} | {r['utterances']} | {r['train_minutes']:.1f} | {st['name']} | {steps} | {st_cfg['lr']:g} "
-                         f"| {st_cfg.get('warmup_steps')} | {st_cfg['schedule']} | {r['config']['train'].get('num_threads')} "
+                         f"| {st_cfg.get('warmup_steps')} | {st_cfg['schedule']} | {r['config']['train'].get('precision', 'fp32')} "
+                         f"| {r['config']['train'].get('num_threads')} "
                          f"| {'' if run_wall is None else f'{run_wall / 60:.1f}'} |")
     lines += ["", f"Total: {sum(r['steps'] for r in runs)} optimiser steps, training wall time "
               f"{wall.get('train', 0) / 60:.1f} min (+ {wall.get('evaluate', 0) / 60:.1f} min evaluation) on {hardware()}. "

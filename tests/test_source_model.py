@@ -157,7 +157,7 @@ def test_pretrain_smoke_builds_exports_and_resumes(tmp_path):
     card = (result.out / "README.md").read_text()
     assert "wall time" in card and "asr-transfer pretrain-source --smoke" in card
     assert "in 2 runs" in card and "| short | " in card and "| full | " in card and "wall min" in card
-    assert "## What each run bought" in card
+    assert "## What each run bought" in card and "| precision |" in card
     # The CNN trained: its weights differ from the seed's random init.
     from transformers import Wav2Vec2Config
 

@@ -142,6 +142,15 @@ THROUGHPUT_HEADERS = ["model", "stage (trained groups)", "cached segments", "our
 
 
 # ------------------------------------------------------------------------------------------------ time to CER
+def _verdict(name: str, value: float | None, goal: float, lower_bound: bool) -> str:
+    """``name: value — met/MISSED``; a lower bound below the goal proves nothing either way."""
+    if value is None:
+        return f"{name}: – — not measured"
+    if lower_bound:
+        return f"{name}: ≥ {fmt(value)} — " + ("met" if value >= goal else "undetermined (HF did not reach the target CER within its cap)")
+    return f"{name}: {fmt(value)} — {'met' if value >= goal else 'MISSED'}"
+
+
 def time_to_cer(model_args: dict, corpus: dict, work: Path, max_batch_s: float, stages: list[dict], seed: int,
                 hf_cap: float, evals: int) -> dict:
     from asr_transfer.forward import unwrap
@@ -334,13 +343,14 @@ def main(argv=None) -> int:
     targets = []
     if "throughput" in data:
         t = data["throughput"]
-        targets.append(("head-only ≥ 5× (later epochs)", ratio(t["head"]["ours"]["steady_audio_s_per_s"], t["head"]["hf"]["steady_audio_s_per_s"]), 5))
-        targets.append((f"top-{args.top_k} ≥ 2× (later epochs)", ratio(t["top"]["ours"]["steady_audio_s_per_s"], t["top"]["hf"]["steady_audio_s_per_s"]), 2))
-    if "time_to_cer" in data and data["time_to_cer"]["hf_reached"]:
-        targets.append(("time-to-equal-CER ≥ 1.5×", ratio(data["time_to_cer"]["hf_s"], data["time_to_cer"]["ours_s"]), 1.5))
+        targets.append(("head-only ≥ 5× (later epochs)", ratio(t["head"]["ours"]["steady_audio_s_per_s"], t["head"]["hf"]["steady_audio_s_per_s"]), 5, False))
+        targets.append((f"top-{args.top_k} ≥ 2× (later epochs)", ratio(t["top"]["ours"]["steady_audio_s_per_s"], t["top"]["hf"]["steady_audio_s_per_s"]), 2, False))
+    if "time_to_cer" in data:
+        res = data["time_to_cer"]
+        # HF stopped at its cap without reaching our CER: its time is a lower bound, and so is the ratio.
+        targets.append(("time-to-equal-CER ≥ 1.5×", ratio(res["hf_s"], res["ours_s"]), 1.5, not res["hf_reached"]))
     if targets:
-        section.add("Targets: " + "; ".join(f"{n}: {fmt(v)} — {'met' if v is not None and v >= goal else 'MISSED'}"
-                                             for n, v, goal in targets) + ".\n")
+        section.add("Targets: " + "; ".join(_verdict(*t) for t in targets) + ".\n")
     section.data = data
     section.append(args.results)
     return 0

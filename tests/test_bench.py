@@ -108,6 +108,11 @@ def test_train_speed_micro(tmp_path, tiny):
     cer = raw["time_to_cer"]
     assert cer["schedule_steps"] == 6 and cer["hf_curve"] and 0 <= cer["target_cer"]
     assert "Time to equal dev CER" in text and "Targets:" in text
+    verdict = text.split("Targets: ", 1)[1].split("\n", 1)[0]
+    if cer["hf_reached"]:
+        assert "time-to-equal-CER ≥ 1.5×: " in verdict and ("— met" in verdict or "— MISSED" in verdict), verdict
+    else:  # HF hit its cap: the ratio is only a lower bound
+        assert "time-to-equal-CER ≥ 1.5×: ≥ " in verdict and ("— met" in verdict or "— undetermined" in verdict), verdict
 
 
 def test_transcribe_speed_micro(tmp_path, tiny):

@@ -222,6 +222,44 @@ def pad_features(feats: list[torch.Tensor], multiple: int = 1) -> tuple[torch.Te
     return padded, lengths
 
 
+def group_norm_cnn(base: nn.Module, waves: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CNN of a ``feat_extract_norm="group"`` model on a padded batch, every real frame as if run unpadded.
+
+    Only conv layer 0 carries a norm: a GroupNorm with one group per channel, i.e. statistics over time, which
+    padding would change. So layer 0's convolution runs batched and its norm is computed over each utterance's real
+    frames only (same formula as ``nn.GroupNorm``: biased variance, its eps and affine). Layers 1-6 have no norm and
+    unpadded ("valid") convolutions, so a real output frame reads real input frames only, and they run batched too.
+    Running layer 0 per utterance instead took ~45 % of a bf16 CPU training step (a oneDNN kernel build for every
+    utterance's length, and a 1-channel convolution on tiny inputs).
+
+    Args:
+        waves: ``(batch, samples)`` normalised 16-kHz waves, right-padded.
+        lengths: ``(batch,)`` real sample counts.
+    Returns:
+        ``(batch, frames, conv_dim[-1])`` CNN features and ``(batch,)`` real frame counts.
+    """
+    base = unwrap(base)
+    layers = base.wav2vec2.feature_extractor.conv_layers
+    first = layers[0]
+    h = first.conv(waves[:, None, :]).float()  # (B, C, T0); statistics in fp32, as GroupNorm under autocast
+    n0 = _conv_lengths(first.conv, lengths)
+    real = (torch.arange(h.shape[-1], device=h.device)[None, :] < n0[:, None]).to(h.dtype)[:, None, :]  # (B, 1, T0)
+    count = n0.to(h.dtype).clamp(min=1)[:, None, None]
+    mean = (h * real).sum(-1, keepdim=True) / count
+    var = (((h - mean) * real) ** 2).sum(-1, keepdim=True) / count
+    norm = first.layer_norm
+    h = (h - mean) * torch.rsqrt(var + norm.eps) * norm.weight[None, :, None] + norm.bias[None, :, None]
+    h = first.activation(h)
+    for layer in layers[1:]:
+        h = layer(h)
+    return h.transpose(1, 2), base._get_feat_extract_output_lengths(lengths).to(torch.long)
+
+
+def _conv_lengths(conv: nn.Conv1d, lengths: torch.Tensor) -> torch.Tensor:
+    """Output lengths of an unpadded 1-D convolution."""
+    return torch.div(lengths - conv.kernel_size[0], conv.stride[0], rounding_mode="floor") + 1
+
+
 def output_lengths(model: nn.Module, boundary: int, lengths: torch.Tensor) -> torch.Tensor:
     """Frame counts at the output for boundary-level ``lengths`` (samples when ``boundary == 0``)."""
     if boundary == 0:
@@ -256,10 +294,7 @@ class Suffix(nn.Module):
             # gives the same real frames as per-utterance runs, 2-4x faster on CPU (one big conv instead of many).
             return run_segments(base, feats, 0, num_segments(base), lengths, training, self.trains, self.masks, rng)
         if self.boundary == 0:
-            # Trainable CNN with GroupNorm (statistics over time, padding would change them): run it per utterance
-            # (unpadded, as inference does), then pad.
-            outs = [run_segments(base, feats[i : i + 1, : int(n)], 0, 1, training=training, trains=self.trains)[0]
-                    for i, n in enumerate(lengths.tolist())]
-            h, frame_lengths = pad_features(outs)
+            _set_modes(base, self.trains, training)
+            h, frame_lengths = group_norm_cnn(base, feats, lengths)
             return run_segments(base, h, 1, num_segments(base), frame_lengths, training, self.trains, self.masks, rng)
         return run_segments(base, feats, self.boundary, num_segments(base), lengths, training, self.trains, self.masks, rng)

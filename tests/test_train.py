@@ -222,3 +222,25 @@ def test_quantised_batch_padding_leaves_real_frames_unchanged(tiny_stable_model,
     assert b.shape[1] > a.shape[1]
     for i, n in enumerate(output_lengths(model, boundary, lengths).tolist()):
         torch.testing.assert_close(b[i, :n], a[i, :n], atol=1e-5, rtol=1e-5)
+
+
+def test_group_norm_cnn_batch_equals_per_utterance_runs(tiny_model):
+    """The batched CNN of a GroupNorm model (layer 0 per utterance, layers 1-6 batched on quantised zero padding)
+    gives every real frame exactly what the unpadded single-utterance CNN gives; the padding after them is junk."""
+    from asr_transfer.forward import PAD_QUANTUM_SAMPLES, group_norm_cnn, pad_features
+
+    model = tiny_model.eval()
+    assert model.config.feat_extract_norm == "group"
+    torch.manual_seed(1)
+    waves = [torch.randn(n) for n in (9_001, 23_456, 16_000)]
+    batch, lengths = pad_features(waves, PAD_QUANTUM_SAMPLES)
+    with torch.no_grad():
+        h, frames = group_norm_cnn(model, batch, lengths)
+        singles = [model.wav2vec2.feature_extractor(w[None])[0].transpose(0, 1) for w in waves]
+    assert frames.tolist() == [s.shape[0] for s in singles]
+    for i, single in enumerate(singles):
+        torch.testing.assert_close(h[i, : single.shape[0]], single, atol=1e-5, rtol=1e-5)
+    # Running the whole CNN on the padded batch instead would not be exact: GroupNorm sees the zeros.
+    with torch.no_grad():
+        naive = model.wav2vec2.feature_extractor(batch).transpose(1, 2)
+    assert not torch.allclose(naive[0, : singles[0].shape[0]], singles[0], atol=1e-3)

@@ -229,8 +229,8 @@ def group_norm_cnn(base: nn.Module, waves: torch.Tensor, lengths: torch.Tensor) 
     padding would change. So layer 0's convolution runs batched and its norm is computed over each utterance's real
     frames only (same formula as ``nn.GroupNorm``: biased variance, its eps and affine). Layers 1-6 have no norm and
     unpadded ("valid") convolutions, so a real output frame reads real input frames only, and they run batched too.
-    Running layer 0 per utterance instead took ~45 % of a bf16 CPU training step (a oneDNN kernel build for every
-    utterance's length, and a 1-channel convolution on tiny inputs).
+    Running layer 0 per utterance instead (a new input shape, so a new oneDNN kernel, for every utterance) was 23 % of
+    py-spy's samples in its forward alone, and a bf16 training step of a 6-layer model took 0.44 s instead of 0.34 s.
 
     Args:
         waves: ``(batch, samples)`` normalised 16-kHz waves, right-padded.

@@ -299,9 +299,8 @@ def evaluate(
     With ``out_dir`` the summary goes to ``out_dir/summary.json`` and per-utterance rows to
     ``out_dir/utterances.jsonl``. ``beam_size``/``lm_weight``/``word_score`` of ``None`` keep the decoder defaults.
     ``extra`` is merged into the summary (e.g. the head-swap report of a zero-shot baseline). ``batch_s`` bounds
-    padded audio seconds per forward pass; models without an attention mask (``feat_extract_norm="group"``, e.g.
-    base-960h) see zero padding, so their scores can shift slightly with batching; a ``batch_s`` below the shortest
-    utterance runs one utterance at a time (exact, slower). ``allow_pickle`` permits pickled ``pytorch_model.bin``
+    padded audio seconds per forward pass; batching changes no score beyond float rounding (GroupNorm-CNN models such
+    as base-960h too: :meth:`asr_transfer.inference.Recognizer._exact_group_norm_batch`). ``allow_pickle`` permits pickled ``pytorch_model.bin``
     weights (pickle can run code: trusted files only). Audio that cannot be read, or that holds less than the
     manifest's duration (a truncated copy), is skipped and listed in ``skipped``.
     """

@@ -11,8 +11,9 @@ Padding and attention masks. Two kinds of wav2vec2 checkpoints exist:
 * ``feat_extract_norm="group"`` models (``facebook/wav2vec2-base-960h`` and the project's small models) were trained
   *without* a mask; their first conv layer's GroupNorm normalises over time, and feeding a mask gives worse output
   than feeding zero-padded audio. For them (``return_attention_mask=False``) we pass no mask and pad with zeros, as
-  Hugging Face documents. The padded tail then slightly influences shorter utterances in a batch; sorting by length
-  keeps that padding small.
+  Hugging Face documents. Fed that way, the padded tail would slightly change shorter utterances in a batch, so
+  batches of such models run their CNN with the norm over each utterance's real frames and their transformer with a
+  mask over the padding (:meth:`Recognizer._exact_group_norm_batch`): every row equals that clip run alone.
 
 Normalisation follows ``do_normalize``: zero mean, unit variance per utterance, computed over its real samples only
 (before padding), exactly like ``Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm``.
@@ -160,6 +161,7 @@ class Recognizer:
         self.do_normalize = bool(getattr(extractor, "do_normalize", True))
         self.use_attention_mask = bool(getattr(extractor, "return_attention_mask", False))
         self.padding_value = float(getattr(extractor, "padding_value", 0.0))
+        self.group_norm = getattr(config, "feat_extract_norm", "group") == "group"
         self.vocab: list[str] = list(loaded.vocab)
         self.blank_id: int = int(loaded.blank_id)
         self.lang = getattr(loaded, "lang", None)
@@ -225,9 +227,28 @@ class Recognizer:
         inputs = {"input_values": torch.from_numpy(batch).to(self.device)}
         if self.use_attention_mask:
             inputs["attention_mask"] = torch.from_numpy(mask).to(self.device)
-        logits = self.model(**inputs).logits  # (batch, frames, vocab)
+        if len(waves) > 1 and not self.use_attention_mask and self.group_norm:
+            logits = self._exact_group_norm_batch(inputs["input_values"], [len(w) for w in waves])
+        else:
+            logits = self.model(**inputs).logits  # (batch, frames, vocab)
         log_probs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
         return [np.ascontiguousarray(log_probs[row, : self.frames_for(len(w))]) for row, w in enumerate(waves)]
+
+    def _exact_group_norm_batch(self, input_values, lengths: list[int]):
+        """Logits of a padded batch of a GroupNorm-CNN model, each row equal to that utterance run alone.
+
+        Fed zero-padded audio as a whole (Hugging Face's way for these models), the CNN's time-wise GroupNorm and
+        the unmasked attention both see the padding, so a clip's transcript could change with what it was batched
+        with. Here the CNN runs via :func:`asr_transfer.forward.group_norm_cnn` (norm over real frames only) and the
+        transformer with a mask over the padded frames: batching changes nothing beyond float rounding.
+        """
+        import torch
+
+        from .forward import group_norm_cnn, num_segments, run_segments, unwrap
+
+        base = unwrap(self.model)
+        h, frames = group_norm_cnn(base, input_values, torch.tensor(lengths, device=input_values.device))
+        return run_segments(base, h, 1, num_segments(base), frames)
 
     def __repr__(self) -> str:
         return f"Recognizer(device={self.device}, precision={self.precision}, vocab={len(self.vocab)})"

@@ -43,9 +43,9 @@ class PretrainOptions:
     config: str = "tools/pretrain_source.toml"  # TrainConfig (TOML/JSON) with model.init_config and the stages
     overrides: tuple[str, ...] = ()  # --set key=value on that config
     out: str = "models/en-synth-small"
-    corpus_dir: str = "data/en-synth-source"
+    corpus_dir: str = "data/en-synth-source-1200"
     runs_dir: str = "runs/en-synth-small"
-    minutes: float = 150.0  # train audio (the experimental recipe 3 used 1200: docs/source-model.md)
+    minutes: float = 1200.0  # train audio, 20k sentences (recipe 2 used 150: docs/source-model.md)
     dev_minutes: float = 4.0
     test_minutes: float = 8.0
     snr_db: float | None = 20.0  # corpus noise (white or pink per utterance); the trainer can add a range on top
@@ -285,11 +285,8 @@ def model_card(model, options: PretrainOptions, result: PretrainResult, runs: li
             lines.append(f"| {label} | {ev[name]['n_utterances']} | {pct(name, 'wer')} | {pct(name, 'cer')} |")
     test = ev.get("synth_test")
     if test and test.get("cer") is not None and test["cer"] > TARGET_TEST_CER:
-        falling = _still_falling(runs)
         lines += ["", f"**Below target**: the project's target is a synthetic test CER of at most {100 * TARGET_TEST_CER:.0f} %. "
-                  + ("The dev curve below was still falling at the last evaluation; a further `[[stages]]` entry in the "
-                     "config, run with `--resume`, continues from the last run's model." if falling else
-                     "The dev curve below had flattened; a larger model or more varied data is needed, not more steps.")]
+                  + dev_trend_text(runs)]
     lines += ["", "References and hypotheses are compared after the `en` text normaliser.", "",
               "## Data", "",
               f"espeak-ng {corpus['espeak']['version']} (`{corpus['espeak']['voice']}`), sentences from the system's "
@@ -303,9 +300,7 @@ def model_card(model, options: PretrainOptions, result: PretrainResult, runs: li
               f"- per utterance: speed uniform {corpus['speed_wpm'][0]}-{corpus['speed_wpm'][1]} wpm, pitch uniform "
               f"{corpus['pitch'][0]}-{corpus['pitch'][1]}, peak level {corpus['peak'][0]}-{corpus['peak'][1]}, "
               + (f"white or pink noise at {corpus['noise']['snr_db']:g} dB SNR" if corpus.get("noise") else "no noise"),
-              f"- training-time augmentation: speed perturbation {main_cfg['data']['speed_perturb']}, extra white noise "
-              f"at SNR uniform {main_cfg['data']['noise_snr_db']} dB, SpecAugment time masks p={main_cfg['augment']['mask_time_prob']} "
-              f"length {main_cfg['augment']['mask_time_length']}",
+              f"- training-time augmentation: {augmentation_text(main_cfg)}",
               "", "## Architecture", "",
               f"wav2vec2 (`Wav2Vec2ForCTC`), **{params:,} parameters** ({params * 4 / 1e6:.1f} MB fp32), randomly initialised:",
               "",
@@ -318,7 +313,7 @@ def model_card(model, options: PretrainOptions, result: PretrainResult, runs: li
               "without a long warm-up, and enables MMS adapters in transfer)",
               f"- CTC head: {cfg.vocab_size} tokens (base-960h layout)", "",
               "## Training", "",
-              f"Config `{options.config}` (architecture `{main_cfg['model'].get('init_config') or runs[0]['config']['model']['init_config']}`), "
+              f"Config `{options.config}` (architecture `{_architecture_path(options, runs)}`), "
               "AdamW, gradient clipping at "
               f"{main_cfg['train']['clip_norm']}, batches of at most {main_cfg['data']['max_batch_s']:g} s padded audio, "
               f"all parameter groups trainable (CNN included), one training loop (`asr_transfer.train`) in {len(runs)} runs: "
@@ -344,7 +339,7 @@ def model_card(model, options: PretrainOptions, result: PretrainResult, runs: li
             lines.append(f"| {r['run']} | {step} | {100 * cer:.1f} % | {100 * wer:.1f} % | {loss:.2f} | "
                          f"{'' if blank is None else f'{100 * blank:.1f} %'} |")
     lines += ["", "## What each run bought", "", *run_gains(runs, wall), "",
-              "## The blank plateau", "", BLANK_PLATEAU_NOTES, "", plateau_summary(runs), "",
+              "## The blank plateau", "", blank_plateau_notes(cfg, runs), "", plateau_summary(runs), "",
               "## Reproduce", "", "```sh", options.command or "asr-transfer pretrain-source", "```", "",
               "Long runs can be time-boxed: add `--time-budget-min N`, then repeat the command with `--resume` "
               "(resumes exactly from the last checkpoint).", "",
@@ -355,12 +350,41 @@ def model_card(model, options: PretrainOptions, result: PretrainResult, runs: li
     return "\n".join(lines)
 
 
-BLANK_PLATEAU_NOTES = (
-    "Small CTC models trained from scratch first learn to emit only blanks (per-character loss ≈ 3.0, CER 1.0) and "
-    "can stay there for hundreds of steps. The recipe used against it: pre-LN transformer with a layer-normalised "
-    "CNN (`feat_extract_norm=\"layer\"`, `do_stable_layer_norm=true`); per-utterance zero-mean unit-variance input "
-    "normalisation; a linear warm-up to a high peak learning rate (AdamW, 2e-3); a curriculum whose first run sees "
-    "only utterances of at most 4 s; small batches (20 s of audio: many updates per CPU minute).")
+def _architecture_path(options: PretrainOptions, runs: list[dict]) -> str:
+    """The Wav2Vec2Config JSON the recipe names (the first run's record when the recipe file cannot be read)."""
+    from .config import TrainConfig, load_config
+
+    try:
+        named = load_config(TrainConfig, options.config, options.overrides).model.init_config
+    except (OSError, ConfigError, UserError):
+        named = None
+    return named or runs[0]["config"]["model"].get("init_config") or "?"
+
+
+def augmentation_text(run_config: dict) -> str:
+    """The trainer-side augmentation of a run's resolved config, in words ("none" when all is off)."""
+    data, aug = run_config["data"], run_config["augment"]
+    parts = []
+    if data.get("speed_perturb"):
+        parts.append(f"speed perturbation {list(data['speed_perturb'])}")
+    if data.get("noise_snr_db"):
+        parts.append(f"extra white noise at SNR uniform {list(data['noise_snr_db'])} dB")
+    if aug.get("mask_time_prob"):
+        parts.append(f"SpecAugment time masks p={aug['mask_time_prob']} length {aug['mask_time_length']}")
+    return ", ".join(parts) if parts else "none (the corpus itself varies speed, pitch, level and noise)"
+
+
+def blank_plateau_notes(cfg, runs: list[dict]) -> str:
+    """What the recipe does against the CTC blank plateau, read from the model config and the runs' stages."""
+    peak = max(st["lr"] for r in runs for st in r["config"]["stages"]) if runs else None
+    cnn = ("a CNN with one GroupNorm in its first layer (`feat_extract_norm=\"group\"`, as base-960h)"
+           if cfg.feat_extract_norm == "group" else "a layer-normalised CNN (`feat_extract_norm=\"layer\"`)")
+    return ("Small CTC models trained from scratch first learn to emit only blanks (per-character loss ≈ 3.0, CER 1.0) "
+            f"and can stay there for hundreds of steps. The recipe used against it: pre-LN transformer "
+            f"(`do_stable_layer_norm={cfg.do_stable_layer_norm}`) with {cnn}; per-utterance zero-mean unit-variance input "
+            "normalisation; a linear warm-up to a high peak learning rate (AdamW"
+            + (f", {peak:g}" if peak else "") + "); a curriculum whose first run sees only utterances of at most 4 s; "
+            "small batches (20 s of audio: many updates per CPU minute).")
 
 
 def plateau_summary(runs: list[dict]) -> str:
@@ -392,10 +416,42 @@ def run_gains(runs: list[dict], wall: dict[str, float]) -> list[str]:
     return out
 
 
-def _still_falling(runs: list[dict], window: int = 3) -> bool:
-    """Whether the last dev CER is the lowest of the last ``window`` evaluations and below the one before them."""
-    cers = [cer for r in runs for _, cer, *_ in r["dev_curve"]]
-    return len(cers) > window and cers[-1] == min(cers[-window:]) and cers[-1] < cers[-window - 1]
+def dev_trend(runs: list[dict], min_fall: float = 0.005) -> tuple[bool, float, float, int] | None:
+    """Whether the final run's dev CER was still falling over its last quarter of steps.
+
+    Compares the best dev CER (a fraction) at or before the step where the last quarter starts with the best after it.
+    Best-of rather than last-of, because single evaluations on a small dev set move by a point either way (the last
+    three of a falling curve are often not in order). Returns ``(falling, best_before, best_after, quarter_step)``, or
+    None when the final run has fewer than four evaluations after step 0. ``falling`` needs a fall of at least
+    ``min_fall`` (0.5 CER points by default).
+    """
+    curve = [(step, cer) for step, cer, *_ in runs[-1]["dev_curve"] if step > 0] if runs else []
+    if len(curve) < 4:
+        return None
+    quarter = curve[-1][0] * 3 // 4
+    early = [cer for step, cer in curve if step <= quarter]
+    late = [cer for step, cer in curve if step > quarter]
+    if not early or not late:
+        return None
+    before, after = min(early), min(late)
+    return before - after >= min_fall, before, after, quarter
+
+
+def dev_trend_text(runs: list[dict]) -> str:
+    """The below-target note's reading of the dev curve, with the numbers it rests on."""
+    trend = dev_trend(runs)
+    if trend is None:
+        return "The final run has too few dev evaluations to say whether more steps would help."
+    falling, before, after, quarter = trend
+    numbers = (f"(best dev CER {100 * before:.1f} % up to step {quarter} of the final run, {100 * after:.1f} % "
+               f"after it)")
+    if falling:
+        return (f"The dev curve was still falling in the final run's last quarter {numbers}, so a longer schedule "
+                "is the next thing to try: raise the last stage's steps or add a `[[stages]]` entry and run with "
+                "`--resume`. With a decaying learning rate part of a late fall is the decay itself, so this is likely, "
+                "not certain, to help.")
+    return (f"The dev curve had flattened in the final run's last quarter {numbers}: a larger model or more varied "
+            "data is needed, not more steps.")
 
 
 def format_summary(result: PretrainResult) -> str:

@@ -139,6 +139,7 @@ def test_whole_pipeline_mechanics_on_a_tiny_random_source(tmp_path, capsys):
     args = ["de-synth", "--out", out, "--set", f"source={source}", *TINY_SYNTH, "--set", "data.minutes=0.3",
             "--set", f'lm.text_files=["{tmp_path / "lm.txt"}"]', "--set", "lm.order=3",
             "--set", "train.stages.0.steps=2", "--set", "train.stages.1.steps=2", "--set", "train.train.eval_every=2",
+            "--set", 'train.stages.1.train=["head", "layers.-1:"]',  # the default top 4 layers; this source has 2
             "--set", "train.data.max_batch_s=20", "--set", "eval.beam_size=4", "--set", "eval.tune_lm=true",
             "--set", "eval.alphas=[0.5]", "--set", "eval.betas=[0.0, 1.0]", "--set", "control.enabled=true"]
     rc, stdout, stderr = recipe(capsys, *args)

@@ -180,10 +180,11 @@ def _spec_augment(base, h, frame_mask, masks: MaskOptions, rng, use_embed: bool)
             for s in rng.integers(0, n - span, size=num):
                 tmask[b, s : s + span] = True
         if tmask.any():
-            if use_embed:
-                h[tmask] = base.wav2vec2.masked_spec_embed.to(h.dtype)
-            else:
-                h[tmask] = 0.0
+            # HF creates masked_spec_embed only when the model's own config masks (mask_time_prob or
+            # mask_feature_prob > 0); a source saved with both at 0, such as the shipped en-synth-small, has none,
+            # so its masked frames get zeros, as at every other boundary.
+            embed = getattr(base.wav2vec2, "masked_spec_embed", None) if use_embed else None
+            h[tmask] = embed.to(h.dtype) if embed is not None else 0.0
     if masks.feature_prob > 0:
         span = masks.feature_length
         num = int(masks.feature_prob * D / span + rng.random())

@@ -200,6 +200,25 @@ def test_training_the_cnn_runs_uncached_from_the_wave(tmp_path, corpus):
     assert stages[0]["boundary"] == 0 and stages[0]["end_step"] == 3
 
 
+def test_time_masks_train_a_source_saved_without_masked_spec_embed(tmp_path, corpus):
+    """A source whose config masks nothing (mask_time_prob = mask_feature_prob = 0, as the shipped en-synth-small)
+    has no ``masked_spec_embed``; trainer-side time masks in front of the feature projection must still run."""
+    from transformers import Wav2Vec2Config
+
+    from asr_transfer.train import train
+    from train_fixtures import ASSETS
+
+    cfg = Wav2Vec2Config.from_json_file(str(ASSETS / "tiny" / "config.json"))
+    cfg.mask_time_prob, cfg.mask_feature_prob = 0.0, 0.0
+    cfg.to_json_file(str(tmp_path / "nomask.json"))
+    source = make_source_model(tmp_path / "src", config=tmp_path / "nomask.json")
+    assert "wav2vec2.masked_spec_embed" not in load_file(str(source / "model.safetensors"))
+    one = '[{name = "proj", train = ["head", "layers", "feature_projection"], lr = 1e-3, steps = 3}]'
+    train(tiny_config(tmp_path, source, *corpus[1:], stages=one, **{"augment.mask_time_prob": 0.9}), progress=False)
+    stages = json.loads((tmp_path / "run" / "stages.json").read_text())
+    assert stages[0]["boundary"] == 1 and stages[0]["end_step"] == 3
+
+
 @pytest.mark.parametrize("boundary", [0, 3])
 def test_quantised_batch_padding_leaves_real_frames_unchanged(tiny_stable_model, boundary):
     """Batches are padded to a 0.5-s quantum (fewer oneDNN shapes); the masks must make that padding invisible."""

@@ -375,16 +375,19 @@ def augmentation_text(run_config: dict) -> str:
 
 
 def blank_plateau_notes(cfg, runs: list[dict]) -> str:
-    """What the recipe does against the CTC blank plateau, read from the model config and the runs' stages."""
+    """What the recipe does against the CTC blank plateau, read from the model config and the runs' resolved configs."""
     peak = max(st["lr"] for r in runs for st in r["config"]["stages"]) if runs else None
+    short_s = runs[0]["config"]["data"]["max_utt_s"] if len(runs) > 1 and runs[0]["run"] == "short" else None
+    batch_s = runs[-1]["config"]["data"]["max_batch_s"] if runs else None
     cnn = ("a CNN with one GroupNorm in its first layer (`feat_extract_norm=\"group\"`, as base-960h)"
            if cfg.feat_extract_norm == "group" else "a layer-normalised CNN (`feat_extract_norm=\"layer\"`)")
     return ("Small CTC models trained from scratch first learn to emit only blanks (per-character loss ≈ 3.0, CER 1.0) "
             f"and can stay there for hundreds of steps. The recipe used against it: pre-LN transformer "
             f"(`do_stable_layer_norm={cfg.do_stable_layer_norm}`) with {cnn}; per-utterance zero-mean unit-variance input "
             "normalisation; a linear warm-up to a high peak learning rate (AdamW"
-            + (f", {peak:g}" if peak else "") + "); a curriculum whose first run sees only utterances of at most 4 s; "
-            "small batches (20 s of audio: many updates per CPU minute).")
+            + (f", {peak:g}" if peak else "") + ")"
+            + (f"; a curriculum whose first run sees only utterances of at most {short_s:g} s" if short_s else "")
+            + (f"; small batches ({batch_s:g} s of audio: many updates per CPU minute)" if batch_s else "") + ".")
 
 
 def plateau_summary(runs: list[dict]) -> str:

@@ -189,6 +189,22 @@ def test_card_augmentation_text_names_what_is_on_and_says_none_otherwise():
                                      "SpecAugment time masks p=0.05 length 5")
 
 
+def test_blank_plateau_notes_read_the_runs_configs():
+    from types import SimpleNamespace
+
+    from asr_transfer.pretrain import blank_plateau_notes
+
+    cfg = SimpleNamespace(feat_extract_norm="group", do_stable_layer_norm=True)
+
+    def run(name, lr, max_utt_s, max_batch_s):
+        return {"run": name, "config": {"stages": [{"lr": lr}], "data": {"max_utt_s": max_utt_s, "max_batch_s": max_batch_s}}}
+
+    two = blank_plateau_notes(cfg, [run("short", 2e-3, 3.5, 30.0), run("full", 2.5e-3, 16.0, 30.0)])
+    assert "AdamW, 0.0025)" in two and "at most 3.5 s" in two and "small batches (30 s of audio" in two
+    assert "GroupNorm" in two
+    assert "curriculum" not in blank_plateau_notes(cfg, [run("full", 1e-3, 16.0, 20.0)])  # no short run, no claim
+
+
 def test_init_config_needs_vocab_and_keep(tmp_path):
     from asr_transfer.config import AugmentArgs, ModelArgs
     from asr_transfer.errors import UserError

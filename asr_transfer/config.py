@@ -99,6 +99,8 @@ class TrainArgs:
     watchdog_blank_share: float = _help("blank-frame share on dev that counts as collapse", 0.995)
     tracking: str = _help("tensorboard (default) or mlflow (also logs to a local MLflow store)", "tensorboard")
     num_threads: int | None = _help("torch CPU threads (None: torch default)", None)
+    loader_threads: int = _help("threads that decode and augment a batch's audio in parallel (0: the training thread); "
+                                "worth it on a GPU machine with spare cores, where audio loading is the step's bottleneck", 0)
 
     def __post_init__(self):
         _choice("train.precision", self.precision, ("fp32", "bf16", "fp16", "auto"))
@@ -107,6 +109,8 @@ class TrainArgs:
         _choice("train.tracking", self.tracking, ("tensorboard", "mlflow"))
         if self.grad_accum < 1 or self.eval_every < 1 or self.save_every < 1 or self.keep_last < 1:
             raise ConfigError("train.grad_accum, eval_every, save_every and keep_last must be >= 1")
+        if self.loader_threads < 0:
+            raise ConfigError(f"train.loader_threads must be >= 0, got {self.loader_threads}")
 
 
 def _default_stages() -> tuple[Stage, ...]:

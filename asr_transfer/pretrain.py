@@ -155,7 +155,8 @@ def pretrain_source(options: PretrainOptions, resume: bool = False, time_budget_
 def _log_wall(runs_dir: Path, t0: float, what: str) -> None:
     runs_dir.mkdir(parents=True, exist_ok=True)
     with open(runs_dir / WALL_LOG, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"what": what, "wall_s": round(time.time() - t0, 1), "end": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+        f.write(json.dumps({"what": what, "wall_s": round(time.time() - t0, 1), "end": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                            "hardware": hardware()}) + "\n")
 
 
 def evaluate_model(model_dir: Path, manifests: dict, realspeech: str | None, out_dir: Path) -> dict:
@@ -235,6 +236,18 @@ def hardware() -> str:
 
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
     return f"{model}, {cores} cores{gpu}"
+
+
+def _hardware(runs_dir: Path) -> dict[str, str]:
+    """The machine each run trained on (``train <run>`` → hardware), from the wall log; its last invocation wins."""
+    out: dict[str, str] = {}
+    path = runs_dir / WALL_LOG
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            if row.get("hardware") and row["what"].startswith("train "):
+                out[row["what"]] = row["hardware"]
+    return out
 
 
 def _wall(runs_dir: Path) -> dict[str, float]:
@@ -319,19 +332,22 @@ def model_card(model, options: PretrainOptions, result: PretrainResult, runs: li
               f"all parameter groups trainable (CNN included), one training loop (`asr_transfer.train`) in {len(runs)} runs: "
               "a curriculum run on short utterances, then one run per later stage, each starting from the previous "
               "run's final model with a fresh optimiser:", "",
-              "| run | utterances | audio min | stage | steps | peak lr | warm-up | schedule | precision | torch threads | wall min |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| run | utterances | audio min | stage | steps | peak lr | warm-up | schedule | precision | torch threads | wall min | hardware |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    machines = _hardware(Path(options.runs_dir))
     for r in runs:
         run_wall = wall.get(f"train {r['run']}")
+        machine = machines.get(f"train {r['run']}", "")
         for st_cfg, st in zip(r["config"]["stages"], r["stages"]):
             steps = (st.get("end_step") or r["steps"]) - st["start_step"]
             lines.append(f"| {r['run']} | {r['utterances']} | {r['train_minutes']:.1f} | {st['name']} | {steps} | {st_cfg['lr']:g} "
                          f"| {st_cfg.get('warmup_steps')} | {st_cfg['schedule']} | {r['config']['train'].get('precision', 'fp32')} "
                          f"| {r['config']['train'].get('num_threads')} "
-                         f"| {'' if run_wall is None else f'{run_wall / 60:.1f}'} |")
+                         f"| {'' if run_wall is None else f'{run_wall / 60:.1f}'} | {machine} |")
+    trained_on = sorted(set(machines.values())) or [hardware()]
     lines += ["", f"Total: {sum(r['steps'] for r in runs)} optimiser steps, training wall time "
-              f"{wall.get('train', 0) / 60:.1f} min (+ {wall.get('evaluate', 0) / 60:.1f} min evaluation) on {hardware()}. "
-              "Runs that shared the cores with other jobs took longer than they would alone.", "",
+              f"{wall.get('train', 0) / 60:.1f} min on {' and '.join(trained_on)} (+ {wall.get('evaluate', 0) / 60:.1f} min "
+              f"evaluation on {hardware()}). Runs that shared the cores with other jobs took longer than they would alone.", "",
               "Dev curve (greedy, synthetic dev set, held-out voices):", "",
               "| run | step | dev CER | dev WER | dev loss | blank share |", "|---|---|---|---|---|---|"]
     for r in runs:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +65,7 @@ class Trainer:
         self.resume = resume
         self.allow_inexact = allow_inexact_resume
         self.scaler = torch.amp.GradScaler("cuda") if mp == "fp16" else None
+        self._pool = None  # audio-loading threads (train.loader_threads), made on first use
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -190,6 +193,7 @@ class Trainer:
         cache = self.dev_cache if dev else self.cache
         feats = []
         do_norm = getattr(self.prepared.processor.feature_extractor, "do_normalize", True)
+        plan = []  # (example, cache key, cached features or None, the audio job or None)
         for index, ex in examples:
             speed, snr, noise_seed = (1.0, None, 0) if dev else augmentation_for(
                 cfg.train.seed, epoch, index, cfg.data.speed_perturb, cfg.data.noise_snr_db)
@@ -197,9 +201,13 @@ class Trainer:
             cached = cache.get(key) if (self.use_cache or dev) and boundary > 0 else None
             if ex.uid in self.bad_audio:
                 continue
+            job = None if cached is not None else partial(load_example_audio, ex, speed, snr, np.random.default_rng(noise_seed))
+            plan.append((ex, key, cached, job))
+        results = self._load_all([job for *_, job in plan if job is not None])
+        for ex, key, cached, job in plan:
             if cached is None:
                 try:
-                    wave = load_example_audio(ex, speed, snr, np.random.default_rng(noise_seed))
+                    wave = next(results)()
                 except AudioError as exc:
                     # Decodes badly (NaN/inf, silence, corrupt past the header): skip it from now on, count it once.
                     self.bad_audio.add(ex.uid)
@@ -215,6 +223,19 @@ class Trainer:
         if not feats:
             return None, None
         return pad_features(feats, PAD_QUANTUM_SAMPLES if boundary == 0 else PAD_QUANTUM_FRAMES)
+
+    def _load_all(self, jobs: list):
+        """Start the audio jobs (in ``train.loader_threads`` threads when set); an iterator of their result getters.
+
+        Each job owns its seeded RNG, so the batch is the same whatever the thread count. Calling a getter returns
+        that job's wave or raises its AudioError, so one bad file still skips only its own utterance.
+        """
+        threads = self.config.train.loader_threads
+        if threads and len(jobs) > 1:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="audio")
+            return iter([self._pool.submit(job).result for job in jobs])
+        return iter(jobs)  # serial: each job runs when its result is asked for
 
     # ------------------------------------------------------------------ eval
     @torch.no_grad()

@@ -163,6 +163,10 @@ def test_pretrain_smoke_builds_exports_and_resumes(tmp_path):
     card = (result.out / "README.md").read_text()
     assert "wall time" in card and "asr-transfer pretrain-source --smoke" in card
     assert "in 2 runs" in card and "| short | " in card and "| full | " in card and "wall min" in card
+    from asr_transfer.pretrain import hardware
+
+    run_row = next(line for line in card.splitlines() if line.startswith("| short | "))
+    assert run_row.endswith(f"| {hardware()} |")  # each run's machine, from the wall log (runs may train elsewhere)
     assert "## What each run bought" in card and "| precision |" in card
     assert "a layer-normalised CNN" in card  # the plateau notes follow the model's config (TINY_STABLE: layer norm)
     # The CNN trained: its weights differ from the seed's random init.

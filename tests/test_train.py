@@ -65,6 +65,35 @@ def test_cached_and_uncached_training_give_the_same_losses(tmp_path, corpus):
     assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-6)
 
 
+def test_loader_threads_give_the_same_batches_and_skip_a_bad_file_alone(tmp_path, corpus):
+    """train.loader_threads decodes a batch's audio in parallel: with speed perturbation and added noise (each job
+    seeded per utterance) the losses equal the serial loader's, and a file that fails mid-run is skipped by itself."""
+    from asr_transfer.train import train
+
+    source, train_manifest, dev = corpus
+    rows = [json.loads(line) for line in train_manifest.read_text().splitlines()]
+    rows = [{**r, "audio_filepath": str(train_manifest.parent / r["audio_filepath"])} for r in rows]  # moved manifest
+    bad = tmp_path / "silent.wav"
+    from asr_transfer.audio import write_wav
+
+    write_wav(bad, [0.0] * 16000)  # digital silence: an AudioError when it is loaded
+    rows[4] = {**rows[4], "audio_filepath": str(bad)}
+    manifest = tmp_path / "train.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    one = '[{name = "all", train = ["feature_encoder", "feature_projection", "pos_conv", "layers", "head"], lr = 1e-3, steps = 8}]'
+    losses = {}
+    for threads in (0, 3):
+        cfg = tiny_config(tmp_path / str(threads), source, manifest, dev, stages=one, **{
+            "train.loader_threads": threads, "data.speed_perturb": "[0.9, 1.0, 1.1]", "data.noise_snr_db": "[10, 30]"})
+        train(cfg, progress=False)
+        run = tmp_path / str(threads) / "run"
+        losses[threads] = [r["loss"] for r in _metrics(run, "train")]
+        skipped = json.loads((run / "train_summary.json").read_text())["skipped"]
+        assert skipped["total"] == 1, skipped
+    assert len(losses[0]) == 8
+    assert losses[3] == pytest.approx(losses[0], rel=1e-5, abs=1e-6)
+
+
 @pytest.mark.parametrize("stops", [[3], [5, 4, 2]], ids=["mid-stage", "at-stage-boundary-and-mid-accumulation"])
 def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, corpus, stops):
     from asr_transfer.train import train

@@ -130,8 +130,8 @@ def run_segments(base: nn.Module, x: torch.Tensor, start: int, stop: int, length
         h = w.feature_extractor(h).transpose(1, 2)  # (B, T, C)
         if lengths is not None:
             lengths = base._get_feat_extract_output_lengths(lengths).to(torch.long)
-    if lengths is not None:
-        frame_mask = torch.arange(h.shape[1], device=h.device)[None, :] < lengths[:, None]
+    if lengths is not None:  # callers may keep lengths on the CPU while the model runs on a GPU
+        frame_mask = torch.arange(h.shape[1], device=h.device)[None, :] < lengths.to(h.device)[:, None]
     # Masks go in front of segment max(start, 2): after the projection (HF's place) or at the boundary layer.
     mask_at = max(start, 2) if start < 3 + L else None
     for seg in range(max(start, 1), stop):
@@ -215,7 +215,8 @@ def pad_features(feats: list[torch.Tensor], multiple: int = 1) -> tuple[torch.Te
 
     ``T`` is the longest length rounded up to a multiple of ``multiple`` (1: the longest length).
     """
-    lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.long)
+    # On the features' device: the frame masks and GroupNorm statistics compare them with aranges made there.
+    lengths = torch.tensor([f.shape[0] for f in feats], dtype=torch.long, device=feats[0].device)
     padded = nn.utils.rnn.pad_sequence(feats, batch_first=True)
     extra = -padded.shape[1] % multiple
     if extra:
@@ -243,6 +244,7 @@ def group_norm_cnn(base: nn.Module, waves: torch.Tensor, lengths: torch.Tensor) 
     layers = base.wav2vec2.feature_extractor.conv_layers
     first = layers[0]
     h = first.conv(waves[:, None, :]).float()  # (B, C, T0); statistics in fp32, as GroupNorm under autocast
+    lengths = lengths.to(waves.device)
     n0 = _conv_lengths(first.conv, lengths)
     real = (torch.arange(h.shape[-1], device=h.device)[None, :] < n0[:, None]).to(h.dtype)[:, None, :]  # (B, 1, T0)
     count = n0.to(h.dtype).clamp(min=1)[:, None, None]

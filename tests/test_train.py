@@ -229,6 +229,21 @@ def test_training_the_cnn_runs_uncached_from_the_wave(tmp_path, corpus):
     assert stages[0]["boundary"] == 0 and stages[0]["end_step"] == 3
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("stage", [
+    '[{name = "all", train = ["feature_encoder", "feature_projection", "pos_conv", "layers", "head"], lr = 1e-3, steps = 3}]',
+    '[{name = "top", train = ["head", "layers.-1:"], lr = 1e-3, steps = 3}]',
+], ids=["cnn-from-the-wave", "cached-boundary"])
+def test_training_and_dev_evaluation_run_on_a_gpu(tmp_path, corpus, stage):
+    """Batches, lengths, masks and the dev evaluation all on the GPU (found on a lent H200: lengths stayed on the CPU)."""
+    from asr_transfer.train import train
+
+    train(tiny_config(tmp_path, *corpus, stages=stage, **{"train.eval_every": 2, "train.precision": "bf16"}), progress=False)
+    run = tmp_path / "run"
+    assert json.loads((run / "run.json").read_text())["environment"]["device"].startswith("cuda")
+    assert len(_metrics(run, "dev")) >= 2
+
+
 def test_time_masks_train_a_source_saved_without_masked_spec_embed(tmp_path, corpus):
     """A source whose config masks nothing (mask_time_prob = mask_feature_prob = 0, as the shipped en-synth-small)
     has no ``masked_spec_embed``; trainer-side time masks in front of the feature projection must still run."""

@@ -220,6 +220,24 @@ def rates_with_ci(scores: list[UtteranceScore]) -> dict:
     return out
 
 
+def rates_by_speaker(speakers: list[str | None], scores: list[UtteranceScore]) -> dict:
+    """Corpus WER/CER per manifest ``speaker`` (a voice, for synthetic sets), worst CER first.
+
+    A corpus rate hides where the errors are: one unusual voice can hold a third of them. ``{}`` when the manifest
+    names fewer than two speakers.
+    """
+    groups: dict[str, list[UtteranceScore]] = {}
+    for speaker, score in zip(speakers, scores):
+        if speaker:
+            groups.setdefault(speaker, []).append(score)
+    if len(groups) < 2:
+        return {}
+    out = {spk: {"n_utterances": len(ss), "wer": corpus_rate(s.words for s in ss), "cer": corpus_rate(s.chars for s in ss),
+                 "char_errors": sum(s.chars.errors for s in ss), "chars": sum(s.chars.ref_len for s in ss)}
+           for spk, ss in groups.items()}
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1]["cer"], kv[0])))
+
+
 def _model_facts(recognizer, model) -> dict:
     loaded = recognizer.loaded
     record = getattr(loaded, "record", None)
@@ -261,6 +279,7 @@ def score_rows(items: list[LogProbItem], texts: list[str], decode_s: list[float]
         rows.append(
             {
                 "id": it.utt.uid,
+                **({"speaker": it.utt.speaker} if it.utt.speaker else {}),
                 "ref": ref,
                 "hyp": hyp,
                 "ref_raw": it.utt.text,
@@ -273,7 +292,9 @@ def score_rows(items: list[LogProbItem], texts: list[str], decode_s: list[float]
                 "decode_s": round(it.forward_s + dec_s, 6),
             }
         )
-    return rows, rates_with_ci(scores) if scores else {}
+    if not scores:
+        return rows, {}
+    return rows, {**rates_with_ci(scores), "by_speaker": rates_by_speaker([it.utt.speaker for it in items], scores)}
 
 
 def evaluate(

@@ -169,7 +169,7 @@ def evaluate_model(model_dir: Path, manifests: dict, realspeech: str | None, out
     out = {}
     for name, manifest in sets.items():
         s = evaluate(str(model_dir), manifest, decoder="greedy", out_dir=out_dir / name, lang="en", name=name, device="cpu")
-        out[name] = {k: s.get(k) for k in ("wer", "cer", "wer_ci", "cer_ci", "n_utterances", "audio_s", "rtf")}
+        out[name] = {k: s.get(k) for k in ("wer", "cer", "wer_ci", "cer_ci", "n_utterances", "audio_s", "rtf", "by_speaker")}
         out[name]["manifest"] = str(manifest)
     return out
 
@@ -300,7 +300,7 @@ def model_card(model, options: PretrainOptions, result: PretrainResult, runs: li
     if test and test.get("cer") is not None and test["cer"] > TARGET_TEST_CER:
         lines += ["", f"**Below target**: the project's target is a synthetic test CER of at most {100 * TARGET_TEST_CER:.0f} %. "
                   + dev_trend_text(runs)]
-    lines += ["", "References and hypotheses are compared after the `en` text normaliser.", "",
+    lines += ["", "References and hypotheses are compared after the `en` text normaliser.", "", *voice_table(ev.get("synth_test")),
               "## Data", "",
               f"espeak-ng {corpus['espeak']['version']} (`{corpus['espeak']['voice']}`), sentences from the system's "
               f"English text ({corpus['sentences_available']} usable sentences, {corpus['sentence_filter']['min_words']}-"
@@ -375,6 +375,19 @@ def _architecture_path(options: PretrainOptions, runs: list[dict]) -> str:
     except (OSError, ConfigError, UserError):
         named = None
     return named or runs[0]["config"]["model"].get("init_config") or "?"
+
+
+def voice_table(test: dict | None) -> list[str]:
+    """Synthetic test CER per held-out voice, worst first, and the share of all character errors each holds."""
+    by = (test or {}).get("by_speaker") or {}
+    total = sum(v["char_errors"] for v in by.values())
+    if not by or not total:
+        return []
+    rows = ["Per held-out voice (synthetic test set, worst first):", "",
+            "| voice | utterances | CER | share of all character errors |", "|---|---|---|---|"]
+    rows += [f"| {spk} | {v['n_utterances']} | {100 * v['cer']:.1f} % | {100 * v['char_errors'] / total:.1f} % |"
+             for spk, v in by.items()]
+    return rows + [""]
 
 
 def augmentation_text(run_config: dict) -> str:

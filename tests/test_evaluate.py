@@ -124,6 +124,24 @@ def test_evaluate_end_to_end_with_a_skipped_file(de_model, sine_manifest, tmp_pa
         assert r["alignment"].startswith("REF: ")
 
 
+def test_rates_by_speaker_add_up_and_put_the_worst_voice_first(de_model, sine_manifest, tmp_path):
+    lines = [json.loads(x) for x in sine_manifest.read_text().splitlines()]
+    manifest = tmp_path / "voices.jsonl"
+    manifest.write_text("".join(json.dumps({**x, "audio_filepath": str(sine_manifest.parent / x["audio_filepath"]),
+                                            "speaker": "ab"[i % 2]}) + "\n" for i, x in enumerate(lines)))
+    summary = evaluate(de_model, manifest, out_dir=tmp_path / "eval", device="cpu", batch_s=0.1)
+    rows = _rows(tmp_path / "eval")
+    assert [r["speaker"] for r in rows] == ["a", "b", "a", "b"]
+    by = summary["by_speaker"]
+    assert set(by) == {"a", "b"} and by[next(iter(by))]["cer"] == max(v["cer"] for v in by.values())
+    for spk, v in by.items():  # each voice's CER is its own rows' character errors over their reference length
+        mine = [r for r in rows if r["speaker"] == spk]
+        assert v["n_utterances"] == len(mine) == 2
+        assert v["cer"] == pytest.approx(sum(r["char_errors"] for r in mine) / sum(r["char_ref_len"] for r in mine))
+    assert sum(v["char_errors"] for v in by.values()) == pytest.approx(summary["cer"] * sum(v["chars"] for v in by.values()))
+    assert evaluate(de_model, sine_manifest, device="cpu")["by_speaker"] == {}  # no speakers named: no breakdown
+
+
 def test_all_audio_unreadable_is_a_user_error(de_model, tmp_path):
     manifest = tmp_path / "m.jsonl"
     (tmp_path / "empty.wav").write_bytes(b"")

@@ -168,6 +168,7 @@ def test_pretrain_smoke_builds_exports_and_resumes(tmp_path):
     run_row = next(line for line in card.splitlines() if line.startswith("| short | "))
     assert run_row.endswith(f"| {hardware()} |")  # each run's machine, from the wall log (runs may train elsewhere)
     assert "## What each run bought" in card and "| precision |" in card
+    assert "Per held-out voice" in card and "| share of all character errors |" in card  # the test set's voices
     assert "a layer-normalised CNN" in card  # the plateau notes follow the model's config (TINY_STABLE: layer norm)
     # The CNN trained: its weights differ from the seed's random init.
     from transformers import Wav2Vec2Config

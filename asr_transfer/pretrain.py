@@ -238,29 +238,25 @@ def hardware() -> str:
     return f"{model}, {cores} cores{gpu}"
 
 
+def _wall_rows(runs_dir: Path) -> list[dict]:
+    path = runs_dir / WALL_LOG
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()] if path.is_file() else []
+
+
 def _hardware(runs_dir: Path) -> dict[str, str]:
     """The machine each run trained on (``train <run>`` → hardware), from the wall log; its last invocation wins."""
-    out: dict[str, str] = {}
-    path = runs_dir / WALL_LOG
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            if row.get("hardware") and row["what"].startswith("train "):
-                out[row["what"]] = row["hardware"]
-    return out
+    return {row["what"]: row["hardware"] for row in _wall_rows(runs_dir)
+            if row.get("hardware") and row["what"].startswith("train ")}
 
 
 def _wall(runs_dir: Path) -> dict[str, float]:
     """Seconds of wall time from the wall log: ``train`` and ``evaluate`` in all, and ``train <run>`` per run."""
     out: dict[str, float] = {}
-    path = runs_dir / WALL_LOG
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
-            key = "evaluate" if row["what"] == "evaluate" else "train"
-            out[key] = out.get(key, 0.0) + row["wall_s"]
-            if key == "train":
-                out[row["what"]] = out.get(row["what"], 0.0) + row["wall_s"]
+    for row in _wall_rows(runs_dir):
+        key = "evaluate" if row["what"] == "evaluate" else "train"
+        out[key] = out.get(key, 0.0) + row["wall_s"]
+        if key == "train":
+            out[row["what"]] = out.get(row["what"], 0.0) + row["wall_s"]
     return out
 
 

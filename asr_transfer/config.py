@@ -58,6 +58,8 @@ class DataArgs:
     max_dev_utts: int | None = _help("evaluate on at most this many dev utterances (None: all)", 200)
     speed_perturb: tuple[float, ...] = _help("speed factors drawn per utterance and epoch, e.g. [0.9, 1.0, 1.1]", ())
     noise_snr_db: tuple[float, ...] = _help("additive white-noise SNR range [lo, hi] dB; empty: off", ())
+    eq_db: float = _help("random equaliser: two peaking filters per utterance and epoch at log-uniform 150-6000 Hz with "
+                         "gains uniform in [-eq_db, +eq_db] dB, for timbre and formant-level variety (0: off)", 0.0)
 
     def __post_init__(self):
         if self.max_batch_s <= 0 or self.max_utt_s <= 0 or self.min_utt_s < 0:
@@ -68,6 +70,8 @@ class DataArgs:
             raise ConfigError("data.speed_perturb factors must be > 0")
         if self.noise_snr_db and len(self.noise_snr_db) != 2:
             raise ConfigError("data.noise_snr_db must be [lo, hi] or empty")
+        if not 0 <= self.eq_db <= 24:
+            raise ConfigError(f"data.eq_db must be within 0-24 dB, got {self.eq_db}")
 
 
 @dataclass(frozen=True)

@@ -388,12 +388,16 @@ def voice_table(test: dict | None) -> list[str]:
 
 def augmentation_text(run_config: dict) -> str:
     """The trainer-side augmentation of a run's resolved config, in words ("none" when all is off)."""
+    from .data import EQ_BANDS
+
     data, aug = run_config["data"], run_config["augment"]
     parts = []
     if data.get("speed_perturb"):
         parts.append(f"speed perturbation {list(data['speed_perturb'])}")
     if data.get("noise_snr_db"):
         parts.append(f"extra white noise at SNR uniform {list(data['noise_snr_db'])} dB")
+    if data.get("eq_db"):
+        parts.append(f"random equaliser ({EQ_BANDS} peaking filters, gains within ±{data['eq_db']:g} dB)")
     if aug.get("mask_time_prob"):
         parts.append(f"SpecAugment time masks p={aug['mask_time_prob']} length {aug['mask_time_length']}")
     return ", ".join(parts) if parts else "none (the corpus itself varies speed, pitch, level and noise)"

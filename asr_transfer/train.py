@@ -105,7 +105,7 @@ class Trainer:
         self.rng = np.random.default_rng([cfg.train.seed, 11])
         self.cache = FeatureCache(self.run_dir / "cache" / f"rank{self.acc.process_index}", cfg.train.cache_max_mem_mb << 20)
         self.dev_cache = FeatureCache(self.run_dir / "cache" / f"dev{self.acc.process_index}", cfg.train.cache_max_mem_mb << 20)
-        self.use_cache = cfg.train.cache and not cfg.data.noise_snr_db
+        self.use_cache = cfg.train.cache and not cfg.data.noise_snr_db and not cfg.data.eq_db  # random per epoch
         self.state = State(config_hash=config_hash(cfg))
         self.state.fingerprints = {"train": fingerprint(cfg.data.train_manifest)}
         if cfg.data.dev_manifest:
@@ -201,7 +201,8 @@ class Trainer:
             cached = cache.get(key) if (self.use_cache or dev) and boundary > 0 else None
             if ex.uid in self.bad_audio:
                 continue
-            job = None if cached is not None else partial(load_example_audio, ex, speed, snr, np.random.default_rng(noise_seed))
+            job = None if cached is not None else partial(load_example_audio, ex, speed, snr, np.random.default_rng(noise_seed),
+                                                          0.0 if dev else cfg.data.eq_db)
             plan.append((ex, key, cached, job))
         results = self._load_all([job for *_, job in plan if job is not None])
         for ex, key, cached, job in plan:

@@ -11,7 +11,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -157,6 +157,29 @@ def load_example_audio(ex: Example, speed: float = 1.0, snr_db: float | None = N
         noise = rng.standard_normal(wave.shape[0]).astype(np.float32)
         wave = wave + noise * math.sqrt(power / (10 ** (snr_db / 10)))
     return wave.astype(np.float32, copy=False)
+
+
+class AudioLoader:
+    """Runs a batch's audio jobs (decode + augment one utterance each) in ``threads`` threads, or in the caller's (0).
+
+    On a GPU a small model's step waits on audio decoding and augmentation, not on the model (train.loader_threads).
+    Each job owns its seeded RNG, so a batch is the same whatever the thread count.
+    """
+
+    def __init__(self, threads: int = 0):
+        self.threads = threads
+        self._pool = None  # made on first use
+
+    def start(self, jobs: list) -> Iterator:
+        """An iterator of result getters, one per job in order: calling one returns that job's wave or raises its
+        AudioError, so one bad file still skips only its own utterance."""
+        if self.threads and len(jobs) > 1:
+            if self._pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="audio")
+            return iter([self._pool.submit(job).result for job in jobs])
+        return iter(jobs)  # serial: each job runs when its result is asked for
 
 
 def audio_skip_reason(exc: AudioError) -> str:

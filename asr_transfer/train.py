@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -23,7 +22,7 @@ import torch
 from . import checkpoint as ckpt
 from .cache import FeatureCache
 from .config import TrainConfig, save_config, to_dict
-from .data import (BucketSampler, Example, SkipCounter, audio_skip_reason, augmentation_for, build_examples, load_example_audio,
+from .data import (AudioLoader, BucketSampler, Example, SkipCounter, audio_skip_reason, augmentation_for, build_examples, load_example_audio,
                    normalize_wave)
 from .errors import AudioError, ConfigError, UserError
 from .forward import PAD_QUANTUM_FRAMES, PAD_QUANTUM_SAMPLES, MaskOptions, Suffix, ctc_loss_per_utt, num_segments, pad_features, prefix_features, trainable_boundary, unwrap
@@ -65,7 +64,7 @@ class Trainer:
         self.resume = resume
         self.allow_inexact = allow_inexact_resume
         self.scaler = torch.amp.GradScaler("cuda") if mp == "fp16" else None
-        self._pool = None  # audio-loading threads (train.loader_threads), made on first use
+        self.loader = AudioLoader(config.train.loader_threads)
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -204,7 +203,7 @@ class Trainer:
             job = None if cached is not None else partial(load_example_audio, ex, speed, snr, np.random.default_rng(noise_seed),
                                                           0.0 if dev else cfg.data.eq_db)
             plan.append((ex, key, cached, job))
-        results = self._load_all([job for *_, job in plan if job is not None])
+        results = self.loader.start([job for *_, job in plan if job is not None])
         for ex, key, cached, job in plan:
             if cached is None:
                 try:
@@ -224,19 +223,6 @@ class Trainer:
         if not feats:
             return None, None
         return pad_features(feats, PAD_QUANTUM_SAMPLES if boundary == 0 else PAD_QUANTUM_FRAMES)
-
-    def _load_all(self, jobs: list):
-        """Start the audio jobs (in ``train.loader_threads`` threads when set); an iterator of their result getters.
-
-        Each job owns its seeded RNG, so the batch is the same whatever the thread count. Calling a getter returns
-        that job's wave or raises its AudioError, so one bad file still skips only its own utterance.
-        """
-        threads = self.config.train.loader_threads
-        if threads and len(jobs) > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="audio")
-            return iter([self._pool.submit(job).result for job in jobs])
-        return iter(jobs)  # serial: each job runs when its result is asked for
 
     # ------------------------------------------------------------------ eval
     @torch.no_grad()

@@ -232,9 +232,11 @@ def rates_by_speaker(speakers: list[str | None], scores: list[UtteranceScore]) -
             groups.setdefault(speaker, []).append(score)
     if len(groups) < 2:
         return {}
-    out = {spk: {"n_utterances": len(ss), "wer": corpus_rate(s.words for s in ss), "cer": corpus_rate(s.chars for s in ss),
-                 "char_errors": sum(s.chars.errors for s in ss), "chars": sum(s.chars.ref_len for s in ss)}
-           for spk, ss in groups.items()}
+    out = {}
+    for spk, ss in groups.items():
+        chars = sum((s.chars for s in ss), Counts())
+        out[spk] = {"n_utterances": len(ss), "wer": corpus_rate(s.words for s in ss), "cer": corpus_rate([chars]),
+                    "char_errors": chars.errors, "chars": chars.ref_len}
     return dict(sorted(out.items(), key=lambda kv: (-kv[1]["cer"], kv[0])))
 
 

@@ -192,7 +192,7 @@ class Trainer:
         cache = self.dev_cache if dev else self.cache
         feats = []
         do_norm = getattr(self.prepared.processor.feature_extractor, "do_normalize", True)
-        plan = []  # (example, cache key, cached features or None, the audio job or None)
+        plan, jobs = [], []  # (example, cache key, cached features or None); an audio job per uncached example
         for index, ex in examples:
             speed, snr, noise_seed = (1.0, None, 0) if dev else augmentation_for(
                 cfg.train.seed, epoch, index, cfg.data.speed_perturb, cfg.data.noise_snr_db)
@@ -200,11 +200,11 @@ class Trainer:
             cached = cache.get(key) if (self.use_cache or dev) and boundary > 0 else None
             if ex.uid in self.bad_audio:
                 continue
-            job = None if cached is not None else partial(load_example_audio, ex, speed, snr, np.random.default_rng(noise_seed),
-                                                          0.0 if dev else cfg.data.eq_db)
-            plan.append((ex, key, cached, job))
-        results = self.loader.start([job for *_, job in plan if job is not None])
-        for ex, key, cached, job in plan:
+            if cached is None:
+                jobs.append(partial(load_example_audio, ex, speed, snr, np.random.default_rng(noise_seed), 0.0 if dev else cfg.data.eq_db))
+            plan.append((ex, key, cached))
+        results = self.loader.start(jobs)
+        for ex, key, cached in plan:
             if cached is None:
                 try:
                     wave = next(results)()

@@ -23,7 +23,7 @@ import numpy as np
 from .audio import SAMPLE_RATE
 from .errors import AudioError, UserError
 from .manifest import Utterance, fingerprint, read_manifest
-from .metrics import Counts, UtteranceScore, bootstrap_ci, corpus_rate, score_pairs
+from .metrics import Counts, UtteranceScore, bootstrap_ci, corpus_rate, rates_by_speaker, score_pairs
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -218,26 +218,6 @@ def rates_with_ci(scores: list[UtteranceScore]) -> dict:
             out[f"{unit}_ci95"] = None
         out["words" if unit == "wer" else "chars"] = sum(counts, Counts()).as_dict()
     return out
-
-
-def rates_by_speaker(speakers: list[str | None], scores: list[UtteranceScore]) -> dict:
-    """Corpus WER/CER per manifest ``speaker`` (a voice, for synthetic sets), worst CER first.
-
-    A corpus rate hides where the errors are: one unusual voice can hold a third of them. ``{}`` when the manifest
-    names fewer than two speakers.
-    """
-    groups: dict[str, list[UtteranceScore]] = {}
-    for speaker, score in zip(speakers, scores):
-        if speaker:
-            groups.setdefault(speaker, []).append(score)
-    if len(groups) < 2:
-        return {}
-    out = {}
-    for spk, ss in groups.items():
-        chars = sum((s.chars for s in ss), Counts())
-        out[spk] = {"n_utterances": len(ss), "wer": corpus_rate(s.words for s in ss), "cer": corpus_rate([chars]),
-                    "char_errors": chars.errors, "chars": chars.ref_len}
-    return dict(sorted(out.items(), key=lambda kv: (-kv[1]["cer"], kv[0])))
 
 
 def _model_facts(recognizer, model) -> dict:

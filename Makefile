@@ -7,8 +7,13 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 APT_PACKAGES := espeak-ng fortunes-de fortune-mod fortunes fortunes-es manpages-fr manpages-nl
 PYTEST_ARGS ?=
+# Every Python package at an exact version with hashes; `make lock` remakes it from pyproject.toml (tools/lock.py).
+LOCK := requirements.lock
+MLFLOW_LOCK := requirements-mlflow.lock
+# The locking tool: only `make lock` needs it, installs never do.
+UV_VERSION := 0.13.9
 
-.PHONY: install demo test clean-venv system-deps lint
+.PHONY: install install-mlflow lock check-lock doctor demo test clean-venv
 
 install: $(VENV)/.installed
 
@@ -23,16 +28,37 @@ $(VENV)/.system-deps:
 	    || { echo "error: could not install Debian packages:$$missing (apt-get failed; install them by hand)" >&2; exit 1; }; \
 	fi
 	@command -v espeak-ng >/dev/null || { echo "error: espeak-ng is not on PATH after install" >&2; exit 1; }
-	@touch $@
+	@printf '%s\n' $(APT_PACKAGES) > $@  # the names `asr-transfer doctor` and run.json report versions of
 
-$(VENV)/.installed: pyproject.toml $(VENV)/.system-deps
+# The lock is installed as it is (no resolving, hashes checked), then the project itself without its dependencies, so
+# a release published upstream tomorrow cannot change what a fresh clone gets. The install check then imports what
+# the tool needs and names a broken pair in one line (asr_transfer/environment.py; also `asr-transfer doctor`).
+# site-packages is a prerequisite too: a package installed into the venv by hand changes its mtime, so the next
+# `make install` puts the locked set back instead of saying there is nothing to do.
+$(VENV)/.installed: $(LOCK) pyproject.toml $(VENV)/.system-deps $(wildcard $(VENV)/lib/python3*/site-packages)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[test]'
-	$(PY) -c "import torch, torchaudio, transformers, soundfile; print('torch', torch.__version__, 'torchaudio', torchaudio.__version__, 'transformers', transformers.__version__, 'libsndfile', soundfile.__libsndfile_version__)"
+	$(PIP) install -q --require-hashes --no-deps -r $(LOCK)
+	$(PIP) install -q --no-deps --no-build-isolation -e .
+	$(PY) -m asr_transfer.environment --install-check
 	@touch $@
 
-test: install
+install-mlflow: install
+	$(PIP) install -q --require-hashes --no-deps -r $(MLFLOW_LOCK)
+
+# Remake the locks after editing dependencies in pyproject.toml (locked versions that still fit are kept; UPGRADE=1
+# takes the newest releases pyproject allows), then run `make test`.
+lock:
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q uv==$(UV_VERSION)
+	UV=$(VENV)/bin/uv $(PYTHON) tools/lock.py compile $(if $(UPGRADE),--upgrade)
+
+check-lock:
+	@$(PYTHON) tools/lock.py check
+
+doctor: install
+	$(VENV)/bin/asr-transfer doctor
+
+test: check-lock install
 	$(VENV)/bin/pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 demo: install

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 from typing import Sequence
 
@@ -31,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "recipe": ("recipe", "run a per-language recipe stage by stage"),
     "runs": ("runs", "list and compare run folders"),
     "reproduce": ("reproduce", "re-run a recorded run from its saved config"),
+    "doctor": ("doctor", "check the install; print versions, hardware and CUDA for bug reports"),
 }
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import SAMPLE_RATE
+from .environment import environment_info
 from .errors import AudioError, UserError
 from .manifest import Utterance, fingerprint, read_manifest
 from .metrics import Counts, UtteranceScore, bootstrap_ci, corpus_rate, rates_by_speaker, score_pairs
@@ -28,49 +29,6 @@ from .metrics import Counts, UtteranceScore, bootstrap_ci, corpus_rate, rates_by
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 DURATION_TOLERANCE_S = 0.1  # s of audio a file may lack against its manifest duration before it counts as truncated
-
-
-_VERSIONED = ("torch", "torchaudio", "transformers", "jiwer", "numpy", "flashlight-text", "kenlm", "soundfile")
-
-
-def git_commit(path: Path | None = None) -> dict:
-    """``{"commit", "dirty"}`` of the git checkout holding this package (``None`` values outside a checkout)."""
-    import subprocess
-
-    where = str(path or Path(__file__).resolve().parent)
-    try:
-        commit = subprocess.run(
-            ["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        status = subprocess.run(
-            ["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout
-        return {"commit": commit, "dirty": bool(status.strip())}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
-def environment_info() -> dict:
-    """Versions that decide results (package, libraries, libsndfile, python) plus the git commit."""
-    import platform
-    from importlib import metadata
-
-    from . import __version__
-
-    versions = {"asr_transfer": __version__, "python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    try:
-        import soundfile
-
-        versions["libsndfile"] = soundfile.__libsndfile_version__
-    except Exception:  # pragma: no cover - broken install
-        versions["libsndfile"] = None
-    return {"versions": versions, "git": git_commit(), "platform": platform.platform()}
 
 
 @dataclass

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from .audio import SAMPLE_RATE, frames_for_samples, normalize_wave
+from .environment import cpu_supports_bf16
 from .errors import UserError
 
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -53,21 +54,6 @@ class InferenceOptions:
             raise UserError(f"batch_s must be > 0 seconds (got {self.batch_s})")
         if self.num_threads is not None and self.num_threads < 1:
             raise UserError(f"num_threads must be >= 1 (got {self.num_threads})")
-
-
-def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        pass
-    import torch
-
-    try:  # non-Linux: ask oneDNN (returns True on Apple silicon and AVX512-BF16/AMX x86)
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
 
 
 def _resolve_device(name: str):

@@ -71,17 +71,17 @@ def _now() -> str:
 def code_state() -> dict:
     """``{"package_version", "commit", "dirty"}``: ``git -C <this package>``; ``None`` values outside a checkout."""
     from . import __version__
-    from .evaluate import git_commit
+    from .environment import git_commit
 
     return {"package_version": __version__, **git_commit(Path(__file__).resolve().parent)}
 
 
 def environment(device: str | None = None) -> dict:
     """Library versions (python, torch, transformers, …), platform and the device the run used."""
-    from .evaluate import environment_info
+    from .environment import environment_info
 
     info = environment_info()
-    env = {"versions": info["versions"], "platform": info["platform"], "device": device,
+    env = {"versions": info["versions"], "debian": info["debian"], "platform": info["platform"], "device": device,
            "processes": int(os.environ.get("WORLD_SIZE", "1"))}  # >1 under `accelerate launch` / torchrun
     if device and device.startswith("cuda"):  # the card decides timings (and bf16/TF32 numerics)
         try:

@@ -46,7 +46,7 @@ def machine_info() -> dict[str, Any]:
     """CPU model, usable cores, torch threads, RAM, GPU(s) and whether the CPU has native bf16."""
     import torch
 
-    from asr_transfer.inference import cpu_supports_bf16
+    from asr_transfer.environment import cpu_supports_bf16
 
     try:
         cores = len(os.sched_getaffinity(0))

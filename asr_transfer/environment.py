@@ -121,6 +121,23 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+def hardware() -> str:
+    """CPU model and the cores this process may use, e.g. ``Intel(R) Xeon(R) Processor, 2 cores``."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    import torch
+
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return f"{model}, {cores} cores{gpu}"
+
+
 # ------------------------------------------------------------------------------------------------------ install check
 def _import_torchaudio_extension() -> None:
     # Importing the extension module loads libtorchaudio, where a torch/torchaudio mismatch shows (undefined symbol).

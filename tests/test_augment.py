@@ -43,7 +43,7 @@ def test_equalising_leaves_the_added_noise_draws_unchanged(tmp_path):
 def test_eq_db_is_validated_and_named_on_the_card():
     from asr_transfer.config import DataArgs
     from asr_transfer.errors import ConfigError
-    from asr_transfer.pretrain import augmentation_text
+    from asr_transfer.source_card import augmentation_text
 
     with pytest.raises(ConfigError, match="eq_db"):
         DataArgs(train_manifest="x", eq_db=-1.0)

@@ -83,7 +83,7 @@ def test_card_documents_training():
 
 
 def test_dev_trend_compares_the_best_before_and_after_the_final_runs_last_quarter():
-    from asr_transfer.pretrain import dev_trend, dev_trend_text
+    from asr_transfer.source_card import dev_trend, dev_trend_text
 
     def run(cers, every=500):
         return {"dev_curve": [(i * every, c, 1.0, 1.0, 0.5) for i, c in enumerate(cers)]}
@@ -163,7 +163,7 @@ def test_pretrain_smoke_builds_exports_and_resumes(tmp_path):
     card = (result.out / "README.md").read_text()
     assert "wall time" in card and "asr-transfer pretrain-source --smoke" in card
     assert "in 2 runs" in card and "| short | " in card and "| full | " in card and "wall min" in card
-    from asr_transfer.pretrain import hardware
+    from asr_transfer.environment import hardware
 
     run_row = next(line for line in card.splitlines() if line.startswith("| short | "))
     assert run_row.endswith(f"| {hardware()} |")  # each run's machine, from the wall log (runs may train elsewhere)
@@ -185,7 +185,7 @@ def test_pretrain_smoke_builds_exports_and_resumes(tmp_path):
 
 
 def test_card_augmentation_text_names_what_is_on_and_says_none_otherwise():
-    from asr_transfer.pretrain import augmentation_text
+    from asr_transfer.source_card import augmentation_text
 
     off = {"data": {"speed_perturb": [], "noise_snr_db": []}, "augment": {"mask_time_prob": 0.0, "mask_time_length": 5}}
     assert augmentation_text(off).startswith("none")
@@ -197,7 +197,7 @@ def test_card_augmentation_text_names_what_is_on_and_says_none_otherwise():
 def test_blank_plateau_notes_read_the_runs_configs():
     from types import SimpleNamespace
 
-    from asr_transfer.pretrain import blank_plateau_notes
+    from asr_transfer.source_card import blank_plateau_notes
 
     cfg = SimpleNamespace(feat_extract_norm="group", do_stable_layer_norm=True)
 

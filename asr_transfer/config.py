@@ -19,7 +19,8 @@ from .errors import ConfigError
 from .unfreeze import Stage
 
 
-def _help(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
+def option(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
+    """A config field with its help text (shown by ``--help`` listings and the docs), as ``dataclasses.field``."""
     kw: dict[str, Any] = {"metadata": {"help": text}}
     if factory is not dataclasses.MISSING:
         kw["default_factory"] = factory
@@ -30,35 +31,35 @@ def _help(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
 
 @dataclass(frozen=True)
 class ModelArgs:
-    source: str = _help("source model: a local folder in HF form or a hub id", "models/en-synth-small")
-    lang: str = _help("target language code (picks the normaliser and base-letter map)", "de")
-    head_init: str = _help("new CTC head: mapped (copy shared letters, seed new ones), random, keep", "mapped")
-    vocab: str | None = _help("target vocab.json; None builds it from the train manifest", None)
-    base_letters: dict[str, str] | None = _help("override the language's base-letter map, e.g. {ä = 'a'}", None)
-    from_scratch: bool = _help("re-initialise every weight (the from-scratch control: same architecture)", False)
-    adapter: str = _help("none, lora (peft) or mms (stable-layer-norm models only)", "none")
-    lora_r: int = _help("LoRA rank", 8)
-    lora_alpha: int = _help("LoRA alpha", 16)
-    allow_pickle: bool = _help("allow pickle-based .bin weights (pickle can run code; only for trusted files)", False)
-    init_config: str | None = _help("build a randomly initialised model from this Wav2Vec2Config JSON instead of loading "
+    source: str = option("source model: a local folder in HF form or a hub id", "models/en-synth-small")
+    lang: str = option("target language code (picks the normaliser and base-letter map)", "de")
+    head_init: str = option("new CTC head: mapped (copy shared letters, seed new ones), random, keep", "mapped")
+    vocab: str | None = option("target vocab.json; None builds it from the train manifest", None)
+    base_letters: dict[str, str] | None = option("override the language's base-letter map, e.g. {ä = 'a'}", None)
+    from_scratch: bool = option("re-initialise every weight (the from-scratch control: same architecture)", False)
+    adapter: str = option("none, lora (peft) or mms (stable-layer-norm models only)", "none")
+    lora_r: int = option("LoRA rank", 8)
+    lora_alpha: int = option("LoRA alpha", 16)
+    allow_pickle: bool = option("allow pickle-based .bin weights (pickle can run code; only for trusted files)", False)
+    init_config: str | None = option("build a randomly initialised model from this Wav2Vec2Config JSON instead of loading "
                                     "source (pre-training a source model; needs vocab and head_init = keep)", None)
 
     def __post_init__(self):
-        _choice("model.head_init", self.head_init, ("mapped", "random", "keep"))
-        _choice("model.adapter", self.adapter, ("none", "lora", "mms"))
+        one_of("model.head_init", self.head_init, ("mapped", "random", "keep"))
+        one_of("model.adapter", self.adapter, ("none", "lora", "mms"))
 
 
 @dataclass(frozen=True)
 class DataArgs:
-    train_manifest: str = _help("training manifest (JSONL)", "")
-    dev_manifest: str | None = _help("dev manifest for evaluation, plateau detection and best-checkpoint choice", None)
-    max_batch_s: float = _help("batch size as total padded audio seconds (length-bucketed batches)", 80.0)
-    max_utt_s: float = _help("skip (and count) training utterances longer than this", 20.0)
-    min_utt_s: float = _help("skip (and count) training utterances shorter than this", 0.1)
-    max_dev_utts: int | None = _help("evaluate on at most this many dev utterances (None: all)", 200)
-    speed_perturb: tuple[float, ...] = _help("speed factors drawn per utterance and epoch, e.g. [0.9, 1.0, 1.1]", ())
-    noise_snr_db: tuple[float, ...] = _help("additive white-noise SNR range [lo, hi] dB; empty: off", ())
-    eq_db: float = _help("random equaliser: two peaking filters per utterance and epoch at log-uniform 150-6000 Hz with "
+    train_manifest: str = option("training manifest (JSONL)", "")
+    dev_manifest: str | None = option("dev manifest for evaluation, plateau detection and best-checkpoint choice", None)
+    max_batch_s: float = option("batch size as total padded audio seconds (length-bucketed batches)", 80.0)
+    max_utt_s: float = option("skip (and count) training utterances longer than this", 20.0)
+    min_utt_s: float = option("skip (and count) training utterances shorter than this", 0.1)
+    max_dev_utts: int | None = option("evaluate on at most this many dev utterances (None: all)", 200)
+    speed_perturb: tuple[float, ...] = option("speed factors drawn per utterance and epoch, e.g. [0.9, 1.0, 1.1]", ())
+    noise_snr_db: tuple[float, ...] = option("additive white-noise SNR range [lo, hi] dB; empty: off", ())
+    eq_db: float = option("random equaliser: two peaking filters per utterance and epoch at log-uniform 150-6000 Hz with "
                          "gains uniform in [-eq_db, +eq_db] dB, for timbre and formant-level variety (0: off)", 0.0)
 
     def __post_init__(self):
@@ -76,41 +77,41 @@ class DataArgs:
 
 @dataclass(frozen=True)
 class AugmentArgs:
-    mask_time_prob: float = _help("SpecAugment time-mask probability (applied at the cache boundary, see docs)", 0.05)
-    mask_time_length: int = _help("SpecAugment time-mask length in frames", 10)
-    mask_feature_prob: float = _help("SpecAugment feature-mask probability", 0.0)
-    mask_feature_length: int = _help("SpecAugment feature-mask length in channels", 10)
-    layerdrop: float = _help("LayerDrop probability for trainable transformer layers", 0.0)
-    dropout: float | None = _help("override hidden/attention/activation dropout of the model (None: keep)", None)
+    mask_time_prob: float = option("SpecAugment time-mask probability (applied at the cache boundary, see docs)", 0.05)
+    mask_time_length: int = option("SpecAugment time-mask length in frames", 10)
+    mask_feature_prob: float = option("SpecAugment feature-mask probability", 0.0)
+    mask_feature_length: int = option("SpecAugment feature-mask length in channels", 10)
+    layerdrop: float = option("LayerDrop probability for trainable transformer layers", 0.0)
+    dropout: float | None = option("override hidden/attention/activation dropout of the model (None: keep)", None)
 
 
 @dataclass(frozen=True)
 class TrainArgs:
-    output_dir: str = _help("run folder", "runs/run")
-    seed: int = _help("seed for init, batching, augmentation and dropout", 0)
-    grad_accum: int = _help("micro-batches per optimiser step", 1)
-    clip_norm: float = _help("gradient-norm clip (0: off)", 1.0)
-    precision: str = _help("fp32, bf16 or fp16 (autocast); auto picks bf16 on GPUs that have it", "fp32")
-    eval_every: int = _help("evaluate on dev every N optimiser steps (and at each stage end)", 100)
-    save_every: int = _help("checkpoint every N optimiser steps (and at each stage end)", 200)
-    keep_last: int = _help("checkpoints kept besides best/", 2)
-    selection_metric: str = _help("dev metric for best checkpoint, plateaus and early stopping: cer, wer or loss", "cer")
-    early_stop_patience: int | None = _help("stop the whole run after N evaluations without improvement", None)
-    cache: bool = _help("cache the frozen prefix's outputs across epochs (bounded memory, spills to disk)", True)
-    cache_max_mem_mb: int = _help("memory budget of the frozen-prefix cache before it spills to disk", 2048)
-    log_every: int = _help("log train loss every N optimiser steps", 10)
-    watchdog: str = _help("on blank collapse: warn, lower-lr (halve) or rollback (to the best checkpoint)", "warn")
-    watchdog_blank_share: float = _help("blank-frame share on dev that counts as collapse", 0.995)
-    tracking: str = _help("tensorboard (default) or mlflow (also logs to a local MLflow store)", "tensorboard")
-    num_threads: int | None = _help("torch CPU threads (None: torch default)", None)
-    loader_threads: int = _help("threads that decode and augment a batch's audio in parallel (0: the training thread); "
+    output_dir: str = option("run folder", "runs/run")
+    seed: int = option("seed for init, batching, augmentation and dropout", 0)
+    grad_accum: int = option("micro-batches per optimiser step", 1)
+    clip_norm: float = option("gradient-norm clip (0: off)", 1.0)
+    precision: str = option("fp32, bf16 or fp16 (autocast); auto picks bf16 on GPUs that have it", "fp32")
+    eval_every: int = option("evaluate on dev every N optimiser steps (and at each stage end)", 100)
+    save_every: int = option("checkpoint every N optimiser steps (and at each stage end)", 200)
+    keep_last: int = option("checkpoints kept besides best/", 2)
+    selection_metric: str = option("dev metric for best checkpoint, plateaus and early stopping: cer, wer or loss", "cer")
+    early_stop_patience: int | None = option("stop the whole run after N evaluations without improvement", None)
+    cache: bool = option("cache the frozen prefix's outputs across epochs (bounded memory, spills to disk)", True)
+    cache_max_mem_mb: int = option("memory budget of the frozen-prefix cache before it spills to disk", 2048)
+    log_every: int = option("log train loss every N optimiser steps", 10)
+    watchdog: str = option("on blank collapse: warn, lower-lr (halve) or rollback (to the best checkpoint)", "warn")
+    watchdog_blank_share: float = option("blank-frame share on dev that counts as collapse", 0.995)
+    tracking: str = option("tensorboard (default) or mlflow (also logs to a local MLflow store)", "tensorboard")
+    num_threads: int | None = option("torch CPU threads (None: torch default)", None)
+    loader_threads: int = option("threads that decode and augment a batch's audio in parallel (0: the training thread); "
                                 "worth it on a GPU machine with spare cores, where audio loading is the step's bottleneck", 0)
 
     def __post_init__(self):
-        _choice("train.precision", self.precision, ("fp32", "bf16", "fp16", "auto"))
-        _choice("train.selection_metric", self.selection_metric, ("cer", "wer", "loss"))
-        _choice("train.watchdog", self.watchdog, ("warn", "lower-lr", "rollback"))
-        _choice("train.tracking", self.tracking, ("tensorboard", "mlflow"))
+        one_of("train.precision", self.precision, ("fp32", "bf16", "fp16", "auto"))
+        one_of("train.selection_metric", self.selection_metric, ("cer", "wer", "loss"))
+        one_of("train.watchdog", self.watchdog, ("warn", "lower-lr", "rollback"))
+        one_of("train.tracking", self.tracking, ("tensorboard", "mlflow"))
         if self.grad_accum < 1 or self.eval_every < 1 or self.save_every < 1 or self.keep_last < 1:
             raise ConfigError("train.grad_accum, eval_every, save_every and keep_last must be >= 1")
         if self.loader_threads < 0:
@@ -129,14 +130,15 @@ def _default_stages() -> tuple[Stage, ...]:
 class TrainConfig:
     """Everything a transfer-training run needs. Sections: model, data, augment, train, stages."""
 
-    model: ModelArgs = _help("source model and head swap", factory=ModelArgs)
-    data: DataArgs = _help("manifests and batching", factory=DataArgs)
-    augment: AugmentArgs = _help("SpecAugment, LayerDrop, dropout", factory=AugmentArgs)
-    train: TrainArgs = _help("loop, checkpoints, logging", factory=TrainArgs)
-    stages: tuple[Stage, ...] = _help("staged unfreezing schedule, trained in order", factory=_default_stages)
+    model: ModelArgs = option("source model and head swap", factory=ModelArgs)
+    data: DataArgs = option("manifests and batching", factory=DataArgs)
+    augment: AugmentArgs = option("SpecAugment, LayerDrop, dropout", factory=AugmentArgs)
+    train: TrainArgs = option("loop, checkpoints, logging", factory=TrainArgs)
+    stages: tuple[Stage, ...] = option("staged unfreezing schedule, trained in order", factory=_default_stages)
 
 
-def _choice(key: str, value: str, choices: Sequence[str]) -> None:
+def one_of(key: str, value: str, choices: Sequence[str]) -> None:
+    """Raise a one-line :class:`ConfigError` unless ``value`` is one of ``choices``."""
     if value not in choices:
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got {value!r}")
 

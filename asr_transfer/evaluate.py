@@ -31,6 +31,23 @@ BOOTSTRAP_SEED = 0
 DURATION_TOLERANCE_S = 0.1  # s of audio a file may lack against its manifest duration before it counts as truncated
 
 
+def result_line(summary: dict) -> str:
+    """``name: WER 23.40% [21.02, 25.91] CER 8.10% [...] (n=…, skipped …, RTF …)``."""
+
+    def rate(key: str) -> str:
+        value, ci = summary.get(key), summary.get(f"{key}_ci95")
+        if value is None:
+            return f"{key.upper()} n/a"
+        text = f"{key.upper()} {100 * value:.2f}%"
+        return text + (f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "")
+
+    rtf = summary.get("rtf")
+    extra = f"n={summary.get('n_utterances')}, skipped {summary.get('n_skipped', 0)}"
+    if rtf is not None:
+        extra += f", RTF {rtf:.3f}"
+    return f"{summary.get('name')}: {rate('wer')} {rate('cer')} ({extra})"
+
+
 @dataclass
 class LogProbItem:
     """One utterance after the forward pass: ``log_probs`` is ``(frames, vocab)`` float32."""

@@ -24,12 +24,13 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import TrainConfig, _choice, _help, load_config, read_config_data, to_dict
+from .config import TrainConfig, one_of, option, load_config, read_config_data, to_dict
 from .errors import ConfigError, UserError
+from .recipe_stages import STAGES, StageSpec
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 # Keys of the nested TrainConfig that the runner fills in from the recipe's own outputs.
@@ -38,24 +39,24 @@ RUNNER_KEYS = ("model.source", "model.lang", "model.vocab", "data.train_manifest
 
 @dataclass(frozen=True)
 class DataSection:
-    kind: str = _help("synth (espeak-ng speech from the language's default text) or commonvoice (needs --cv-root)", "synth")
-    minutes: float = _help("synth: minutes of train audio", 10.0)
-    dev_minutes: float | None = _help("synth: dev minutes (None: 10% of minutes, at most 10)", None)
-    test_minutes: float | None = _help("synth: test minutes (None: 10% of minutes, at most 10)", None)
-    seed: int = _help("synth: sentence order and voice/speed/pitch draws", 0)
-    snr_db: float | None = _help("synth: add white/pink noise at this SNR (None: clean)", None)
-    voice_set: str = _help("synth: train voices: target, source or held-out (dev/test always held-out)", "target")
-    text_files: tuple[str, ...] = _help("synth: text to speak (empty: the language's default text files)", ())
-    jobs: int = _help("synth: parallel espeak-ng processes", 2)
-    cv_splits: tuple[str, ...] = _help("commonvoice: official splits to import (train, dev, test needed)",
+    kind: str = option("synth (espeak-ng speech from the language's default text) or commonvoice (needs --cv-root)", "synth")
+    minutes: float = option("synth: minutes of train audio", 10.0)
+    dev_minutes: float | None = option("synth: dev minutes (None: 10% of minutes, at most 10)", None)
+    test_minutes: float | None = option("synth: test minutes (None: 10% of minutes, at most 10)", None)
+    seed: int = option("synth: sentence order and voice/speed/pitch draws", 0)
+    snr_db: float | None = option("synth: add white/pink noise at this SNR (None: clean)", None)
+    voice_set: str = option("synth: train voices: target, source or held-out (dev/test always held-out)", "target")
+    text_files: tuple[str, ...] = option("synth: text to speak (empty: the language's default text files)", ())
+    jobs: int = option("synth: parallel espeak-ng processes", 2)
+    cv_splits: tuple[str, ...] = option("commonvoice: official splits to import (train, dev, test needed)",
                                        ("train", "dev", "test"))
-    min_duration_s: float = _help("commonvoice: skip clips shorter than this", 0.5)
-    max_duration_s: float = _help("commonvoice: skip clips longer than this", 20.0)
-    train_minutes: float | None = _help("commonvoice: keep a seeded random subset of train this long (None: all)", None)
+    min_duration_s: float = option("commonvoice: skip clips shorter than this", 0.5)
+    max_duration_s: float = option("commonvoice: skip clips longer than this", 20.0)
+    train_minutes: float | None = option("commonvoice: keep a seeded random subset of train this long (None: all)", None)
 
     def __post_init__(self):
-        _choice("data.kind", self.kind, ("synth", "commonvoice"))
-        _choice("data.voice_set", self.voice_set, ("target", "source", "held-out"))
+        one_of("data.kind", self.kind, ("synth", "commonvoice"))
+        one_of("data.voice_set", self.voice_set, ("target", "source", "held-out"))
         for key in ("minutes", "dev_minutes", "test_minutes", "train_minutes", "max_duration_s"):
             value = getattr(self, key)
             if value is not None and not value > 0:
@@ -66,31 +67,31 @@ class DataSection:
 
 @dataclass(frozen=True)
 class VocabSection:
-    min_count: int = _help("letters seen fewer times in the train text are left out of the vocabulary", 1)
-    all_letters: bool = _help("add every letter of the language even if train lacks it", False)
+    min_count: int = option("letters seen fewer times in the train text are left out of the vocabulary", 1)
+    all_letters: bool = option("add every letter of the language even if train lacks it", False)
 
 
 @dataclass(frozen=True)
 class LmSection:
-    enabled: bool = _help("build an n-gram LM for beam search (stage 2) and use it in stage 5", True)
-    order: int = _help("n-gram order", 4)
-    text_files: tuple[str, ...] = _help("LM text (empty: the language's default text files)", ())
-    include_train_text: bool = _help("add the train transcripts to the LM text", True)
-    prune: tuple[int, ...] = _help("count-pruning thresholds per order, e.g. [0, 1, 1]", ())
+    enabled: bool = option("build an n-gram LM for beam search (stage 2) and use it in stage 5", True)
+    order: int = option("n-gram order", 4)
+    text_files: tuple[str, ...] = option("LM text (empty: the language's default text files)", ())
+    include_train_text: bool = option("add the train transcripts to the LM text", True)
+    prune: tuple[int, ...] = option("count-pruning thresholds per order, e.g. [0, 1, 1]", ())
 
 
 @dataclass(frozen=True)
 class BaselineSection:
-    enabled: bool = _help("score the source model before training: raw English head and zero-shot mapped head", True)
+    enabled: bool = option("score the source model before training: raw English head and zero-shot mapped head", True)
 
 
 @dataclass(frozen=True)
 class ControlSection:
-    enabled: bool = _help("train the from-scratch control: same architecture randomly initialised, same data", True)
-    steps: int | None = _help("control optimiser steps (None: as many as the transfer run took)", None)
-    lr: float = _help("control peak learning rate (one stage, every group trains)", 5e-4)
-    warmup_ratio: float = _help("control warm-up share of its steps", 0.1)
-    groups: tuple[str, ...] = _help("groups the control trains (default: all of them)",
+    enabled: bool = option("train the from-scratch control: same architecture randomly initialised, same data", True)
+    steps: int | None = option("control optimiser steps (None: as many as the transfer run took)", None)
+    lr: float = option("control peak learning rate (one stage, every group trains)", 5e-4)
+    warmup_ratio: float = option("control warm-up share of its steps", 0.1)
+    groups: tuple[str, ...] = option("groups the control trains (default: all of them)",
                                     ("feature_encoder", "feature_projection", "pos_conv", "layers", "head"))
 
     def __post_init__(self):
@@ -100,47 +101,47 @@ class ControlSection:
 
 @dataclass(frozen=True)
 class EvalSection:
-    model: str = _help("which adapted checkpoint to score: best (dev-selected) or final", "best")
-    beam: bool = _help("also decode with beam search (+ the stage-2 LM when lm.enabled)", True)
-    beam_size: int = _help("beam width", 50)
-    lm_weight: float = _help("LM weight alpha (overridden by tune_lm)", 1.0)
-    word_score: float = _help("word insertion bonus beta (overridden by tune_lm)", 1.0)
-    tune_lm: bool = _help("grid-search alpha/beta on dev before the test decode", False)
-    alphas: tuple[float, ...] = _help("tune_lm grid: LM weights", (0.5, 1.0, 2.0))
-    betas: tuple[float, ...] = _help("tune_lm grid: word bonuses", (0.0, 1.0, 2.0))
-    max_utts: int | None = _help("score at most this many test utterances (None: all)", None)
-    device: str = _help("auto, cpu or cuda (baseline and evaluation)", "auto")
-    precision: str = _help("fp32, bf16 or int8 for evaluation", "fp32")
+    model: str = option("which adapted checkpoint to score: best (dev-selected) or final", "best")
+    beam: bool = option("also decode with beam search (+ the stage-2 LM when lm.enabled)", True)
+    beam_size: int = option("beam width", 50)
+    lm_weight: float = option("LM weight alpha (overridden by tune_lm)", 1.0)
+    word_score: float = option("word insertion bonus beta (overridden by tune_lm)", 1.0)
+    tune_lm: bool = option("grid-search alpha/beta on dev before the test decode", False)
+    alphas: tuple[float, ...] = option("tune_lm grid: LM weights", (0.5, 1.0, 2.0))
+    betas: tuple[float, ...] = option("tune_lm grid: word bonuses", (0.0, 1.0, 2.0))
+    max_utts: int | None = option("score at most this many test utterances (None: all)", None)
+    device: str = option("auto, cpu or cuda (baseline and evaluation)", "auto")
+    precision: str = option("fp32, bf16 or int8 for evaluation", "fp32")
 
     def __post_init__(self):
-        _choice("eval.model", self.model, ("best", "final"))
-        _choice("eval.precision", self.precision, ("fp32", "bf16", "int8"))
+        one_of("eval.model", self.model, ("best", "final"))
+        one_of("eval.precision", self.precision, ("fp32", "bf16", "int8"))
 
 
 @dataclass(frozen=True)
 class ReportSection:
-    baseline: str | None = _help("system the p-values compare against (raw, zero-shot, ...)", "zero-shot")
-    worst: int = _help("worst utterances shown per system", 10)
+    baseline: str | None = option("system the p-values compare against (raw, zero-shot, ...)", "zero-shot")
+    worst: int = option("worst utterances shown per system", 10)
 
 
 @dataclass(frozen=True)
 class RecipeConfig:
     """A recipe: the language, the source model and one table per pipeline stage."""
 
-    description: str = _help("one line saying what the recipe does", "")
-    lang: str = _help("target language (normaliser, base-letter map, default text)", "de")
-    source: str = _help("English source model: a local folder in HF form or a hub id", "models/en-synth-small")
-    num_threads: int | None = _help("torch CPU threads for every stage (None: torch's default, one per core); not "
+    description: str = option("one line saying what the recipe does", "")
+    lang: str = option("target language (normaliser, base-letter map, default text)", "de")
+    source: str = option("English source model: a local folder in HF form or a hub id", "models/en-synth-small")
+    num_threads: int | None = option("torch CPU threads for every stage (None: torch's default, one per core); not "
                                     "part of any stage's hash", None)
-    data: DataSection = _help("stage 0: corpus", factory=DataSection)
-    vocab: VocabSection = _help("stage 2: character vocabulary", factory=VocabSection)
-    lm: LmSection = _help("stage 2: n-gram language model", factory=LmSection)
-    baseline: BaselineSection = _help("stage 3: source-only baselines", factory=BaselineSection)
-    train: dict[str, Any] = _help("stage 4: a TrainConfig table (model, data, augment, train, stages); the runner "
+    data: DataSection = option("stage 0: corpus", factory=DataSection)
+    vocab: VocabSection = option("stage 2: character vocabulary", factory=VocabSection)
+    lm: LmSection = option("stage 2: n-gram language model", factory=LmSection)
+    baseline: BaselineSection = option("stage 3: source-only baselines", factory=BaselineSection)
+    train: dict[str, Any] = option("stage 4: a TrainConfig table (model, data, augment, train, stages); the runner "
                                   "sets " + ", ".join(RUNNER_KEYS), factory=dict)
-    control: ControlSection = _help("stage 4: the from-scratch control", factory=ControlSection)
-    eval: EvalSection = _help("stage 5: evaluation on test", factory=EvalSection)
-    report: ReportSection = _help("stage 6: report", factory=ReportSection)
+    control: ControlSection = option("stage 4: the from-scratch control", factory=ControlSection)
+    eval: EvalSection = option("stage 5: evaluation on test", factory=EvalSection)
+    report: ReportSection = option("stage 6: report", factory=ReportSection)
 
     def __post_init__(self):
         from .text import LANGUAGES
@@ -206,16 +207,27 @@ def load_recipe(name_or_path: str | Path, overrides=()) -> tuple[str, RecipeConf
 
 
 # ------------------------------------------------------------------------------------------------- the runner
-@dataclass(frozen=True)
-class StageSpec:
-    number: int
-    name: str
-    deps: tuple[int, ...]
-    keys: tuple[str, ...]  # config keys (dotted) the stage's outputs depend on
-    outputs: tuple[str, ...]  # folders under <out> the stage owns (cleared before it reruns)
-    fn: Callable
-    enabled: Callable = field(default=lambda cfg: True)
-    needs_source: bool = False  # loads the source model (checked before any stage runs)
+def resolve_source(source: str) -> str:
+    """A local source folder as an absolute path (relative ones also tried against the checkout), else the hub id."""
+    for candidate in (Path(source), RECIPES_DIR.parent / source):
+        if candidate.is_dir():
+            return str(candidate.resolve())
+    return source
+
+
+def check_source(source: str) -> None:
+    """Fail before any stage runs when ``source`` names a local folder (its first part exists here) that is missing.
+
+    Hub ids (``facebook/wav2vec2-base-960h``) pass; they are resolved from the Hugging Face cache when loaded.
+    """
+    bases = (Path.cwd(), RECIPES_DIR.parent)
+    if any((base / source).is_dir() for base in bases):
+        return
+    first = Path(source).parts[0] if Path(source).parts else ""
+    if Path(source).is_absolute() or source.startswith(".") or any((base / first).is_dir() for base in bases):
+        hint = (" (the shipped English source: build it with `asr-transfer pretrain-source` or get it from the "
+                "project's release)" if Path(source).name == "en-synth-small" else "")
+        raise UserError(f"source model folder {source} not found{hint}; set another with --set source=DIR_OR_HUB_ID")
 
 
 def _lookup(data: dict, key: str):
@@ -224,7 +236,8 @@ def _lookup(data: dict, key: str):
     return data
 
 
-def _digest(obj) -> str:
+def config_digest(obj) -> str:
+    """A short sha256 of JSON-able ``obj``: what a stage's done-marker compares."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
@@ -233,12 +246,11 @@ class RecipeRunner:
 
     def __init__(self, name: str, config: RecipeConfig, out_dir: str | Path, cv_root: str | Path | None = None,
                  force: bool = False, progress: bool = True, log: Callable[[str], None] = print):
-        from .recipe_stages import STAGES
-
         self.name, self.config, self.out = name, config, Path(out_dir)
         self.cv_root = str(Path(cv_root).resolve()) if cv_root else None
         self.force, self.progress, self.log = force, progress, log
         self.stages = {s.number: s for s in STAGES}
+        self.source = resolve_source(config.source)  # what the stages load: an absolute folder, or the hub id
         self.data = to_dict(config)
         # The resolved nested TrainConfig is what stage 4 depends on (defaults filled in, so equal configs hash equal).
         self.data["train"] = to_dict(config.train_config("", "", "", ""))
@@ -265,12 +277,14 @@ class RecipeRunner:
         deps = {str(d): [(self.marker(d) or {}).get("hash"), (self.marker(d) or {}).get("finished")] for d in spec.deps}
         return {"config": config, "deps": deps}
 
+    @staticmethod
+    def digest(obj) -> str:
+        return config_digest(obj)
+
     def source_digest(self) -> str | None:
         """sha256 of a local source's weights and config (a retrained source reruns the stages that read it)."""
         if not hasattr(self, "_source_digest"):
-            from .recipe_stages import resolve_source
-
-            folder = Path(resolve_source(self.config.source))
+            folder = Path(self.source)
             files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + [folder / "config.json"]
             digest = hashlib.sha256()
             for path in (f for f in files if f.is_file()):
@@ -284,7 +298,7 @@ class RecipeRunner:
         """Stage ``n`` ran with the current config and none of the stages it reads from ran again since."""
         if n not in self._fresh:
             m = self.marker(n)
-            self._fresh[n] = bool(m) and m.get("hash") == _digest(self.stage_inputs(n)) and all(
+            self._fresh[n] = bool(m) and m.get("hash") == config_digest(self.stage_inputs(n)) and all(
                 self.is_fresh(d) for d in self.stages[n].deps)
         return self._fresh[n]
 
@@ -307,8 +321,6 @@ class RecipeRunner:
             raise UserError(f"--stage/--stop-stage must satisfy 0 <= stage <= stop-stage <= {last}; got {start}..{stop}")
         selected = [self.stages[n] for n in range(start, stop + 1)]
         if any(spec.needs_source for spec in selected):
-            from .recipe_stages import check_source
-
             check_source(self.config.source)
         if start == 0 and self.config.data.kind == "commonvoice" and not self.stage_inputs(0)["config"]["cv_root"]:
             raise UserError(f"recipe {self.name} imports Common Voice: pass --cv-root DIR (the cv-corpus-N folder or "
@@ -340,7 +352,7 @@ class RecipeRunner:
         if self.marker(n) is not None and not fresh:
             self.log(f"{label}: {self._why_stale(n)}; rerunning")
         inputs = self.stage_inputs(n)
-        digest = _digest(inputs)
+        digest = config_digest(inputs)
         self.marker_path(n).unlink(missing_ok=True)
         self._fresh = {}
         if not spec.enabled(self.config):

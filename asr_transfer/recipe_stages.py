@@ -15,35 +15,25 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .errors import UserError
-from .recipe import RECIPES_DIR, StageSpec
 
 SPLITS = ("train", "dev", "test")
 
 
-def resolve_source(source: str) -> str:
-    """A local source folder as an absolute path (relative ones also tried against the checkout), else the hub id."""
-    for candidate in (Path(source), RECIPES_DIR.parent / source):
-        if candidate.is_dir():
-            return str(candidate.resolve())
-    return source
-
-
-def check_source(source: str) -> None:
-    """Fail before any stage runs when ``source`` names a local folder (its first part exists here) that is missing.
-
-    Hub ids (``facebook/wav2vec2-base-960h``) pass; they are resolved from the Hugging Face cache when loaded.
-    """
-    bases = (Path.cwd(), RECIPES_DIR.parent)
-    if any((base / source).is_dir() for base in bases):
-        return
-    first = Path(source).parts[0] if Path(source).parts else ""
-    if Path(source).is_absolute() or source.startswith(".") or any((base / first).is_dir() for base in bases):
-        hint = (" (the shipped English source: build it with `asr-transfer pretrain-source` or get it from the "
-                "project's release)" if Path(source).name == "en-synth-small" else "")
-        raise UserError(f"source model folder {source} not found{hint}; set another with --set source=DIR_OR_HUB_ID")
+@dataclass(frozen=True)
+class StageSpec:
+    number: int
+    name: str
+    deps: tuple[int, ...]
+    keys: tuple[str, ...]  # config keys (dotted) the stage's outputs depend on
+    outputs: tuple[str, ...]  # folders under <out> the stage owns (cleared before it reruns)
+    fn: Callable
+    enabled: Callable = field(default=lambda cfg: True)
+    needs_source: bool = False  # loads the source model (checked before any stage runs)
 
 
 # ------------------------------------------------------------------------------------------------- 0 data
@@ -103,7 +93,7 @@ def _subset_train(path: Path, budget_s: float, seed: int, log) -> None:
 def stage_validate(r, resume: bool = False) -> dict:
     from .validate import validate_manifest
 
-    source = Path(resolve_source(r.config.source))
+    source = Path(r.source)
     # The source's config.json gives the CTC frame rate; its English vocab.json must not be used for the OOV check.
     model_config = source / "config.json" if (source / "config.json").is_file() else None
     result, failed = {}, []
@@ -186,11 +176,10 @@ def _text_without_pieces_of(files, manifests, lang: str, min_words: int, out: Pa
 
 # ------------------------------------------------------------------------------------------------- 3 baseline
 def stage_baseline(r, resume: bool = False) -> dict:
-    from .commands.evaluate import result_line
-    from .evaluate import baseline
+    from .evaluate import baseline, result_line
 
     e = r.config.eval
-    results = baseline(resolve_source(r.config.source), r.manifest("test"), target_vocab=r.path("lang", "vocab.json"),
+    results = baseline(r.source, r.manifest("test"), target_vocab=r.path("lang", "vocab.json"),
                        lang=r.config.lang, out_dir=r.path("baseline"), device=e.device, precision=e.precision,
                        max_utts=e.max_utts)
     for summary in results.values():
@@ -207,11 +196,10 @@ def _train_once(r, label: str, config, inputs: dict) -> dict:
     """
     import shutil
 
-    from .recipe import _digest
     from .train import train
 
     run_dir = Path(config.train.output_dir)
-    digest = _digest(inputs)
+    digest = r.digest(inputs)
     same = not r.force and _read_json(run_dir / "recipe-run.json").get("hash") == digest
     if same and (run_dir / "train_summary.json").is_file():
         r.log(f"{label}: finished earlier with the same inputs; reusing {run_dir}")
@@ -233,7 +221,7 @@ def stage_train(r, resume: bool = False) -> dict:
 
     cfg = r.config
     common = (r.manifest("train"), r.manifest("dev"), r.path("lang", "vocab.json"))
-    source = resolve_source(cfg.source)
+    source = r.source
     upstream = r.stage_inputs(4)["deps"]
     config = cfg.train_config(*common, r.path("train"), **{"model.source": source})
     inputs = {"train": to_dict(cfg.train_config("", "", "", "")), "lang": cfg.lang, "source": cfg.source,
@@ -281,8 +269,7 @@ def stage_evaluate(r, resume: bool = False) -> dict:
 
 
 def _evaluate_system(r, label: str, model_dir: Path) -> dict:
-    from .commands.evaluate import result_line
-    from .evaluate import evaluate, tune_lm
+    from .evaluate import evaluate, result_line, tune_lm
     from .inference import InferenceOptions, as_recognizer
 
     cfg, e = r.config, r.config.eval

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import argparse
 
-from .evaluate import result_line
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="the source model folder (HF form) or hub id")
@@ -23,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import baseline
+    from ..evaluate import baseline, result_line
 
     results = baseline(args.model, args.manifest, target_vocab=args.vocab, lang=args.lang, out_dir=args.out,
                        device=args.device, precision=args.precision, max_utts=args.max_utts)

@@ -34,25 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder for summary.json and utterances.jsonl")
 
 
-def result_line(summary: dict) -> str:
-    """``name: WER 23.40% [21.02, 25.91] CER 8.10% [...] (n=…, skipped …, RTF …)``."""
-
-    def rate(key: str) -> str:
-        value, ci = summary.get(key), summary.get(f"{key}_ci95")
-        if value is None:
-            return f"{key.upper()} n/a"
-        text = f"{key.upper()} {100 * value:.2f}%"
-        return text + (f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "")
-
-    rtf = summary.get("rtf")
-    extra = f"n={summary.get('n_utterances')}, skipped {summary.get('n_skipped', 0)}"
-    if rtf is not None:
-        extra += f", RTF {rtf:.3f}"
-    return f"{summary.get('name')}: {rate('wer')} {rate('cer')} ({extra})"
-
-
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate
+    from ..evaluate import evaluate, result_line
 
     decoder = args.decoder or ("beam" if args.lm else "greedy")
     summary = evaluate(

@@ -3,7 +3,7 @@
 Public API (imported lazily so that ``import asr_transfer`` stays cheap):
 
 - :func:`load_model` — a source or adapted model with its processor and record.
-- :func:`transcribe` — audio files to :class:`~asr_transfer.transcribe.Transcript` objects.
+- :func:`transcribe` — audio files to :class:`~asr_transfer.transcription.Transcript` objects.
 - :func:`evaluate` — a model over a manifest to WER/CER summaries.
 - :func:`train` — staged transfer training from a :class:`~asr_transfer.config.TrainConfig`.
 """
@@ -16,19 +16,19 @@ __all__ = ["__version__", "load_model", "transcribe", "evaluate", "train"]
 
 def __getattr__(name: str):
     if name == "load_model":
-        from .model import load_model
+        from .model.load import load_model
 
         return load_model
     if name == "transcribe":
-        from .transcribe import transcribe
+        from .transcription import transcribe
 
         return transcribe
     if name == "evaluate":
-        from .evaluate import evaluate
+        from .evaluation import evaluate
 
         return evaluate
     if name == "train":
-        from .train import train
+        from .training.loop import train
 
         return train
     raise AttributeError(f"module 'asr_transfer' has no attribute {name!r}")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ConfigError
-from .unfreeze import Stage
+from .training.schedule import Stage
 
 
 def option(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):

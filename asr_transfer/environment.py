@@ -186,7 +186,7 @@ def _shipped_model_state() -> str:
     if not SHIPPED_SOURCE.is_dir():
         return "not in this install (a pip install without the repository)"
     try:
-        from .model import load_model
+        from .model.load import load_model
 
         loaded = load_model(SHIPPED_SOURCE)
         parameters = sum(p.numel() for p in loaded.model.parameters())

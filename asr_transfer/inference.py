@@ -59,7 +59,7 @@ class InferenceOptions:
 def _resolve_device(name: str):
     """``"auto"`` → cuda when available, else cpu; an unavailable CUDA request is a :class:`UserError`."""
     try:
-        from .model import resolve_device  # the loader owns device policy when it exists
+        from .model.load import resolve_device  # the loader owns device policy when it exists
     except ImportError:
         resolve_device = None
     if resolve_device is not None:
@@ -118,7 +118,7 @@ def plan_batches(lengths: Sequence[int], max_samples: int, min_fill: float = 0.8
 class Recognizer:
     """A loaded CTC model ready for batched inference on one device.
 
-    ``loaded`` is a :class:`asr_transfer.model.LoadedModel` (or anything with ``.model``, ``.processor``,
+    ``loaded`` is a :class:`asr_transfer.model.load.LoadedModel` (or anything with ``.model``, ``.processor``,
     ``.vocab``, ``.blank_id``). The model is moved to the device and put in eval mode; int8 quantises a copy.
     """
 
@@ -225,12 +225,12 @@ class Recognizer:
 
         Fed zero-padded audio as a whole (Hugging Face's way for these models), the CNN's time-wise GroupNorm and
         the unmasked attention both see the padding, so a clip's transcript could change with what it was batched
-        with. Here the CNN runs via :func:`asr_transfer.forward.group_norm_cnn` (norm over real frames only) and the
+        with. Here the CNN runs via :func:`asr_transfer.model.forward.group_norm_cnn` (norm over real frames only) and the
         transformer with a mask over the padded frames: batching changes nothing beyond float rounding.
         """
         import torch
 
-        from .forward import group_norm_cnn, num_segments, run_segments, unwrap
+        from .model.forward import group_norm_cnn, num_segments, run_segments, unwrap
 
         base = unwrap(self.model)
         h, frames = group_norm_cnn(base, input_values, torch.tensor(lengths, device=input_values.device))
@@ -245,7 +245,7 @@ def as_recognizer(model, options: InferenceOptions, allow_pickle: bool = False) 
     if isinstance(model, Recognizer):
         return model
     if isinstance(model, (str, Path)):
-        from .model import load_model
+        from .model.load import load_model
 
         device = str(_resolve_device(options.device))
         model = load_model(model, device=device, allow_pickle=allow_pickle)

@@ -208,7 +208,7 @@ def check_against(rec: dict, manifests: dict[str, str | None], source: dict | No
 
 # ---------------------------------------------------------------------------------------------------------- metrics
 def _best_dev(run_dir: Path) -> dict:
-    from .runlog import read_metrics
+    from .training.runlog import read_metrics
 
     try:
         rows = [r for r in read_metrics(run_dir) if r.get("split") == "dev"]
@@ -348,7 +348,7 @@ def refresh_metrics(run_dir: str | Path) -> None:
 # ---------------------------------------------------------------------------------------------------------- hooks
 def begin_training(run_dir, config: dict, device: str, fingerprints: dict[str, str], train_minutes: float,
                    train_utterances: int, resume: bool = False) -> dict:
-    """Hook for :class:`asr_transfer.train.Trainer` once the run folder exists (main process only)."""
+    """Hook for :class:`asr_transfer.training.loop.Trainer` once the run folder exists (main process only)."""
     data, model = config.get("data", {}), config.get("model", {})
     manifests = {role: manifest_entry(data[f"{role}_manifest"], fingerprints.get(role))
                  for role in ("train", "dev") if data.get(f"{role}_manifest")}
@@ -361,7 +361,7 @@ def begin_training(run_dir, config: dict, device: str, fingerprints: dict[str, s
 
 
 def begin_evaluation(out_dir, model, manifest, options: dict) -> dict:
-    """Hook for :func:`asr_transfer.evaluate.evaluate` when it writes ``out_dir``.
+    """Hook for :func:`asr_transfer.evaluation.evaluate` when it writes ``out_dir``.
 
     ``options`` are evaluate's keyword arguments; a model passed as an object (not a path or id) cannot be re-run
     from the record, so the record says so (``reproducible: false``) and keeps the folder it was loaded from.
@@ -387,7 +387,7 @@ def end_evaluation(out_dir, summary: dict) -> None:
 
 
 def record_baseline(out_dir, options: dict, part_names) -> None:
-    """Hook at the end of :func:`asr_transfer.evaluate.baseline`: one ``baseline`` record for the folder, and its
+    """Hook at the end of :func:`asr_transfer.evaluation.baseline`: one ``baseline`` record for the folder, and its
     parts (``raw/``, ``zero-shot/``) marked as parts of it (reproduce them through the parent)."""
     out_dir = Path(out_dir)
     opts = {**options, "manifest": str(Path(options["manifest"]).resolve())}

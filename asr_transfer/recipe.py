@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import TrainConfig, one_of, option, load_config, read_config_data, to_dict
+from .config import TrainConfig, load_config, one_of, option, read_config_data, to_dict
 from .errors import ConfigError, UserError
 from .recipe_stages import STAGES, StageSpec
 

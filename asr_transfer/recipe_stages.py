@@ -176,7 +176,7 @@ def _text_without_pieces_of(files, manifests, lang: str, min_words: int, out: Pa
 
 # ------------------------------------------------------------------------------------------------- 3 baseline
 def stage_baseline(r, resume: bool = False) -> dict:
-    from .evaluate import baseline, result_line
+    from .evaluation import baseline, result_line
 
     e = r.config.eval
     results = baseline(r.source, r.manifest("test"), target_vocab=r.path("lang", "vocab.json"),
@@ -196,7 +196,7 @@ def _train_once(r, label: str, config, inputs: dict) -> dict:
     """
     import shutil
 
-    from .train import train
+    from .training.loop import train
 
     run_dir = Path(config.train.output_dir)
     digest = r.digest(inputs)
@@ -269,7 +269,7 @@ def stage_evaluate(r, resume: bool = False) -> dict:
 
 
 def _evaluate_system(r, label: str, model_dir: Path) -> dict:
-    from .evaluate import evaluate, result_line, tune_lm
+    from .evaluation import evaluate, result_line, tune_lm
     from .inference import InferenceOptions, as_recognizer
 
     cfg, e = r.config, r.config.eval

@@ -23,9 +23,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import report_plots as plots
 from .errors import UserError
 from .metrics import char_errors, paired_bootstrap, wrap_alignment
-from . import report_plots as plots
 
 PAIRED_RESAMPLES = 1000
 PAIRED_SEED = 0

@@ -368,8 +368,8 @@ def reproduce(run: str | Path, out: str | Path | None = None, overrides: Sequenc
     """Re-run ``run`` from its record into ``out`` (default ``RUN-repro``), warning about provenance differences.
 
     Training runs: ``config.resolved.json`` through :func:`~asr_transfer.config.load_config` with
-    ``train.output_dir=OUT`` and the ``overrides``. Evaluations re-run :func:`~asr_transfer.evaluate.evaluate` and
-    baselines :func:`~asr_transfer.evaluate.baseline` with the recorded options (``overrides`` set options, e.g.
+    ``train.output_dir=OUT`` and the ``overrides``. Evaluations re-run :func:`~asr_transfer.evaluation.evaluate` and
+    baselines :func:`~asr_transfer.evaluation.baseline` with the recorded options (``overrides`` set options, e.g.
     ``device=cpu``). ``check_only`` only checks and warns. ``warn`` receives each warning line.
     """
     run = Path(run)
@@ -424,7 +424,7 @@ def _train_runner(info: RunInfo, out: Path, overrides: Sequence[str], cwd: str |
     source = provenance.source_identity(config.model.source, config.model.init_config)
 
     def runner():
-        from .train import train
+        from .training.loop import train
 
         train(config, progress=progress)
 
@@ -434,8 +434,8 @@ def _train_runner(info: RunInfo, out: Path, overrides: Sequence[str], cwd: str |
 def _eval_runner(info: RunInfo, out: Path, overrides: Sequence[str], cwd: str | None):
     import inspect
 
+    from . import evaluation as ev
     from .config import parse_value
-    from . import evaluate as ev
 
     options = dict(info.settings)
     if not options.get("model") or not options.get("manifest"):

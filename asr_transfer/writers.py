@@ -1,4 +1,4 @@
-"""Output formats for :class:`~asr_transfer.transcribe.Transcript`: txt, json, srt, vtt, tsv.
+"""Output formats for :class:`~asr_transfer.transcription.Transcript`: txt, json, srt, vtt, tsv.
 
 Subtitle cues (srt/vtt/tsv) group consecutive words into readable captions, following common subtitling rules
 (BBC/Netflix style): at most ``max_line_chars`` (42) characters per line, ``max_lines`` (2) lines per cue,

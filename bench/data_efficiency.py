@@ -51,7 +51,7 @@ def train_system(system: str, source: str, vocab: Path, train: Path, dev: Path, 
     import shutil
 
     from asr_transfer.config import TrainConfig, load_config
-    from asr_transfer.train import train as run_train
+    from asr_transfer.training.loop import train as run_train
 
     shutil.rmtree(out, ignore_errors=True)
     total = sum(steps)
@@ -73,7 +73,7 @@ def train_system(system: str, source: str, vocab: Path, train: Path, dev: Path, 
 
 
 def score(model, test: Path, dev: Path, lm_dir: Path | None, out: Path, alphas, betas) -> dict:
-    from asr_transfer.evaluate import evaluate, tune_lm
+    from asr_transfer.evaluation import evaluate, tune_lm
 
     greedy = evaluate(str(model), str(test), decoder="greedy", lang="de", device="cpu", out_dir=out / "greedy")
     res = {"wer": greedy["wer"], "cer": greedy["cer"], "wer_ci95": greedy.get("wer_ci95")}
@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     common.setup_threads(args.threads)
     from asr_transfer.corpora.textsource import default_text_files
-    from asr_transfer.evaluate import baseline
+    from asr_transfer.evaluation import baseline
     from asr_transfer.manifest import read_manifest
     from asr_transfer.vocab import build_vocab, save_vocab
 

@@ -6,7 +6,7 @@ Fine-tuning: batches of ``--batch`` utterances × ``--utt-s`` seconds of noise a
 bf16 autocast, CNN frozen (as every schedule here keeps it). Two step kinds:
 
 - ``HF forward``: ``Wav2Vec2ForCTC(input_values, labels=...)`` — the full model every step (what a plain loop does);
-- ``ours, CNN cached``: our trainer's trainable suffix (``asr_transfer.forward.Suffix``) on precomputed CNN features,
+- ``ours, CNN cached``: our trainer's trainable suffix (``asr_transfer.model.forward.Suffix``) on precomputed CNN features,
   i.e. the steady state of our stage that trains layers + projection.
 
 FLOPs per step are counted with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls/convs, forward + backward);
@@ -22,9 +22,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 import common
+import numpy as np
 from common import BASE960_CONFIG, Section, fmt, table
 
 # Dense (no sparsity) bf16 tensor-core peaks, FLOP/s, from the vendors' data sheets.
@@ -88,7 +87,7 @@ def count_flops(step) -> float:
 def finetune_rows(model, device, batch: int, utt_s: float, warmup: int, steps: int, dtype, peak: float | None, sync):
     import torch
 
-    from asr_transfer.forward import MaskOptions, Suffix, ctc_loss_per_utt, prefix_features
+    from asr_transfer.model.forward import MaskOptions, Suffix, ctc_loss_per_utt, prefix_features
 
     model.train()
     model.freeze_feature_encoder()
@@ -133,7 +132,7 @@ def finetune_rows(model, device, batch: int, utt_s: float, warmup: int, steps: i
 
 def rtf_rows(model, device, minutes: float, batch_s: float):
     from asr_transfer.inference import InferenceOptions, Recognizer
-    from asr_transfer.model import LoadedModel, make_processor
+    from asr_transfer.model.load import LoadedModel, make_processor
     from asr_transfer.vocab import english_source_vocab
 
     model.eval()

@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import common  # noqa: F401  (puts the checkout on sys.path)
 import numpy as np
 import torch
-
-import common  # noqa: F401  (puts the checkout on sys.path)
 
 
 @dataclass
@@ -51,7 +50,7 @@ class VectorizedData:
 
 def vectorize(examples, processor) -> VectorizedData:
     """Decode every training utterance and normalise it with the processor's feature extractor (timed)."""
-    from asr_transfer.data import load_example_audio
+    from asr_transfer.training.data import load_example_audio
 
     t0 = time.perf_counter()
     items, durs = [], []
@@ -103,9 +102,9 @@ class HFLoop:
     """Runs stages of a :class:`~asr_transfer.config.TrainConfig` schedule with ``transformers.Trainer``."""
 
     def __init__(self, config, out_dir: str | Path | None = None):
-        from asr_transfer.data import SkipCounter, build_examples
+        from asr_transfer.model.transfer import prepare_model
         from asr_transfer.text import get_normalizer
-        from asr_transfer.transfer import prepare_model
+        from asr_transfer.training.data import SkipCounter, build_examples
 
         self.config = config
         torch.manual_seed(config.train.seed)
@@ -137,7 +136,7 @@ class HFLoop:
         """Train ``stage`` for ``max_steps`` optimiser steps (the schedule's length is ``stage``'s own)."""
         from transformers import Trainer, TrainingArguments
 
-        from asr_transfer.unfreeze import apply_stage, make_scheduler, optimizer_param_groups
+        from asr_transfer.training.schedule import apply_stage, make_scheduler, optimizer_param_groups
 
         apply_stage(self.model, stage)
         self.model.freeze_feature_encoder()
@@ -198,9 +197,9 @@ class DevSet:
 
     @torch.no_grad()
     def score(self, model, vocab: dict[str, int] | list[str], do_normalize: bool = True) -> dict:
-        from asr_transfer.data import normalize_wave
         from asr_transfer.decode import GreedyDecoder
         from asr_transfer.metrics import error_rates
+        from asr_transfer.training.data import normalize_wave
 
         id2tok = vocab if isinstance(vocab, list) else [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
         decoder = GreedyDecoder(id2tok, blank_id=int(model.config.pad_token_id))

@@ -20,9 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 import common
+import numpy as np
 from common import DEFAULT_MODEL, Section, fmt, table
 
 RSS_LIMIT_MB = 1536.0
@@ -57,8 +56,8 @@ def build_long_file(corpus: dict, minutes: float, out: Path) -> Path:
 def child(args) -> int:
     """Runs in the subprocess: load the model, transcribe one file, print one JSON line."""
     t0 = time.perf_counter()
-    from asr_transfer.model import load_model
-    from asr_transfer.transcribe import transcribe
+    from asr_transfer.model.load import load_model
+    from asr_transfer.transcription import transcribe
 
     common.setup_threads(args.threads)
     loaded = load_model(args.model)

@@ -23,9 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 import common
+import numpy as np
 from common import BASE960_CONFIG, DEFAULT_MODEL, Section, Stopwatch, fmt, ratio, table
 
 STAGE_KINDS = ("head", "top", "all")
@@ -57,7 +56,7 @@ def fresh(path: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------------ ours
 def run_ours(config) -> tuple[object, float]:
-    from asr_transfer.train import Trainer
+    from asr_transfer.training.loop import Trainer
 
     t0 = time.perf_counter()
     trainer = Trainer(config, progress=False)
@@ -67,7 +66,7 @@ def run_ours(config) -> tuple[object, float]:
 
 def ours_stage_throughput(config) -> dict:
     """One stage over several epochs; per-step times come from ``metrics.jsonl`` (``log_every = 1``)."""
-    from asr_transfer.runlog import read_metrics
+    from asr_transfer.training.runlog import read_metrics
 
     trainer, wall = run_ours(config)
     steps = [r for r in read_metrics(config.train.output_dir) if r.get("split") == "train"]
@@ -153,10 +152,10 @@ def _verdict(name: str, value: float | None, goal: float, lower_bound: bool) -> 
 
 def time_to_cer(model_args: dict, corpus: dict, work: Path, max_batch_s: float, stages: list[dict], seed: int,
                 hf_cap: float, evals: int) -> dict:
-    from asr_transfer.forward import unwrap
     from hf_baseline import DevSet, HFLoop
 
-    from asr_transfer.train import Trainer
+    from asr_transfer.model.forward import unwrap
+    from asr_transfer.training.loop import Trainer
 
     dev = DevSet(corpus["dev"], "de")
     schedule_steps = sum(s["steps"] for s in stages)
@@ -285,8 +284,8 @@ def main(argv=None) -> int:
         rows += r
         data["throughput"] = raw
     if "base960" not in skip:
-        from asr_transfer.vocab import build_vocab, save_vocab
         from asr_transfer.manifest import read_manifest
+        from asr_transfer.vocab import build_vocab, save_vocab
 
         base_train = common.manifest_prefix(corpus["train"], base_minutes, work / f"base-train-{base_minutes:g}m.jsonl")
         vocab_path = save_vocab(build_vocab([u.text for u in read_manifest(corpus["train"])], "de"), work / "vocab.json")

@@ -1,4 +1,4 @@
-"""Transcription throughput: ``asr_transfer.transcribe`` against ``transformers.pipeline("automatic-speech-recognition")``.
+"""Transcription throughput: ``asr_transfer.transcription`` against ``transformers.pipeline("automatic-speech-recognition")``.
 
 Same model object, same files, same threads, greedy CTC decoding on both sides. The files are synthetic clips
 (held-out espeak-ng voices, 1–10 s) plus a few 15–30 s clips made by joining consecutive ones, so lengths vary.
@@ -18,9 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 import common
+import numpy as np
 from common import DEFAULT_MODEL, Section, fmt, ratio, table
 
 WER_TOLERANCE = 0.005  # 0.5 absolute percentage points
@@ -56,7 +55,7 @@ def wer(refs: list[str], hyps: list[str], normalizer, cer: bool = False) -> floa
 
 
 def run_ours(paths, loaded, precision: str) -> tuple[float, list[str]]:
-    from asr_transfer.transcribe import transcribe
+    from asr_transfer.transcription import transcribe
 
     t0 = time.perf_counter()
     out = transcribe([str(p) for p in paths], loaded, decoder="greedy", device="cpu", precision=precision,
@@ -99,7 +98,7 @@ def main(argv=None) -> int:
     import torch
 
     from asr_transfer.inference import check_precision
-    from asr_transfer.model import load_model
+    from asr_transfer.model.load import load_model
     from asr_transfer.text import get_normalizer
 
     loaded = load_model(common.require_model(args.model))
@@ -108,7 +107,7 @@ def main(argv=None) -> int:
         langs.append("de")
     minutes = args.minutes or (8.0 if args.full else 3.0)
     precisions = [x for x in args.precisions.split(",") if x]
-    section = Section("transcribe_speed: asr_transfer.transcribe vs transformers pipeline" + (" (--full)" if args.full else "")).start()
+    section = Section("transcribe_speed: asr_transfer.transcription vs transformers pipeline" + (" (--full)" if args.full else "")).start()
     section.model = args.model
     rows, data = [], {"model": str(args.model), "langs": {}}
     for lang in langs:

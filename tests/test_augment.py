@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.signal import freqz
 
-from asr_transfer.data import Example, load_example_audio, peaking_biquad, random_eq
+from asr_transfer.training.data import Example, load_example_audio, peaking_biquad, random_eq
 
 
 @pytest.mark.parametrize("f0,gain_db,q", [(300.0, 9.0, 0.7), (2500.0, -12.0, 2.0), (6000.0, 6.0, 1.0)])
@@ -43,7 +43,7 @@ def test_equalising_leaves_the_added_noise_draws_unchanged(tmp_path):
 def test_eq_db_is_validated_and_named_on_the_card():
     from asr_transfer.config import DataArgs
     from asr_transfer.errors import ConfigError
-    from asr_transfer.source_card import augmentation_text
+    from asr_transfer.training.source_card import augmentation_text
 
     with pytest.raises(ConfigError, match="eq_db"):
         DataArgs(train_manifest="x", eq_db=-1.0)

@@ -20,16 +20,30 @@ import pytest
 
 # Import the heavy libraries outside pytest's output capture: their loggers keep the stream they first see.
 import transformers  # noqa: F401
-
-import asr_transfer.evaluate  # noqa: F401
-import asr_transfer.train  # noqa: F401
-from asr_transfer.cli import main
 from badinput_fixtures import (
-    VALID_FORMATS, header_only_wav, long_pcm16, malicious_pickle_model, manifest_line, model_with_corrupt_weights,
-    model_with_wrong_vocab, model_without_weights, nonfinite_wav, not_audio_file, silent_wav, tone, truncated_wav,
-    valid_format_file, write_audio, write_manifest_lines, zero_byte_file,
+    VALID_FORMATS,
+    header_only_wav,
+    long_pcm16,
+    malicious_pickle_model,
+    manifest_line,
+    model_with_corrupt_weights,
+    model_with_wrong_vocab,
+    model_without_weights,
+    nonfinite_wav,
+    not_audio_file,
+    silent_wav,
+    tone,
+    truncated_wav,
+    valid_format_file,
+    write_audio,
+    write_manifest_lines,
+    zero_byte_file,
 )
 from train_fixtures import TEXTS, make_source_model
+
+import asr_transfer.evaluation  # noqa: F401
+import asr_transfer.training.loop  # noqa: F401
+from asr_transfer.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD_TEXT = "das haus ist groß"

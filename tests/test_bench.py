@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from train_fixtures import make_corpus, make_source_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,9 +56,10 @@ def test_section_records_command_machine_load_git_and_appends(tmp_path):
 
 
 def test_per_device_batch_and_ctc_collator_pad_like_the_example_script():
-    from asr_transfer.model import make_processor
-    from asr_transfer.vocab import english_source_vocab
     from hf_baseline import DataCollatorCTCWithPadding, per_device_batch
+
+    from asr_transfer.model.load import make_processor
+    from asr_transfer.vocab import english_source_vocab
 
     assert per_device_batch(80.0, 4.0) == 20 and per_device_batch(3.0, 10.0) == 1 and per_device_batch(10, 4) == 2
     collate = DataCollatorCTCWithPadding(make_processor(english_source_vocab()))
@@ -72,11 +72,11 @@ def test_per_device_batch_and_ctc_collator_pad_like_the_example_script():
 
 
 def test_manifest_prefix_is_nested_and_long_file_has_the_asked_length(tmp_path, tiny):
-    import soundfile
-
     import common
-    from asr_transfer.manifest import read_manifest
+    import soundfile
     from scaling import build_long_file
+
+    from asr_transfer.manifest import read_manifest
 
     a = read_manifest(common.manifest_prefix(tiny["train"], 0.05, tmp_path / "a.jsonl"))
     b = read_manifest(common.manifest_prefix(tiny["train"], 0.1, tmp_path / "b.jsonl"))
@@ -144,6 +144,7 @@ def test_scaling_micro_measures_child_peak_rss(tmp_path, tiny):
 
 def test_data_efficiency_micro_excludes_test_sentences_from_the_lm(tmp_path, tiny):
     import data_efficiency
+
     from asr_transfer.manifest import read_manifest
 
     dev = read_manifest(tiny["dev"])
@@ -166,9 +167,8 @@ def test_data_efficiency_micro_excludes_test_sentences_from_the_lm(tmp_path, tin
 
 
 def test_gpu_section_skips_without_cuda_and_runs_its_code_on_cpu_when_asked(tmp_path):
-    import torch
-
     import gpu
+    import torch
 
     out = tmp_path / "R.md"
     assert gpu.main(["--results", str(out)]) == 0

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from train_fixtures import make_corpus, make_source_model, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,14 +33,14 @@ from accelerate import Accelerator  # noqa: F401
 from torch.utils.tensorboard import SummaryWriter  # noqa: F401
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor  # noqa
 import transformers.masking_utils, safetensors.torch, soundfile, soxr, jiwer  # noqa: F401
-import asr_transfer.train, asr_transfer.transfer, asr_transfer.model, asr_transfer.decode, asr_transfer.metrics  # noqa
+import asr_transfer.training.loop, asr_transfer.model.transfer, asr_transfer.model.load, asr_transfer.decode, asr_transfer.metrics  # noqa
 import asr_transfer.commands.train  # noqa: F401
 from asr_transfer.cli import main
 
 
 def install_kill_hooks(kill_at):
     # Exact positions an outside timer cannot hit: SIGKILL from inside the training process itself.
-    T = asr_transfer.train.Trainer
+    T = asr_transfer.training.loop.Trainer
     if "micro" in kill_at:  # at the n-th training micro-batch of this launch (after the previous one's backward)
         calls, features = [0], T._features
 
@@ -206,7 +205,7 @@ def _assert_same_weights(a_dir: Path, b_dir: Path) -> None:
 def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path, corpus, zygote):
     """12 SIGKILLs (10 at seeded random moments, 3 of them inside a checkpoint save; 1 mid-accumulation; 1 right at
     a stage boundary), each followed by ``--resume``: the run finishes with the uninterrupted run's weights."""
-    from asr_transfer.checkpoint import list_checkpoints, load_checkpoint
+    from asr_transfer.training.checkpoint import list_checkpoints, load_checkpoint
 
     cfg = _config_file(tmp_path, corpus)
     base = ["train", str(cfg), "--no-progress"]
@@ -280,7 +279,7 @@ def _tiny_training_state(seed: int = 0):
 def _save(root: Path, step: int, seed: int = 0) -> Path:
     import numpy as np
 
-    from asr_transfer.checkpoint import save_checkpoint
+    from asr_transfer.training.checkpoint import save_checkpoint
 
     model, opt, sched = _tiny_training_state(seed)
     return save_checkpoint(root, step, model.state_dict(), opt, sched, {"step": step},
@@ -288,7 +287,7 @@ def _save(root: Path, step: int, seed: int = 0) -> Path:
 
 
 def test_checkpoint_with_one_corrupted_byte_is_never_loaded(tmp_path):
-    from asr_transfer.checkpoint import CheckpointError, latest_valid, load_checkpoint, verify
+    from asr_transfer.training.checkpoint import CheckpointError, latest_valid, load_checkpoint, verify
 
     older = _save(tmp_path, 2, seed=1)
     newer = _save(tmp_path, 4, seed=2)
@@ -312,7 +311,7 @@ def test_checkpoint_with_one_corrupted_byte_is_never_loaded(tmp_path):
 
 
 def test_leftover_temp_folder_is_ignored_and_pruned(tmp_path):
-    from asr_transfer.checkpoint import latest_valid, list_checkpoints, prune
+    from asr_transfer.training.checkpoint import latest_valid, list_checkpoints, prune
 
     good = _save(tmp_path, 2)
     stale = tmp_path / ".step-4.tmp-99999"  # what a save killed half-way leaves
@@ -327,7 +326,7 @@ def test_leftover_temp_folder_is_ignored_and_pruned(tmp_path):
 
 
 def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
-    from asr_transfer.checkpoint import latest_valid, load_checkpoint
+    from asr_transfer.training.checkpoint import latest_valid, load_checkpoint
 
     first = _save(tmp_path, 2)
     for after in range(8):  # fail before each of the 8 files in turn
@@ -364,7 +363,7 @@ def test_resume_is_exact_after_a_kill_mid_accumulation_and_at_a_stage_boundary(t
 @pytest.fixture
 def paused_run(tmp_path, corpus):
     """A run paused after 4 optimiser steps (checkpoints step-2 and step-4), trained in-process."""
-    from asr_transfer.train import train
+    from asr_transfer.training.loop import train
 
     cfg = tiny_config(tmp_path, *corpus, **{"train.save_every": "2", "train.eval_every": "100"})
     train(cfg, progress=False, stop_after_steps=4)
@@ -398,7 +397,7 @@ def test_resume_with_changed_config_is_refused_with_one_line(tmp_path, corpus, p
 
 def test_resume_with_edited_manifest_is_refused(tmp_path, paused_run):
     from asr_transfer.errors import UserError
-    from asr_transfer.train import train
+    from asr_transfer.training.loop import train
 
     manifest = Path(paused_run.data.train_manifest)
     original = manifest.read_text()
@@ -417,7 +416,7 @@ def test_missing_rng_state(tmp_path, paused_run):
     """Tampering breaks the checksum, so the previous checkpoint is used (exactly); a checkpoint that honestly lacks
     the generator state (consistent checksums, e.g. from an older writer) is refused unless allowed."""
     from asr_transfer.errors import UserError
-    from asr_transfer.train import train
+    from asr_transfer.training.loop import train
 
     ckpts = Path(paused_run.train.output_dir) / "checkpoints"
     rng_file = ckpts / "step-4" / "rng.json"
@@ -426,7 +425,7 @@ def test_missing_rng_state(tmp_path, paused_run):
     meta["generator"] = None
     rng_file.write_text(json.dumps(meta))
     messages = []
-    import asr_transfer.train as train_module
+    import asr_transfer.training.loop as train_module
 
     trainer = train_module.Trainer(paused_run, resume=True, progress=False, stop_after_steps=0)
     trainer._say = messages.append
@@ -441,8 +440,8 @@ def test_missing_rng_state(tmp_path, paused_run):
 
 
 def test_failing_checkpoint_write_is_reported_and_training_continues(tmp_path, paused_run, monkeypatch, capsys):
-    from asr_transfer.checkpoint import latest_valid, list_checkpoints, load_checkpoint
-    from asr_transfer.train import train
+    from asr_transfer.training.checkpoint import latest_valid, list_checkpoints, load_checkpoint
+    from asr_transfer.training.loop import train
 
     ckpts = Path(paused_run.train.output_dir) / "checkpoints"
     before = {p.name: (p / "model.safetensors").read_bytes() for p in list_checkpoints(ckpts)}
@@ -464,7 +463,7 @@ def test_inf_and_nan_losses_mid_accumulation_are_skipped(tmp_path, corpus, monke
     """Every 3rd micro-batch's loss is inf (or NaN) with grad_accum=2, so bad micro-batches fall on both the first
     and the second half of optimiser steps; those steps are skipped and counted and the weights stay finite.
     (tests/test_train.py covers plain NaN injection with grad_accum=1.)"""
-    import asr_transfer.train as train_module
+    import asr_transfer.training.loop as train_module
 
     real = train_module.ctc_loss_per_utt
     calls = [0]
@@ -499,7 +498,7 @@ def test_resume_after_the_last_checkpoint_but_before_final_is_written(tmp_path, 
     """A kill between the run's last checkpoint and final/: resuming only evaluates and writes final/."""
     import shutil
 
-    from asr_transfer.train import train
+    from asr_transfer.training.loop import train
 
     cfg = tiny_config(tmp_path, *corpus, **{"stages.0.steps": "1", "stages.1.steps": "1", "stages.2.epochs": "1",
                                             "train.eval_every": "100"})

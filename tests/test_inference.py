@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from asr_transfer import inference
-from asr_transfer.errors import UserError
 from asr_transfer.audio import wave_stats
+from asr_transfer.errors import UserError
 from asr_transfer.inference import InferenceOptions, Recognizer, normalize_wave, plan_batches
-from asr_transfer.model import load_model
+from asr_transfer.model.load import load_model
 
 # facebook/wav2vec2-base-960h's vocabulary: <pad> (= CTC blank) is 0, "|" is the word delimiter.
 BASE960H_VOCAB = ["<pad>", "<s>", "</s>", "<unk>", "|", *"ETAONIHSRDLUMWCFGYPBVK'XJQZ"]
@@ -26,8 +26,13 @@ def build_tiny_model(out_dir: Path, *, norm: str = "group", attention_mask: bool
     ``local=True`` zeroes the attention output projections, so each output frame depends only on a window of input
     (CNN receptive field + positional conv): chunked inference must then reproduce unchunked inference.
     """
-    from transformers import (Wav2Vec2Config, Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC,
-                              Wav2Vec2Processor)
+    from transformers import (
+        Wav2Vec2Config,
+        Wav2Vec2CTCTokenizer,
+        Wav2Vec2FeatureExtractor,
+        Wav2Vec2ForCTC,
+        Wav2Vec2Processor,
+    )
 
     torch.manual_seed(seed)
     config = Wav2Vec2Config(

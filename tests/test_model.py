@@ -6,12 +6,20 @@ import time
 
 import pytest
 import torch
-
-from asr_transfer.adapters import add_adapters, merge_adapters, save_adapter
-from asr_transfer.errors import ConfigError, ModelError, UserError
-from asr_transfer.model import (RECORD_FILE, ModelRecord, load_model, make_processor, parameter_groups, resolve_device,
-                                save_model, swap_head)
 from conftest import TINY_STABLE_CONFIG, build_model
+
+from asr_transfer.errors import ConfigError, ModelError, UserError
+from asr_transfer.model.adapters import add_adapters, merge_adapters, save_adapter
+from asr_transfer.model.load import (
+    RECORD_FILE,
+    ModelRecord,
+    load_model,
+    make_processor,
+    resolve_device,
+    save_model,
+)
+from asr_transfer.model.groups import parameter_groups
+from asr_transfer.model.head import swap_head
 
 
 def _logits(model, wave) -> torch.Tensor:

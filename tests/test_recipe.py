@@ -8,13 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+from test_corpora import make_commonvoice
+from train_fixtures import make_source_model
 
 from asr_transfer.cli import main
 from asr_transfer.manifest import read_manifest
 from asr_transfer.recipe import RECIPES_DIR, list_recipes, load_recipe
-
-from test_corpora import make_commonvoice
-from train_fixtures import make_source_model
 
 SYNTH = ["de-synth", "nl-synth", "es-synth", "fr-synth"]
 COMMONVOICE = ["de", "nl", "es", "fr"]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from asr_transfer.cli import main
-from asr_transfer.errors import UserError
 from asr_transfer.environment import environment_info
-from asr_transfer.evaluate import rates_with_ci, write_evaluation
+from asr_transfer.errors import UserError
+from asr_transfer.evaluation import rates_with_ci, write_evaluation
 from asr_transfer.metrics import paired_bootstrap, score_pairs
 from asr_transfer.report import build_report
 

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from train_fixtures import make_corpus, make_source_model
 
 STAGES = [{"name": "head", "train": ["head"], "lr": 1e-3, "steps": 2},
@@ -27,7 +26,7 @@ def _config(root: Path, source: Path, train: Path, dev: Path, name: str, *overri
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A tiny corpus + source and two finished 4-step runs that differ only in the second stage's lr."""
-    from asr_transfer.train import train
+    from asr_transfer.training.loop import train
 
     d = tmp_path_factory.mktemp("runs")
     train_m, dev_m = make_corpus(d / "corpus", n_train=6, n_dev=3)
@@ -135,7 +134,7 @@ def test_changing_one_manifest_line_changes_fingerprint_and_reproduce_warns(worl
 
 
 def test_evaluation_is_recorded_updates_its_run_and_reproduces(world, capsys):
-    from asr_transfer.evaluate import evaluate
+    from asr_transfer.evaluation import evaluate
 
     out = world["b"] / "eval" / "test"
     summary = evaluate(str(world["b"] / "final"), world["dev"], out_dir=out, device="cpu")
@@ -158,7 +157,7 @@ def test_evaluation_is_recorded_updates_its_run_and_reproduces(world, capsys):
 
 
 def test_baseline_is_one_record_listed_through_its_parts(world, tmp_path, capsys):
-    from asr_transfer.evaluate import baseline
+    from asr_transfer.evaluation import baseline
 
     out = tmp_path / "exp" / "base"
     results = baseline(str(world["src"]), world["dev"], lang="de", out_dir=out, device="cpu")
@@ -174,7 +173,7 @@ def test_baseline_is_one_record_listed_through_its_parts(world, tmp_path, capsys
 
 
 def test_paused_and_resumed_run_keeps_one_record_with_two_invocations(world, tmp_path):
-    from asr_transfer.train import train
+    from asr_transfer.training.loop import train
 
     cfg = _config(tmp_path, world["src"], world["train"], world["dev"], "r")
     train(cfg, progress=False, stop_after_steps=2)

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import transformers  # noqa: F401  (imported outside output capture)
-
-from asr_transfer.cli import main
 from badinput_fixtures import malicious_pickle_model, manifest_line, tone, write_audio, write_manifest_lines
 from train_fixtures import make_corpus, make_source_model, tiny_config
+
+from asr_transfer.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "asr_transfer"
@@ -84,9 +83,9 @@ def models(tmp_path_factory):
 
 def test_malicious_pickle_never_runs(models, capsys):
     from asr_transfer.errors import ModelError
-    from asr_transfer.evaluate import evaluate
-    from asr_transfer.model import load_model
-    from asr_transfer.transcribe import transcribe
+    from asr_transfer.evaluation import evaluate
+    from asr_transfer.model.load import load_model
+    from asr_transfer.transcription import transcribe
 
     evil, marker = models["evil"], models["marker"]
     with pytest.raises(ModelError, match="pytorch_model.bin.*can run code.*--allow-pickle") as exc:
@@ -173,8 +172,8 @@ def test_trained_model_round_trips_through_transformers_pipeline(tmp_path):
     """
     from transformers import pipeline
 
-    from asr_transfer.transcribe import transcribe
-    from asr_transfer.train import train
+    from asr_transfer.training.loop import train
+    from asr_transfer.transcription import transcribe
 
     train_m, dev_m = make_corpus(tmp_path, n_train=6, n_dev=2)
     src = make_source_model(tmp_path / "src")

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import BASE960H_CONFIG, TINY_STABLE_CONFIG
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +64,7 @@ def test_pipeline_text_equals_asr_transfer_greedy(espeak_clip):
     from transformers import pipeline
 
     from asr_transfer.audio import load_audio
-    from asr_transfer.transcribe import transcribe
+    from asr_transfer.transcription import transcribe
 
     asr = pipeline("automatic-speech-recognition", model=str(MODEL_DIR), device=-1)
     wave = load_audio(str(espeak_clip))
@@ -83,7 +82,7 @@ def test_card_documents_training():
 
 
 def test_dev_trend_compares_the_best_before_and_after_the_final_runs_last_quarter():
-    from asr_transfer.source_card import dev_trend, dev_trend_text
+    from asr_transfer.training.source_card import dev_trend, dev_trend_text
 
     def run(cers, every=500):
         return {"dev_curve": [(i * every, c, 1.0, 1.0, 0.5) for i, c in enumerate(cers)]}
@@ -138,7 +137,7 @@ warmup_steps = 1
 def test_pretrain_smoke_builds_exports_and_resumes(tmp_path):
     from transformers import Wav2Vec2ForCTC
 
-    from asr_transfer.pretrain import PretrainOptions, pretrain_source
+    from asr_transfer.training.pretrain import PretrainOptions, pretrain_source
     from asr_transfer.vocab import english_source_vocab
 
     options = PretrainOptions(config=str(_tiny_setup(tmp_path)), out=str(tmp_path / "model"), corpus_dir=str(tmp_path / "corpus"),
@@ -185,7 +184,7 @@ def test_pretrain_smoke_builds_exports_and_resumes(tmp_path):
 
 
 def test_card_augmentation_text_names_what_is_on_and_says_none_otherwise():
-    from asr_transfer.source_card import augmentation_text
+    from asr_transfer.training.source_card import augmentation_text
 
     off = {"data": {"speed_perturb": [], "noise_snr_db": []}, "augment": {"mask_time_prob": 0.0, "mask_time_length": 5}}
     assert augmentation_text(off).startswith("none")
@@ -197,7 +196,7 @@ def test_card_augmentation_text_names_what_is_on_and_says_none_otherwise():
 def test_blank_plateau_notes_read_the_runs_configs():
     from types import SimpleNamespace
 
-    from asr_transfer.source_card import blank_plateau_notes
+    from asr_transfer.training.source_card import blank_plateau_notes
 
     cfg = SimpleNamespace(feat_extract_norm="group", do_stable_layer_norm=True)
 
@@ -213,7 +212,7 @@ def test_blank_plateau_notes_read_the_runs_configs():
 def test_init_config_needs_vocab_and_keep(tmp_path):
     from asr_transfer.config import AugmentArgs, ModelArgs
     from asr_transfer.errors import UserError
-    from asr_transfer.transfer import prepare_model
+    from asr_transfer.model.transfer import prepare_model
     from asr_transfer.vocab import english_source_vocab, save_vocab
 
     vocab = save_vocab(english_source_vocab(), tmp_path / "vocab.json")
@@ -235,8 +234,8 @@ def test_base960h_random_model_head_swap_and_unfreezing():
     """base-960h's real architecture (random weights): mapped head swap to German, then a 'top' stage."""
     from conftest import build_model
 
-    from asr_transfer.model import swap_head
-    from asr_transfer.unfreeze import Stage, apply_stage
+    from asr_transfer.model.head import swap_head
+    from asr_transfer.training.schedule import Stage, apply_stage
     from asr_transfer.vocab import build_vocab, english_source_vocab
 
     model = build_model(BASE960H_CONFIG)

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from train_fixtures import make_corpus, make_source_model, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +31,7 @@ def _weights(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def test_staged_run_writes_run_folder_and_counts_grow(tmp_path, corpus):
-    from asr_transfer.train import train
+    from asr_transfer.training.loop import train
 
     cfg = tiny_config(tmp_path, *corpus)
     final = train(cfg, progress=False)
@@ -47,14 +46,14 @@ def test_staged_run_writes_run_folder_and_counts_grow(tmp_path, corpus):
     assert _metrics(run, "dev"), "dev evaluations are logged"
     record = json.loads((final / "asr_transfer.json").read_text())
     assert record["lang"] == "de" and record["head_init"] == "mapped" and "ü" in record["vocab"]
-    from asr_transfer.model import load_model
+    from asr_transfer.model.load import load_model
 
     loaded = load_model(final)
     assert loaded.model.config.vocab_size == len(record["vocab"])
 
 
 def test_cached_and_uncached_training_give_the_same_losses(tmp_path, corpus):
-    from asr_transfer.train import train
+    from asr_transfer.training.loop import train
 
     losses = {}
     for cache in (True, False):
@@ -68,7 +67,7 @@ def test_cached_and_uncached_training_give_the_same_losses(tmp_path, corpus):
 def test_loader_threads_give_the_same_batches_and_skip_a_bad_file_alone(tmp_path, corpus):
     """train.loader_threads decodes a batch's audio in parallel: with speed perturbation and added noise (each job
     seeded per utterance) the losses equal the serial loader's, and a file that fails mid-run is skipped by itself."""
-    from asr_transfer.train import train
+    from asr_transfer.training.loop import train
 
     source, train_manifest, dev = corpus
     rows = [json.loads(line) for line in train_manifest.read_text().splitlines()]
@@ -96,7 +95,7 @@ def test_loader_threads_give_the_same_batches_and_skip_a_bad_file_alone(tmp_path
 
 @pytest.mark.parametrize("stops", [[3], [5, 4, 2]], ids=["mid-stage", "at-stage-boundary-and-mid-accumulation"])
 def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, corpus, stops):
-    from asr_transfer.train import train
+    from asr_transfer.training.loop import train
 
     over = {"train.grad_accum": "2"}
     ref = tiny_config(tmp_path / "ref", *corpus, **over)
@@ -116,7 +115,7 @@ def test_interrupted_and_resumed_run_matches_uninterrupted(tmp_path, corpus, sto
 
 def test_resume_refuses_a_changed_config_unless_allowed(tmp_path, corpus):
     from asr_transfer.errors import UserError
-    from asr_transfer.train import train
+    from asr_transfer.training.loop import train
 
     train(tiny_config(tmp_path, *corpus), progress=False, stop_after_steps=2)
     changed = tiny_config(tmp_path, *corpus, **{"stages.0.lr": "5e-3"})
@@ -128,7 +127,7 @@ def test_resume_refuses_a_changed_config_unless_allowed(tmp_path, corpus):
 
 
 def test_nan_losses_are_skipped_and_counted(tmp_path, corpus, monkeypatch):
-    from asr_transfer.train import train
+    from asr_transfer.training.loop import train
 
     monkeypatch.setenv("ASR_TRANSFER_INJECT_NAN_EVERY", "3")
     final = train(tiny_config(tmp_path, *corpus), progress=False)
@@ -140,7 +139,7 @@ def test_nan_losses_are_skipped_and_counted(tmp_path, corpus, monkeypatch):
 def test_prepare_model_maps_the_head_from_english_rows(corpus):
     """The trainer's model step: target rows copy the English rows of the same (or base) letter exactly."""
     from asr_transfer.config import AugmentArgs, ModelArgs
-    from asr_transfer.transfer import prepare_model
+    from asr_transfer.model.transfer import prepare_model
 
     src_path, train_m, _ = corpus
     src = _weights(src_path)
@@ -205,8 +204,8 @@ def test_ddp_two_processes_match_one_process(tmp_path, corpus):
 
 
 def test_lora_adapter_run_saves_only_adapter_weights_and_reloads(tmp_path, corpus):
-    from asr_transfer.model import load_model
-    from asr_transfer.train import train
+    from asr_transfer.model.load import load_model
+    from asr_transfer.training.loop import train
 
     over = {"model.adapter": "lora", "stages.0.train": '["adapters", "head"]', "stages.1.train": '["adapters", "head"]',
             "stages.2.train": '["adapters", "head"]'}
@@ -221,7 +220,7 @@ def test_lora_adapter_run_saves_only_adapter_weights_and_reloads(tmp_path, corpu
 
 def test_training_the_cnn_runs_uncached_from_the_wave(tmp_path, corpus):
     """A stage that trains the feature encoder has boundary 0: batches are padded waves, the CNN runs per utterance."""
-    from asr_transfer.train import train
+    from asr_transfer.training.loop import train
 
     one = '[{name = "all", train = ["feature_encoder", "feature_projection", "pos_conv", "layers", "head"], lr = 1e-3, steps = 3}]'
     train(tiny_config(tmp_path, *corpus, stages=one), progress=False)
@@ -236,7 +235,7 @@ def test_training_the_cnn_runs_uncached_from_the_wave(tmp_path, corpus):
 ], ids=["cnn-from-the-wave", "cached-boundary"])
 def test_training_and_dev_evaluation_run_on_a_gpu(tmp_path, corpus, stage):
     """Batches, lengths, masks and the dev evaluation all on the GPU (found on a lent H200: lengths stayed on the CPU)."""
-    from asr_transfer.train import train
+    from asr_transfer.training.loop import train
 
     train(tiny_config(tmp_path, *corpus, stages=stage, **{"train.eval_every": 2, "train.precision": "bf16"}), progress=False)
     run = tmp_path / "run"
@@ -247,10 +246,10 @@ def test_training_and_dev_evaluation_run_on_a_gpu(tmp_path, corpus, stage):
 def test_time_masks_train_a_source_saved_without_masked_spec_embed(tmp_path, corpus):
     """A source whose config masks nothing (mask_time_prob = mask_feature_prob = 0, as the shipped en-synth-small)
     has no ``masked_spec_embed``; trainer-side time masks in front of the feature projection must still run."""
+    from train_fixtures import ASSETS
     from transformers import Wav2Vec2Config
 
-    from asr_transfer.train import train
-    from train_fixtures import ASSETS
+    from asr_transfer.training.loop import train
 
     cfg = Wav2Vec2Config.from_json_file(str(ASSETS / "tiny" / "config.json"))
     cfg.mask_time_prob, cfg.mask_feature_prob = 0.0, 0.0
@@ -266,8 +265,15 @@ def test_time_masks_train_a_source_saved_without_masked_spec_embed(tmp_path, cor
 @pytest.mark.parametrize("boundary", [0, 3])
 def test_quantised_batch_padding_leaves_real_frames_unchanged(tiny_stable_model, boundary):
     """Batches are padded to a 0.5-s quantum (fewer oneDNN shapes); the masks must make that padding invisible."""
-    from asr_transfer.forward import (PAD_QUANTUM_FRAMES, PAD_QUANTUM_SAMPLES, MaskOptions, Suffix, output_lengths,
-                                      pad_features, prefix_features)
+    from asr_transfer.model.forward import (
+        PAD_QUANTUM_FRAMES,
+        PAD_QUANTUM_SAMPLES,
+        MaskOptions,
+        Suffix,
+        output_lengths,
+        pad_features,
+        prefix_features,
+    )
 
     model = tiny_stable_model.eval()
     torch.manual_seed(0)
@@ -290,7 +296,7 @@ def test_quantised_batch_padding_leaves_real_frames_unchanged(tiny_stable_model,
 def test_group_norm_cnn_batch_equals_per_utterance_runs(tiny_model):
     """The batched CNN of a GroupNorm model (layer 0 per utterance, layers 1-6 batched on quantised zero padding)
     gives every real frame exactly what the unpadded single-utterance CNN gives; the padding after them is junk."""
-    from asr_transfer.forward import PAD_QUANTUM_SAMPLES, group_norm_cnn, pad_features
+    from asr_transfer.model.forward import PAD_QUANTUM_SAMPLES, group_norm_cnn, pad_features
 
     model = tiny_model.eval()
     assert model.config.feat_extract_norm == "group"

@@ -1,8 +1,8 @@
 """Stage-end rules, pure: plateau patience, run-wide best and early stopping, step budgets."""
 from __future__ import annotations
 
-from asr_transfer.trainstate import State, end_stage, record_evaluation, stage_total_steps
-from asr_transfer.unfreeze import Stage
+from asr_transfer.training.schedule import Stage
+from asr_transfer.training.state import State, end_stage, record_evaluation, stage_total_steps
 
 
 def test_plateau_counts_evaluations_without_min_delta_improvement():

@@ -46,7 +46,7 @@ def _dev(run: Path) -> list[dict]:
 
 
 def test_dev_cer_falls_stage_by_stage(tmp_path, german):
-    from asr_transfer.train import train
+    from asr_transfer.training.loop import train
 
     train(_config(tmp_path, *german), progress=False)
     dev = _dev(tmp_path / "run")
@@ -56,7 +56,7 @@ def test_dev_cer_falls_stage_by_stage(tmp_path, german):
 
 
 def test_mapped_head_beats_random_head_after_the_same_head_steps(tmp_path, german):
-    from asr_transfer.train import train
+    from asr_transfer.training.loop import train
 
     results = {}
     for mode in ("mapped", "random"):

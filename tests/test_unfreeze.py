@@ -6,12 +6,21 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_CONFIG, TINY_STABLE_CONFIG, build_model
 
 from asr_transfer.errors import ConfigError
-from asr_transfer.model import parameter_groups
-from asr_transfer.unfreeze import (Stage, apply_stage, lr_multiplier, make_scheduler, optimizer_param_groups,
-                                   resolve_groups, stage_total_steps, trainable_count, validate_schedule)
-from conftest import TINY_CONFIG, TINY_STABLE_CONFIG, build_model
+from asr_transfer.model.groups import parameter_groups
+from asr_transfer.training.schedule import (
+    Stage,
+    apply_stage,
+    lr_multiplier,
+    make_scheduler,
+    optimizer_param_groups,
+    resolve_groups,
+    stage_total_steps,
+    trainable_count,
+    validate_schedule,
+)
 
 
 def expected_sizes(c) -> dict[str, int]:
@@ -98,7 +107,7 @@ def test_adapters_stage_needs_adapters(tiny_model):
     stage = Stage("lora", ("adapters", "head"), lr=1e-3, steps=10)
     with pytest.raises(ConfigError, match="adapter"):
         apply_stage(tiny_model, stage)
-    from asr_transfer.adapters import add_adapters
+    from asr_transfer.model.adapters import add_adapters
 
     add_adapters(tiny_model, "lora", r=2)
     H, L = tiny_model.config.hidden_size, tiny_model.config.num_hidden_layers

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import baseline, result_line
+    from ..evaluation import baseline, result_line
 
     results = baseline(args.model, args.manifest, target_vocab=args.vocab, lang=args.lang, out_dir=args.out,
                        device=args.device, precision=args.precision, max_utts=args.max_utts)

@@ -1,6 +1,6 @@
 """``asr-transfer evaluate --model M --manifest test.jsonl --out DIR``: WER/CER of a model on a manifest.
 
-Writes ``DIR/summary.json`` and ``DIR/utterances.jsonl`` (see :func:`asr_transfer.evaluate.evaluate`) and prints one
+Writes ``DIR/summary.json`` and ``DIR/utterances.jsonl`` (see :func:`asr_transfer.evaluation.evaluate`) and prints one
 line: WER and CER with their bootstrap 95% intervals.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import evaluate, result_line
+    from ..evaluation import evaluate, result_line
 
     decoder = args.decoder or ("beam" if args.lm else "greedy")
     summary = evaluate(

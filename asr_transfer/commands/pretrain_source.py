@@ -6,7 +6,7 @@ import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..pretrain import PretrainOptions
+    from ..training.pretrain import PretrainOptions
 
     d = PretrainOptions()
     p.add_argument("--config", default=d.config, help=f"TrainConfig with model.init_config and the stages (default {d.config})")
@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pretrain import PretrainOptions, command_line, format_summary, pretrain_source
+    from ..training.pretrain import PretrainOptions, command_line, format_summary, pretrain_source
 
     argv = [a for a in sys.argv[1:] if a != "--resume"]
     options = PretrainOptions(

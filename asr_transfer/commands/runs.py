@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import UserError
     from .. import runs
+    from ..errors import UserError
 
     if args.items and args.items[0] == "compare":
         if args.filters or args.sort != "date" or args.desc:

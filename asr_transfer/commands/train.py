@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{key:32s} {default:28s} {text}")
         return 0
     from ..errors import ConfigError
-    from ..train import train
+    from ..training.loop import train
 
     if args.config is None and not args.overrides:
         raise ConfigError("give a config file (or --set keys); see asr-transfer train --help-config")

@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from ..errors import UserError
-    from ..transcribe import expand_inputs, iter_transcripts
+    from ..transcription import expand_inputs, iter_transcripts
     from ..writers import format_transcript, write_transcript
 
     if args.lm is not None and args.decoder != "beam":

@@ -48,7 +48,7 @@ def format_grid(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluate import tune_lm
+    from ..evaluation import tune_lm
 
     if args.beam_size is not None and args.beam_size < 1:
         raise UserError(f"--beam-size must be >= 1, got {args.beam_size}")

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 HEAD_MODES = ("mapped", "random", "keep")
 
@@ -68,7 +68,7 @@ def swap_head(model: nn.Module, source_vocab: dict[str, int], target_vocab: dict
     if len(source_vocab) != old.out_features:
         raise ConfigError(f"source vocabulary has {len(source_vocab)} tokens but the head has {old.out_features} rows")
     if base_letters is None and mode == "mapped":
-        from .text import BASE_LETTERS
+        from ..text import BASE_LETTERS
 
         base_letters = BASE_LETTERS.get(lang, {})
     new = nn.Linear(old.in_features, len(target_vocab), device=old.weight.device, dtype=old.weight.dtype)

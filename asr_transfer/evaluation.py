@@ -351,7 +351,8 @@ def baseline(
     ``target_vocab``: a ``vocab.json`` path or ``{token: id}``; ``None`` builds it from the manifest's text (only the
     character inventory of the test text is used, never its audio). Writes ``out_dir/raw/`` and ``out_dir/zero-shot/``.
     """
-    from .model import make_processor, swap_head
+    from .model.head import swap_head
+    from .model.load import make_processor
     from .text import get_normalizer
     from .vocab import build_vocab, load_vocab
 
@@ -449,8 +450,3 @@ def tune_lm(
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / "tune.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     return result
-
-
-from ._api import make_module_callable  # noqa: E402
-
-make_module_callable(__name__, evaluate)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .config import AugmentArgs, ModelArgs
-from .errors import UserError
+from ..config import AugmentArgs, ModelArgs
+from ..errors import UserError
 
 
 @dataclass
@@ -26,8 +26,8 @@ class PreparedModel:
 
 def target_vocab_for(args: ModelArgs, train_manifest: str | Path) -> dict[str, int]:
     """The target vocabulary: ``args.vocab`` if given, else built from the train manifest's normalised text."""
-    from .manifest import read_manifest
-    from .vocab import build_vocab, load_vocab
+    from ..manifest import read_manifest
+    from ..vocab import build_vocab, load_vocab
 
     if args.vocab:
         return dict(load_vocab(args.vocab))
@@ -39,7 +39,8 @@ def target_vocab_for(args: ModelArgs, train_manifest: str | Path) -> dict[str, i
 
 def prepare_model(args: ModelArgs, augment: AugmentArgs, train_manifest: str | Path, seed: int = 0) -> PreparedModel:
     """Load ``args.source``, swap its CTC head for the target vocabulary and apply dropout/adapter settings."""
-    from .model import load_model, make_processor, swap_head
+    from .head import swap_head
+    from .load import load_model, make_processor
 
     vocab = target_vocab_for(args, train_manifest)
     if args.init_config:
@@ -58,7 +59,7 @@ def prepare_model(args: ModelArgs, augment: AugmentArgs, train_manifest: str | P
     report = swap_head(model, source_vocab, vocab, mode=mode, lang=args.lang, base_letters=args.base_letters, seed=seed)
     if augment.dropout is not None:
         _set_dropout(model, augment.dropout)
-    model.config.layerdrop = 0.0  # LayerDrop is applied by asr_transfer.forward, on trainable layers only
+    model.config.layerdrop = 0.0  # LayerDrop is applied by asr_transfer.model.forward, on trainable layers only
     if args.adapter != "none":
         from .adapters import add_adapters
 
@@ -96,7 +97,7 @@ def _set_dropout(model: torch.nn.Module, p: float) -> None:
 
 def save_trained(out_dir: Path, model: torch.nn.Module, processor, record, card: dict, config) -> Path:
     """Save a trained model: adapter + head weights only when nothing else trained, else the whole (merged) model."""
-    from .model import save_model
+    from .load import save_model
 
     if config.model.adapter != "none":
         if all(p in ("adapters", "head") for st in config.stages for p in st.train):

@@ -2,7 +2,7 @@
 
 Both start as the identity (LoRA's B and the MMS adapter's second projection are zero), so adding an adapter does not
 change the source model's output. Their parameters form the ``adapters`` group of
-:func:`asr_transfer.model.parameter_groups`.
+:func:`asr_transfer.model.groups.parameter_groups`.
 
 An adapter folder (:func:`save_adapter`) holds only the adapter and CTC head weights (a few MB), the processor and the
 record; ``load_model(base, adapter=DIR)`` applies it to a fresh base model.
@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError
 from .groups import parameter_groups
 from .head import set_vocab_config
-from .model import RECORD_FILE, ModelRecord, atomic_folder_write, make_processor
+from .load import RECORD_FILE, ModelRecord, atomic_folder_write, make_processor
 
 ADAPTER_MODES = ("lora", "mms")
 LORA_FILE = "adapter.safetensors"
@@ -119,7 +119,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_adapter(out_dir: str | os.PathLike, model: nn.Module, record: ModelRecord, processor=None) -> Path:
     """Write only adapter + head weights (safetensors), the processor and the record; atomic like ``save_model``.
 
-    Stages that also trained base weights (``layers``...) need :func:`asr_transfer.model.save_model` instead.
+    Stages that also trained base weights (``layers``...) need :func:`asr_transfer.model.load.save_model` instead.
     """
     from safetensors.torch import save_file
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import UserError
+from ..errors import UserError
 
 CHECKSUMS = "checksums.json"
 # Test hooks: make a save fail after N files (disk-full simulation) or slow it down (to SIGKILL inside a save).

@@ -5,8 +5,8 @@ files) plus ``asr_transfer.json`` (:class:`ModelRecord`: language, normaliser, s
 ``README.md``. Weights are read only from safetensors unless the caller passes ``allow_pickle=True``: a pickled
 ``pytorch_model.bin`` can run arbitrary code when loaded.
 
-Adapters (LoRA / MMS-style) live in :mod:`asr_transfer.adapters`; ``load_model(base, adapter=DIR)`` applies one.
-The CTC head swap is :mod:`asr_transfer.head`; named parameter groups are :mod:`asr_transfer.groups`.
+Adapters (LoRA / MMS-style) live in :mod:`asr_transfer.model.adapters`; ``load_model(base, adapter=DIR)`` applies one.
+The CTC head swap is :mod:`asr_transfer.model.head`; named parameter groups are :mod:`asr_transfer.model.groups`.
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__
-from .errors import ConfigError, ModelError, UserError
+from .. import __version__
+from ..errors import ConfigError, ModelError, UserError
 
 RECORD_FILE = "asr_transfer.json"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
@@ -213,7 +213,7 @@ def load_model(path_or_id: str | os.PathLike, device: str = "cpu", allow_pickle:
                adapter: str | os.PathLike | None = None) -> LoadedModel:
     """Load a ``Wav2Vec2ForCTC`` + processor from a local folder or a hub id (cache only when offline).
 
-    Never runs remote code. ``adapter`` names a folder written by :func:`asr_transfer.adapters.save_adapter`; its
+    Never runs remote code. ``adapter`` names a folder written by :func:`asr_transfer.model.adapters.save_adapter`; its
     adapter and head weights are applied to this base model (an adapter folder passed as ``path_or_id`` loads onto
     the base named in its record). Every failure a user can fix is one ``ModelError`` line.
     """
@@ -272,7 +272,7 @@ def load_model(path_or_id: str | os.PathLike, device: str = "cpu", allow_pickle:
     if record is not None:
         normalizer_name = record.normalizer
     else:
-        from .text import get_normalizer
+        from ..text import get_normalizer
 
         normalizer_name = get_normalizer(lang).name
     model.to(resolve_device(device)).eval()
@@ -385,8 +385,3 @@ def model_card(record: ModelRecord, card: dict[str, Any] | None = None) -> str:
     body += ["## Use", "", "```python", "from asr_transfer import load_model, transcribe", "```",
              "References are compared after the normaliser above; other normalisation changes WER.", ""]
     return "\n".join(front + body)
-
-
-# Re-exported: callers import these from asr_transfer.model.
-from .groups import count_parameters, group_names, parameter_groups  # noqa: E402,F401
-from .head import HeadSwapReport, swap_head  # noqa: E402,F401

@@ -8,14 +8,14 @@ The steps, each reusing the module that owns it:
 2. a randomly initialised ``Wav2Vec2ForCTC`` built from a ``Wav2Vec2Config`` JSON (``model.init_config``) with
    base-960h's vocabulary layout (:func:`asr_transfer.vocab.english_source_vocab`), so that transfer code written
    for base-960h works on it unchanged;
-3. the one training loop (:func:`asr_transfer.train.train`), one invocation per run — a curriculum: the first
+3. the one training loop (:func:`asr_transfer.training.loop.train`), one invocation per run — a curriculum: the first
    ``curriculum_stages`` stages see only utterances <= ``curriculum_max_utt_s`` (short utterances leave the CTC
    blank plateau much sooner); every remaining stage is a run of its own on the full manifest, starting from the
    previous run's model (``head_init = keep``, exactly the transfer code path). All are resumable and time-boxable;
-4. greedy evaluation (:func:`asr_transfer.evaluate.evaluate`) on the held-out synthetic test set and on real
+4. greedy evaluation (:func:`asr_transfer.evaluation.evaluate`) on the held-out synthetic test set and on real
    English (``../shared/realspeech/en.jsonl`` when present);
 5. export of the best dev-CER checkpoint to ``out`` in HF ``save_pretrained`` form with a model card
-   (:mod:`asr_transfer.source_card`).
+   (:mod:`asr_transfer.training.source_card`).
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
-from .environment import hardware
-from .errors import ConfigError, UserError
+from ..environment import hardware
+from ..errors import ConfigError, UserError
 from .source_card import WALL_LOG, model_card, run_facts
 
 MAX_MODEL_MB = 25.0  # the issue's size budget for the shipped folder
@@ -78,7 +78,7 @@ def run_configs(options: PretrainOptions, manifests: dict, vocab_path: Path) -> 
     with a fresh optimiser. One run per stage lets a longer schedule be added later without invalidating the finished
     runs before it.
     """
-    from .config import TrainConfig, load_config
+    from ..config import TrainConfig, load_config
 
     base = load_config(TrainConfig, options.config, options.overrides)
     if not base.model.init_config:
@@ -114,9 +114,9 @@ def pretrain_source(options: PretrainOptions, resume: bool = False, time_budget_
     ``time_budget_s`` bounds the training time of this invocation (over both runs); when it runs out the current run
     is checkpointed and ``out`` is None: continue with ``resume=True``.
     """
-    from .corpora.synth import prepare_synth
-    from .train import train
-    from .vocab import english_source_vocab, save_vocab
+    from ..corpora.synth import prepare_synth
+    from ..vocab import english_source_vocab, save_vocab
+    from .loop import train
 
     started = time.time()
     runs_dir = Path(options.runs_dir)
@@ -160,7 +160,7 @@ def _log_wall(runs_dir: Path, t0: float, what: str) -> None:
 
 def evaluate_model(model_dir: Path, manifests: dict, realspeech: str | None, out_dir: Path) -> dict:
     """Greedy WER/CER on the synthetic dev and test sets (held-out voices) and on real English, if given."""
-    from .evaluate import evaluate
+    from ..evaluation import evaluate
 
     sets = {"synth_dev": manifests["dev"], "synth_test": manifests["test"]}
     if realspeech and Path(realspeech).is_file():
@@ -176,8 +176,8 @@ def evaluate_model(model_dir: Path, manifests: dict, realspeech: str | None, out
 # ------------------------------------------------------------------------------------------------------ export
 def export_model(model_dir: Path, options: PretrainOptions, result: PretrainResult, manifests: dict) -> Path:
     """Write ``options.out`` (HF form + ``asr_transfer.json`` + card) from the trained ``model_dir``; check its size."""
-    from .model import ModelRecord, atomic_folder_write, load_model
-    from .text import get_normalizer
+    from ..model.load import ModelRecord, atomic_folder_write, load_model
+    from ..text import get_normalizer
 
     loaded = load_model(model_dir, device="cpu")
     model, processor = loaded.model, loaded.processor

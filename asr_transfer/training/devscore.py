@@ -13,7 +13,7 @@ import torch
 
 class DevScore:
     def __init__(self, vocab: dict[str, int], blank_id: int):
-        from .decode import GreedyDecoder
+        from ..decode import GreedyDecoder
 
         id2tok = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
         self.decoder = GreedyDecoder(id2tok, blank_id=blank_id)
@@ -37,7 +37,7 @@ class DevScore:
             self.entropy += float(-(row.exp() * row).sum())
 
     def result(self) -> dict:
-        from .metrics import error_rates
+        from ..metrics import error_rates
 
         rates = error_rates(self.refs, self.hyps)
         return {"loss": float(np.mean(self.losses)) if self.losses else float("nan"), "cer": rates["cer"],

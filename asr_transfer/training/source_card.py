@@ -1,4 +1,4 @@
-"""The model card (``README.md``) of the English source model that :mod:`asr_transfer.pretrain` exports.
+"""The model card (``README.md``) of the English source model that :mod:`asr_transfer.training.pretrain` exports.
 
 It is written from what the runs left on disk, so that it can be re-made without training again: each run's
 ``train_summary.json``, ``stages.json``, resolved config and dev metrics (:func:`run_facts`), and the wall log that
@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .environment import hardware
-from .errors import ConfigError, UserError
+from ..environment import hardware
+from ..errors import ConfigError, UserError
 
 if TYPE_CHECKING:  # the pipeline imports this module, not the other way round
     from .pretrain import PretrainOptions, PretrainResult
@@ -58,7 +58,7 @@ def _wall(runs_dir: Path) -> dict[str, float]:
 
 def model_card(model, options: PretrainOptions, result: PretrainResult, runs: list[dict], manifests: dict) -> str:
     """The README.md of the exported folder: data, architecture, training, results, reproduction."""
-    from .model import count_parameters
+    from ..model.groups import count_parameters
 
     cfg = model.config
     corpus = json.loads(Path(manifests["corpus"]).read_text(encoding="utf-8"))
@@ -121,7 +121,7 @@ def model_card(model, options: PretrainOptions, result: PretrainResult, runs: li
               f"Config `{options.config}` (architecture `{_architecture_path(options, runs)}`), "
               "AdamW, gradient clipping at "
               f"{main_cfg['train']['clip_norm']}, batches of at most {main_cfg['data']['max_batch_s']:g} s padded audio, "
-              f"all parameter groups trainable (CNN included), one training loop (`asr_transfer.train`) in {len(runs)} runs: "
+              f"all parameter groups trainable (CNN included), one training loop (`asr_transfer.training.loop`) in {len(runs)} runs: "
               "a curriculum run on short utterances, then one run per later stage, each starting from the previous "
               "run's final model with a fresh optimiser:", "",
               "| run | utterances | audio min | stage | steps | peak lr | warm-up | schedule | precision | torch threads | wall min | hardware |",
@@ -160,7 +160,7 @@ def model_card(model, options: PretrainOptions, result: PretrainResult, runs: li
 
 def _architecture_path(options: PretrainOptions, runs: list[dict]) -> str:
     """The Wav2Vec2Config JSON the recipe names (the first run's record when the recipe file cannot be read)."""
-    from .config import TrainConfig, load_config
+    from ..config import TrainConfig, load_config
 
     try:
         named = load_config(TrainConfig, options.config, options.overrides).model.init_config

@@ -10,7 +10,7 @@ Segments of ``Wav2Vec2ForCTC`` (L transformer layers)::
 
 The *boundary* of a stage is the first segment holding a trainable parameter. Everything below it is frozen and runs
 in eval mode, per utterance and unpadded — exactly what inference on that utterance computes — so its output can be
-cached across epochs (:mod:`asr_transfer.cache`). Segments from the boundary up run batched on padded tensors with an
+cached across epochs (:mod:`asr_transfer.training.cache`). Segments from the boundary up run batched on padded tensors with an
 attention mask, so padding never changes a real frame's value. Frozen segments above the boundary run in eval mode
 too (no dropout in weights that do not learn).
 

@@ -436,7 +436,7 @@ def transcribe(paths, model, decoder="greedy", lm_dir=None, device: str = "auto"
     """Transcribe audio files; returns one :class:`Transcript` per input file, in input order.
 
     ``paths``: files, folders (audio files inside; ``recursive`` for subfolders) and globs. ``model``: a model
-    folder / id, a :class:`~asr_transfer.model.LoadedModel` or a :class:`~asr_transfer.inference.Recognizer`
+    folder / id, a :class:`~asr_transfer.model.load.LoadedModel` or a :class:`~asr_transfer.inference.Recognizer`
     (whose own device/precision then apply). ``decoder``: ``"greedy"``, ``"beam"`` (with ``lm_dir`` for an n-gram
     LM), a :class:`~asr_transfer.decode.DecodeOptions` or a built decoder. Files longer than ``chunk_s`` seconds are
     streamed in windows of ``chunk_s`` with ``stride_s`` of context on each side. Unreadable files are reported
@@ -445,8 +445,3 @@ def transcribe(paths, model, decoder="greedy", lm_dir=None, device: str = "auto"
     """
     return list(iter_transcripts(paths, model, decoder, lm_dir, device, precision, recursive, chunk_s, stride_s,
                                  batch_s, on_error, **kwargs))
-
-
-from ._api import make_module_callable  # noqa: E402
-
-make_module_callable(__name__, transcribe)

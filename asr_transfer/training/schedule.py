@@ -1,7 +1,7 @@
 """Staged unfreezing: which parameter groups train in each stage, at which learning rate, and until when.
 
 A stage names group patterns (see :func:`resolve_groups`) over the groups of
-:func:`asr_transfer.model.parameter_groups`. Everything here is pure (no training loop) and unit-tested:
+:func:`asr_transfer.model.groups.parameter_groups`. Everything here is pure (no training loop) and unit-tested:
 the trainer calls :func:`apply_stage`, builds AdamW from :func:`optimizer_param_groups` and steps
 :func:`make_scheduler` once per optimiser step.
 """
@@ -15,8 +15,8 @@ from typing import Any, Iterable, Mapping, Sequence, Union
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .groups import group_names, parameter_groups
+from ..errors import ConfigError
+from ..model.groups import group_names, parameter_groups
 
 SCHEDULES = ("linear", "cosine", "constant")
 # Groups that sit below the transformer layers: under layer-wise decay they get the lowest layer's rate × decay.

@@ -30,7 +30,7 @@ class RunLog:
             try:
                 import mlflow
             except ImportError:
-                from .errors import UserError
+                from ..errors import UserError
 
                 raise UserError("train.tracking = mlflow needs the mlflow package: pip install 'asr-transfer[mlflow]'")
             mlflow.set_tracking_uri(f"file:{(self.run_dir.parent / 'mlruns').resolve()}")

@@ -1,10 +1,10 @@
 """The staged transfer-training loop (Hugging Face Accelerate: one CPU, one GPU, or DDP via ``accelerate launch``).
 
-Per stage: set which parameter groups train (:mod:`asr_transfer.unfreeze`), find the frozen-prefix boundary
-(:mod:`asr_transfer.forward`), build a fresh AdamW + warm-up/decay schedule, and iterate length-bucketed batches.
-The frozen prefix's output is cached across epochs (:mod:`asr_transfer.cache`). Every ``eval_every`` steps the dev set
+Per stage: set which parameter groups train (:mod:`asr_transfer.training.schedule`), find the frozen-prefix boundary
+(:mod:`asr_transfer.model.forward`), build a fresh AdamW + warm-up/decay schedule, and iterate length-bucketed batches.
+The frozen prefix's output is cached across epochs (:mod:`asr_transfer.training.cache`). Every ``eval_every`` steps the dev set
 is decoded greedily; one selection metric drives best checkpoint, plateau-gated stage ends and early stopping.
-Checkpoints (:mod:`asr_transfer.checkpoint`) are written only at optimiser-step boundaries and hold everything needed
+Checkpoints (:mod:`asr_transfer.training.checkpoint`) are written only at optimiser-step boundaries and hold everything needed
 for an exact resume: weights, optimiser moments by parameter name, scheduler, RNGs and the sampler position.
 """
 from __future__ import annotations
@@ -19,15 +19,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import TrainConfig, save_config, to_dict
+from ..errors import AudioError, ConfigError, UserError
+from ..model.forward import (
+    PAD_QUANTUM_FRAMES,
+    PAD_QUANTUM_SAMPLES,
+    MaskOptions,
+    Suffix,
+    ctc_loss_per_utt,
+    num_segments,
+    pad_features,
+    prefix_features,
+    trainable_boundary,
+    unwrap,
+)
 from . import checkpoint as ckpt
 from .cache import FeatureCache
-from .config import TrainConfig, save_config, to_dict
-from .data import (AudioLoader, BucketSampler, Example, SkipCounter, audio_skip_reason, augmentation_for, build_examples, load_example_audio,
-                   normalize_wave)
-from .errors import AudioError, ConfigError, UserError
-from .forward import PAD_QUANTUM_FRAMES, PAD_QUANTUM_SAMPLES, MaskOptions, Suffix, ctc_loss_per_utt, num_segments, pad_features, prefix_features, trainable_boundary, unwrap
+from .data import (
+    AudioLoader,
+    BucketSampler,
+    Example,
+    SkipCounter,
+    audio_skip_reason,
+    augmentation_for,
+    build_examples,
+    load_example_audio,
+    normalize_wave,
+)
 from .runlog import RunLog
-from .trainstate import Accum, State, config_hash, end_stage, record_evaluation, resume_problems, stage_total_steps
+from .state import Accum, State, config_hash, end_stage, record_evaluation, resume_problems, stage_total_steps
 
 _NAN_ENV = "ASR_TRANSFER_INJECT_NAN_EVERY"  # test hook: make every k-th micro-batch loss NaN
 
@@ -68,10 +88,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
-        from .manifest import fingerprint
-        from .text import get_normalizer
-        from .transfer import prepare_model
-        from .unfreeze import validate_schedule
+        from ..manifest import fingerprint
+        from ..model.transfer import prepare_model
+        from ..text import get_normalizer
+        from .schedule import validate_schedule
 
         cfg = self.config
         if not cfg.data.train_manifest:
@@ -113,7 +133,7 @@ class Trainer:
         if self.main:
             save_config(cfg, self.run_dir / "config.resolved.json")
             self.log.write_json("head_init.json", self.prepared.head_report)
-            from .provenance import begin_training  # provenance hook: run.json (code, env, data, source) at start
+            from ..provenance import begin_training  # provenance hook: run.json (code, env, data, source) at start
 
             begin_training(self.run_dir, to_dict(cfg), str(self.acc.device), self.state.fingerprints,
                            sum(e.duration_s for e in self.train_examples) / 60, len(self.train_examples), self.resume)
@@ -149,7 +169,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ stage
     def _begin_stage(self, index: int) -> None:
-        from .unfreeze import apply_stage, make_scheduler, optimizer_param_groups
+        from .schedule import apply_stage, make_scheduler, optimizer_param_groups
 
         stage = self.config.stages[index]
         trainable = apply_stage(unwrap(self.model), stage)
@@ -227,9 +247,9 @@ class Trainer:
     # ------------------------------------------------------------------ eval
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Greedy dev CER/WER, loss, blank share and entropy (see :mod:`asr_transfer.devscore`); {} without dev."""
+        """Greedy dev CER/WER, loss, blank share and entropy (see :mod:`asr_transfer.training.devscore`); {} without dev."""
+        from ..model.forward import output_lengths
         from .devscore import DevScore
-        from .forward import output_lengths
 
         if not self.dev_examples:
             return {}
@@ -271,13 +291,13 @@ class Trainer:
     def save_model(self, name: str, metrics: dict | None = None) -> Path | None:
         if not self.main:
             return None
-        from .transfer import save_trained
+        from ..model.transfer import save_trained
 
         return save_trained(self.run_dir / name, unwrap(self.model), self.prepared.processor, self._record(),
                             self._card(metrics), self.config)
 
     def _record(self):
-        from .model import ModelRecord
+        from ..model.load import ModelRecord
 
         return ModelRecord(lang=self.config.model.lang, normalizer=self.normalizer.name, source_model=self.prepared.source,
                            head_init="scratch" if self.config.model.from_scratch else self.config.model.head_init,
@@ -300,7 +320,7 @@ class Trainer:
             if self.paused:
                 self.log.close()
                 if self.main:  # provenance hook: close this invocation of run.json as paused
-                    from .provenance import finish
+                    from ..provenance import finish
 
                     finish(self.run_dir, status="paused")
                 return self.run_dir / "checkpoints"
@@ -339,7 +359,7 @@ class Trainer:
 
     def _micro_batch(self, batch: list[int], accum: Accum) -> None:
         """Forward + backward of this rank's share of one global batch; gradients accumulate until the step."""
-        from .forward import output_lengths
+        from ..model.forward import output_lengths
 
         cfg = self.config
         world, rank = self.acc.num_processes, self.acc.process_index
@@ -430,7 +450,7 @@ class Trainer:
         self.log.write_json("train_summary.json", summary)
         self.log.close()
         if self.main:  # provenance hook: wall time, status and metrics into run.json
-            from .provenance import finish
+            from ..provenance import finish
 
             finish(self.run_dir, status="finished")
         return out or self.run_dir / "final"
@@ -493,8 +513,3 @@ def train(config: TrainConfig, resume: bool = False, allow_inexact_resume: bool 
     ``stop_after_steps`` / ``time_budget_s`` pause this invocation after a checkpoint; ``resume=True`` continues exactly.
     """
     return Trainer(config, resume, allow_inexact_resume, progress, stop_after_steps, time_budget_s).run()
-
-
-from ._api import make_module_callable  # noqa: E402
-
-make_module_callable(__name__, train)

@@ -10,8 +10,8 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from .config import TrainConfig, to_dict
-from .unfreeze import Stage
+from ..config import TrainConfig, to_dict
+from .schedule import Stage
 
 # Keys that change logging/checkpoint cadence but not what is learned… except eval_every, which can move the best
 # checkpoint and plateau decisions; it is therefore part of the hash.

@@ -19,6 +19,10 @@ from .errors import ConfigError
 from .training.schedule import Stage
 
 
+# Training autocast precisions. Inference has its own set (inference.PRECISIONS): int8 is dynamic quantisation,
+# which cannot train, and fp16 needs a GPU loss scaler that only training has.
+TRAIN_PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
 def option(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
     """A config field with its help text (shown by ``--help`` listings and the docs), as ``dataclasses.field``."""
     kw: dict[str, Any] = {"metadata": {"help": text}}
@@ -108,7 +112,7 @@ class TrainArgs:
                                 "worth it on a GPU machine with spare cores, where audio loading is the step's bottleneck", 0)
 
     def __post_init__(self):
-        one_of("train.precision", self.precision, ("fp32", "bf16", "fp16", "auto"))
+        one_of("train.precision", self.precision, TRAIN_PRECISIONS)
         one_of("train.selection_metric", self.selection_metric, ("cer", "wer", "loss"))
         one_of("train.watchdog", self.watchdog, ("warn", "lower-lr", "rollback"))
         one_of("train.tracking", self.tracking, ("tensorboard", "mlflow"))

@@ -73,6 +73,11 @@ class DecodeOptions:
     unk_score: float = float("-inf")
     sil_score: float = 0.0
 
+    def __post_init__(self):
+        check_decoder(self.kind, self.lm_dir)
+        if self.kind == "beam" and not (isinstance(self.beam_size, int) and self.beam_size >= 1):
+            raise UserError(f"the beam size must be a whole number >= 1; got {self.beam_size!r}")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["unk_score"] = None if math.isinf(self.unk_score) else self.unk_score  # JSON has no -inf
@@ -439,15 +444,23 @@ class BeamDecoder:
         return [self.decode(x, o) for x, o in zip(batch, offsets)]
 
 
+DECODERS = ("greedy", "beam")
+
+
+def check_decoder(kind: str, lm_dir: str | Path | None) -> None:
+    """The one home of the rule "greedy or beam; an LM needs beam", for every command and the library."""
+    if kind not in DECODERS:
+        raise UserError(f"unknown decoder {kind!r}: use greedy or beam")
+    if kind == "greedy" and lm_dir is not None:
+        raise UserError("a language model needs the beam decoder: add --decoder beam (or drop --lm)")
+
+
 def make_decoder(kind: str, vocab: Sequence[str], blank_id: int = 0, lm_dir: str | Path | None = None, **opts):
     """``kind`` "greedy" or "beam"; ``opts`` go to :class:`BeamDecoder` (greedy accepts none but ``delimiter``)."""
+    check_decoder(kind, lm_dir)
     if kind == "greedy":
-        if lm_dir is not None:
-            raise UserError("an LM needs the beam decoder (--decoder beam)")
         return GreedyDecoder(vocab, blank_id=blank_id, delimiter=opts.get("delimiter", WORD_DELIMITER))
-    if kind == "beam":
-        return BeamDecoder(vocab, lm_dir=lm_dir, blank_id=blank_id, **opts)
-    raise UserError(f"unknown decoder '{kind}' (choose greedy or beam)")
+    return BeamDecoder(vocab, lm_dir=lm_dir, blank_id=blank_id, **opts)
 
 
 def load_lm_record(lm_dir: str | Path) -> dict:

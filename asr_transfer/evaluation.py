@@ -147,10 +147,6 @@ def decode_options(decoder: str, lm_dir=None, beam_size=None, lm_weight=None, wo
     """A :class:`~asr_transfer.decode.DecodeOptions`; ``None`` values keep its defaults."""
     from .decode import DecodeOptions
 
-    if decoder not in ("greedy", "beam"):
-        raise UserError(f"unknown decoder {decoder!r}; use greedy or beam")
-    if decoder == "greedy" and lm_dir is not None:
-        raise UserError("a language model needs the beam decoder: add --decoder beam (or drop --lm)")
     given = {"beam_size": beam_size, "lm_weight": lm_weight, "word_score": word_score}
     return DecodeOptions(kind=decoder, lm_dir=str(lm_dir) if lm_dir else None,
                          **{k: v for k, v in given.items() if v is not None})

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from .config import TrainConfig, load_config, one_of, option, read_config_data, to_dict
 from .errors import ConfigError, UserError
+from .inference import PRECISIONS
 from .recipe_stages import STAGES, StageSpec
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -115,7 +116,7 @@ class EvalSection:
 
     def __post_init__(self):
         one_of("eval.model", self.model, ("best", "final"))
-        one_of("eval.precision", self.precision, ("fp32", "bf16", "int8"))
+        one_of("eval.precision", self.precision, PRECISIONS)
 
 
 @dataclass(frozen=True)

@@ -128,10 +128,6 @@ def _build_decoder(decoder, recognizer: Recognizer, lm_dir, beam_size: int | Non
     else:
         options = DecodeOptions(kind=str(decoder), lm_dir=None if lm_dir is None else str(lm_dir),
                                 **({} if beam_size is None else {"beam_size": int(beam_size)}))
-    if options.kind not in ("greedy", "beam"):
-        raise UserError(f"unknown decoder '{options.kind}' (choose greedy or beam)")
-    if options.kind == "greedy" and options.lm_dir is not None:
-        raise UserError("an LM needs the beam decoder (--decoder beam)")
     return options.build(recognizer.vocab, blank_id=recognizer.blank_id)
 
 

@@ -234,3 +234,20 @@ def test_decode_options_build_and_record(haus_lm):
     record = opts.to_dict()
     assert record["unk_score"] is None and record["lm_weight"] == 2.0  # JSON-safe (no -inf)
     assert isinstance(DecodeOptions().build(DE_VOCAB), GreedyDecoder)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: DecodeOptions(kind="greedy", lm_dir="lm"),
+    lambda: make_decoder("greedy", DE_VOCAB, lm_dir="lm"),
+])
+def test_greedy_with_an_lm_is_one_rule_with_one_message(make):
+    with pytest.raises(UserError) as err:
+        make()
+    assert str(err.value) == "a language model needs the beam decoder: add --decoder beam (or drop --lm)"
+
+
+def test_decode_options_refuse_unknown_decoders_and_empty_beams():
+    with pytest.raises(UserError, match="unknown decoder 'viterbi': use greedy or beam"):
+        DecodeOptions(kind="viterbi")
+    with pytest.raises(UserError, match="beam size"):
+        DecodeOptions(kind="beam", beam_size=0)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..inference import PRECISIONS
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="the source model folder (HF form) or hub id")
@@ -15,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab", default=None,
                         help="target vocab.json for the zero-shot head (default: built from the manifest text)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "int8"), help="(default: %(default)s)")
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS, help="(default: %(default)s)")
     parser.add_argument("--max-utts", type=int, default=None, metavar="N", help="score only the first N utterances")
     parser.add_argument("--out", required=True, help="folder for raw/ and zero-shot/ evaluations")
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..inference import PRECISIONS
+
 
 def add_decoder_arguments(p: argparse.ArgumentParser) -> None:
     """Options shared by ``evaluate`` and ``tune-lm``: device, precision, language, utterance cap."""
@@ -15,7 +17,7 @@ def add_decoder_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lang", default=None,
                    help="target language: picks the normaliser (default: the model's record, asr_transfer.json)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "int8"), help="(default: %(default)s)")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="(default: %(default)s)")
     p.add_argument("--max-utts", type=int, default=None, metavar="N", help="score only the first N utterances")
 
 

@@ -18,10 +18,10 @@ from typing import Any, Sequence
 from .errors import ConfigError
 from .training.schedule import Stage
 
-
 # Training autocast precisions. Inference has its own set (inference.PRECISIONS): int8 is dynamic quantisation,
 # which cannot train, and fp16 needs a GPU loss scaler that only training has.
 TRAIN_PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
 
 def option(text: str, default=dataclasses.MISSING, factory=dataclasses.MISSING):
     """A config field with its help text (shown by ``--help`` listings and the docs), as ``dataclasses.field``."""

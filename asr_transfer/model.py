@@ -374,6 +374,25 @@ def load_model(path_or_id: str | os.PathLike, device: str = "cpu", allow_pickle:
                        path=path, lang=lang, normalizer_name=normalizer_name)
 
 
+def model_fingerprint(path_or_id: str | os.PathLike) -> str:
+    """Content hash of a model folder's files (a config file's bytes; a hub id's name), for the resume check.
+
+    The model card is left out: it is prose, and rewriting it changes no weight.
+    """
+    h = hashlib.sha256()
+    path = Path(path_or_id)
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.name != "README.md") if path.is_dir() else (
+        [path] if path.is_file() else [])
+    if not files:
+        h.update(os.fspath(path_or_id).encode("utf-8"))
+    for p in files:
+        h.update(p.name.encode("utf-8") + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
 def _id_to_token(vocab: dict[str, int], path) -> list[str]:
     ids = sorted(vocab.values())
     if ids != list(range(len(ids))):
@@ -421,6 +440,26 @@ def atomic_folder_write(out_dir: str | os.PathLike, write) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def recover_folder_write(out_dir: str | os.PathLike) -> None:
+    """Clean up after an :func:`atomic_folder_write` to ``out_dir`` that was killed; call it when none is running.
+
+    A kill while writing leaves ``.NAME.tmp-*`` (incomplete: deleted). A kill between setting the old folder aside
+    and moving the new one in leaves no ``out_dir`` but a complete ``.NAME.old-*/NAME``: that one is put back, so a
+    killed re-save never loses the model that was there. Leftover ``.old-*`` folders are deleted.
+    """
+    out = Path(out_dir)
+    if not out.parent.is_dir():
+        return
+    olds = sorted(out.parent.glob(f".{out.name}.old-*"))
+    if not out.exists():
+        for old in olds:
+            if (old / out.name).is_dir():
+                os.replace(old / out.name, out)
+                break
+    for p in [*out.parent.glob(f".{out.name}.tmp-*"), *olds]:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def save_model(out_dir: str | os.PathLike, model: nn.Module, processor, record: ModelRecord,

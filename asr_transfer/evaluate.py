@@ -241,13 +241,26 @@ def _model_facts(recognizer, model) -> dict:
 
 
 def write_evaluation(out_dir, summary: dict, rows: list[dict]) -> Path:
-    """Write ``summary.json`` and ``utterances.jsonl`` into ``out_dir``; returns the folder."""
+    """Write ``summary.json`` and ``utterances.jsonl`` into ``out_dir``; returns the folder.
+
+    Both are encoded before either is written, so a string UTF-8 cannot hold fails with nothing written; each file
+    then goes to a temp file renamed into place, so neither is ever half-written.
+    """
+    import os
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    with open(out / "utterances.jsonl", "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    texts = {"utterances.jsonl": "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
+             "summary.json": json.dumps(summary, indent=2, ensure_ascii=False) + "\n"}
+    data = {name: text.encode("utf-8") for name, text in texts.items()}
+    for name, blob in data.items():
+        tmp = out / f".{name}.{os.getpid()}.tmp"
+        try:
+            tmp.write_bytes(blob)
+            os.replace(tmp, out / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return out
 
 
@@ -312,6 +325,10 @@ def evaluate(
         utts = utts[: max(0, int(max_utts))]
     if not utts:
         raise UserError("manifest holds no utterances", path=manifest)
+    if out_dir is not None:
+        from .outdir import check_output_dir
+
+        check_output_dir(out_dir, files=("summary.json", "utterances.jsonl", "run.json"), key="--out")
     if out_dir is not None:  # provenance hook: run.json (options, code, env, manifest fingerprint) at start
         from .provenance import begin_evaluation
 

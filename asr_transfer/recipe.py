@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import TrainConfig, _choice, _help, load_config, read_config_data, to_dict
-from .errors import ConfigError, UserError
+from .errors import PARSE_ERRORS, ConfigError, UserError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 # Keys of the nested TrainConfig that the runner fills in from the recipe's own outputs.
@@ -251,7 +251,7 @@ class RecipeRunner:
     def marker(self, n: int) -> dict | None:
         try:
             return json.loads(self.marker_path(n).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, *PARSE_ERRORS):
             return None
 
     def stage_inputs(self, n: int) -> dict:
@@ -387,5 +387,5 @@ class RecipeRunner:
 def _read(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, *PARSE_ERRORS):
         return {}

@@ -17,7 +17,7 @@ import json
 import math
 from pathlib import Path
 
-from .errors import UserError
+from .errors import PARSE_ERRORS, UserError
 from .recipe import RECIPES_DIR, StageSpec
 
 SPLITS = ("train", "dev", "test")
@@ -333,7 +333,7 @@ def stage_report(r, resume: bool = False) -> dict:
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, *PARSE_ERRORS):
         return {}
 
 

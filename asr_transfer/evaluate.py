@@ -455,6 +455,10 @@ def tune_lm(
     alphas, betas = [float(a) for a in alphas], [float(b) for b in betas]
     if not utts or not alphas or not betas:
         raise UserError("tune-lm needs utterances and at least one alpha and one beta", path=manifest)
+    if out_dir is not None:  # before the grid search, whose result is written at the end
+        from .outdir import check_output_dir
+
+        check_output_dir(out_dir, files=("tune.json",), key="--out")
     recognizer = _load(model, device, precision)
     normalizer = _normalizer_for(recognizer, lang, utts)
     items, skipped = compute_log_probs(recognizer, utts)

@@ -325,6 +325,14 @@ def test_evaluate_out_that_is_a_file_fails_before_the_model_loads(world, tmp_pat
     assert out_file.read_text() == "mine"
 
 
+def test_tune_lm_out_that_is_a_file_fails_before_the_model_loads(world, tmp_path, capfd):
+    out_file = tmp_path / "taken"
+    out_file.write_text("mine", encoding="utf-8")
+    rc, out, err = _run(capfd, ["tune-lm", "--model", tmp_path / "no-such-model", "--manifest", world.manifest,
+                                "--lm", tmp_path / "no-lm", "--device", "cpu", "--out", out_file])
+    _one_error(rc, err, out_file, "is a file")
+
+
 def test_transcribe_out_problems_are_found_before_any_work(world, tmp_path, capfd):
     blocked = tmp_path / "out"
     (blocked / "g1.txt").mkdir(parents=True)  # a folder where g1's transcript must go

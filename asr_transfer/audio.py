@@ -40,6 +40,10 @@ class AudioInfo:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
 
 
+# libsndfile is given the path as the OS's bytes (os.fsencode): soundfile encodes a str as strict UTF-8, which a file
+# name that is not UTF-8 (Python holds its bytes as surrogate escapes) cannot take.
+
+
 def require_regular_file(path: Path) -> None:
     """Raise :class:`AudioError` unless ``path`` is a regular file (or a link to one).
 
@@ -79,7 +83,7 @@ def audio_info(path: str | Path) -> AudioInfo:
     path = Path(path)
     require_regular_file(path)
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))
     except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/OSError/TypeError by format
         raise _open_error(path, exc) from None
     if info.samplerate <= 0 or info.channels <= 0:
@@ -147,7 +151,7 @@ def load_audio(
     if duration_s is not None and start_f + duration_s * info.sample_rate < (info.frames or math.inf):
         stop = start + int(round(duration_s * info.sample_rate))
     try:
-        x, _ = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+        x, _ = sf.read(os.fsencode(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except Exception as exc:
         raise _open_error(path, exc) from None
     if x.shape[0] == 0:
@@ -177,7 +181,7 @@ def stream_audio(
     if info.sample_rate != sample_rate:
         stream = soxr.ResampleStream(info.sample_rate, sample_rate, 1, dtype="float32", quality="HQ")
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(os.fsencode(path)) as f:
             while True:
                 x = f.read(block_frames, dtype="float32", always_2d=True)
                 last = x.shape[0] < block_frames

@@ -27,9 +27,9 @@ from .config import TrainConfig, save_config, to_dict
 from .data import (AudioLoader, BucketSampler, Example, SkipCounter, audio_skip_reason, augmentation_for, build_examples, load_example_audio,
                    normalize_wave)
 from .errors import AudioError, ConfigError, UserError
+from .forward import PAD_QUANTUM_FRAMES, PAD_QUANTUM_SAMPLES, MaskOptions, Suffix, ctc_loss_per_utt, num_segments, pad_features, prefix_features, trainable_boundary, unwrap
 from .model import model_fingerprint, recover_folder_write
 from .outdir import check_output_dir
-from .forward import PAD_QUANTUM_FRAMES, PAD_QUANTUM_SAMPLES, MaskOptions, Suffix, ctc_loss_per_utt, num_segments, pad_features, prefix_features, trainable_boundary, unwrap
 from .runlog import RunLog
 from .trainstate import Accum, State, config_hash, end_stage, record_evaluation, resume_problems, stage_total_steps
 
@@ -419,9 +419,9 @@ class Trainer:
                 self.log.close()
                 raise UserError(
                     f"{self.nan_streak} optimiser steps in a row had a NaN/inf loss or gradient (step "
-                    f"{self.state.step}, stage {stage.name}); likely causes: audio with non-finite or huge samples (run asr-transfer "
-                    "validate), a source model with NaN weights, or a learning rate so high the weights overflowed",
-                    path=self.run_dir)
+                    f"{self.state.step}, stage {stage.name}); likely causes: audio with non-finite or huge samples "
+                    "(run asr-transfer validate), a source model whose outputs overflow (NaN or huge weights), or a "
+                    "learning rate so high the weights overflowed", path=self.run_dir)
             return False
         self.nan_streak = 0
         if self.scaler:

@@ -180,7 +180,7 @@ def test_training_whose_every_step_is_nan_stops_with_one_line(world, tmp_path, c
     monkeypatch.setenv("ASR_TRANSFER_INJECT_NAN_EVERY", "1")  # every micro-batch's loss is NaN
     run = tmp_path / "run"
     rc, out, err = _run(capfd, ["train", _config(world, tmp_path / "cfg.json", run), "--no-progress"])
-    _one_error(rc, err, run, f"{MAX_CONSECUTIVE_NAN_STEPS} optimiser steps in a row", "NaN weights")
+    _one_error(rc, err, run, f"{MAX_CONSECUTIVE_NAN_STEPS} optimiser steps in a row", "huge samples", "source model")
     skipped = [r for r in _metrics(run) if "nan_skipped" in r]
     assert len(skipped) == MAX_CONSECUTIVE_NAN_STEPS
 
@@ -302,6 +302,17 @@ def test_nul_byte_in_audio_filepath(world, tmp_path, capfd):
     rc, out, err = _run(capfd, ["evaluate", "--model", world.source, "--manifest", manifest, "--lang", "de",
                                 "--device", "cpu", "--out", tmp_path / "eval"])
     _one_error(rc, err, f"{manifest}:3:", "NUL")
+
+
+def test_audio_file_whose_name_is_not_utf8(world, tmp_path, capfd):
+    """Such a name reaches Python as surrogate escapes; libsndfile and the transcript file must get its own bytes."""
+    name = os.fsdecode(b"bad\xff.wav")
+    audio = tmp_path / name
+    audio.write_bytes(world.good[0].read_bytes())
+    rc, out, err = _run(capfd, ["transcribe", "--model", world.source, "--device", "cpu", "--format", "json",
+                                "--out", tmp_path / "out", audio])
+    assert rc == 0, err
+    assert os.listdir(os.fsencode(tmp_path / "out")) == [b"bad\xff.json"]
 
 
 def test_evaluation_files_are_never_half_written(tmp_path):

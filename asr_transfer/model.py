@@ -271,7 +271,7 @@ def _from_pretrained(source: str, allow_pickle: bool, local_only: bool):
     from transformers.utils import logging as hf_logging
 
     # trust_remote_code=False, said out loud: left unset, transformers asks on stdin whether to run a folder's code.
-    kwargs = dict(local_files_only=local_only, dtype=torch.float32, output_loading_info=True, trust_remote_code=False)
+    kwargs = dict(local_files_only=local_only, dtype=torch.float32, output_loading_info=True)
     if not allow_pickle:
         kwargs["use_safetensors"] = True
     # The library logs a 20-line load-report table for any key mismatch; load_model says what matters in one line.
@@ -279,11 +279,11 @@ def _from_pretrained(source: str, allow_pickle: bool, local_only: bool):
     hf_logging.set_verbosity_error()
     try:
         try:
-            return Wav2Vec2ForCTC.from_pretrained(source, attn_implementation="sdpa", **kwargs)
+            return Wav2Vec2ForCTC.from_pretrained(source, attn_implementation="sdpa", trust_remote_code=False, **kwargs)
         except (ValueError, ImportError) as exc:
             if "sdpa" not in str(exc).lower() and "attn" not in str(exc).lower():
                 raise
-        return Wav2Vec2ForCTC.from_pretrained(source, attn_implementation="eager", **kwargs)
+        return Wav2Vec2ForCTC.from_pretrained(source, attn_implementation="eager", trust_remote_code=False, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
 

@@ -155,6 +155,20 @@ class RecipeConfig:
                 raise ConfigError(f"train.{key} is set by the recipe runner; set lang/source instead or leave it out")
         self.train_config("x.jsonl", "x.jsonl", "x.json", "run")  # unknown keys and bad values fail at load time
 
+    def train_inputs(self, **changes) -> dict:
+        """The resolved train table with its paths blank: what a stage's result depends on, not where it runs.
+
+        Built with placeholders and blanked after, since a config with an empty output_dir or source is refused.
+        """
+        blank_source = changes.get("model.source") == ""
+        if blank_source:
+            changes = {**changes, "model.source": "-"}
+        data = to_dict(self.train_config("", "", "", "-", **changes))
+        data["train"]["output_dir"] = ""
+        if blank_source:
+            data["model"]["source"] = ""
+        return data
+
     def train_config(self, train_manifest, dev_manifest, vocab, output_dir, **changes) -> TrainConfig:
         """The resolved :class:`TrainConfig` of the transfer run; ``changes`` are ``--set``-style ``key: value``."""
         data = json.loads(json.dumps(self.train))
@@ -241,7 +255,7 @@ class RecipeRunner:
         self.stages = {s.number: s for s in STAGES}
         self.data = to_dict(config)
         # The resolved nested TrainConfig is what stage 4 depends on (defaults filled in, so equal configs hash equal).
-        self.data["train"] = to_dict(config.train_config("", "", "", ""))
+        self.data["train"] = config.train_inputs()
         self._fresh: dict[int, bool] = {}
 
     # ----------------------------------------------------------------- markers

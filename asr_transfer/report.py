@@ -116,6 +116,9 @@ def load_evaluation(folder: Path, name: str | None = None) -> Evaluation:
         missing = [k for k in _ROW_KEYS if k not in row]
         if missing:
             raise UserError(f"row {i} lacks {', '.join(missing)}; re-run `asr-transfer evaluate`", path=rows_path)
+        if not isinstance(row["id"], str):  # rows are paired by id across systems: it must be hashable text
+            raise UserError(f"'id' must be a string, got {row['id']!r}; re-run `asr-transfer evaluate`",
+                            path=rows_path, line=i)
         wrong = [k for k in _ROW_NUMBERS if not _is_number(row[k])]
         if wrong:
             raise UserError(f"'{wrong[0]}' must be a number, got {row[wrong[0]]!r}; re-run `asr-transfer evaluate`",

@@ -451,6 +451,21 @@ def test_report_on_a_summary_whose_numbers_are_strings(tmp_path, capfd, change):
     _one_error(rc, err, folder / "summary.json", f"'{next(iter(change))}' must be")
 
 
+@pytest.mark.parametrize("change", [{"hits": "3"}, {"ref_len": None}, {"id": ["a"]}])
+def test_report_on_utterance_rows_of_the_wrong_type(tmp_path, capfd, change):
+    folders = []
+    for name in ("a", "b"):  # two systems, so rows are paired by id and their counts summed
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "summary.json").write_text(json.dumps({"name": name, "wer": 0.3, "cer": 0.1}), encoding="utf-8")
+        row = {"id": "u1", "ref": "das haus", "hyp": "das", "substitutions": 0, "deletions": 1, "insertions": 0,
+               "hits": 1, "ref_len": 2, "char_errors": 5, "char_ref_len": 8, "alignment": []}
+        (folder / "utterances.jsonl").write_text(json.dumps({**row, **(change if name == "b" else {})}) + "\n")
+        folders.append(folder)
+    rc, out, err = _run(capfd, ["report", *folders, "--out", tmp_path / "report"])
+    _one_error(rc, err, folders[1] / "utterances.jsonl", f"'{next(iter(change))}' must be")
+
+
 @pytest.mark.parametrize("delimiter", [";;", '"', "\\n"])
 def test_prepare_tabular_with_a_delimiter_csv_cannot_take(world, tmp_path, capfd, delimiter):
     table = tmp_path / "list.txt"

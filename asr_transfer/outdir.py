@@ -1,8 +1,8 @@
 """Output folders: checked before any work is done, so a bad ``--out`` costs a second, not a run.
 
-``evaluate --out``, ``transcribe --out`` and ``train.output_dir`` all write their results at the end (or as they go).
-A path that is a file, a folder that cannot be created or written, or a folder standing where a result file must go
-would otherwise surface as an ``OSError`` after the work, and lose it.
+``evaluate --out``, ``tune-lm --out``, ``transcribe --out`` and ``train.output_dir`` write their results at the end
+(or as they go). A path that is a file, a folder that cannot be created or written, or a folder standing where a
+result file must go would otherwise surface as an ``OSError`` after the work, and lose it.
 """
 from __future__ import annotations
 

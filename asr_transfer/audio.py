@@ -6,6 +6,9 @@ ogg/vorbis, ogg/opus, mp3, any bit depth), resampling by soxr. Long files are re
 """
 from __future__ import annotations
 
+import math
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -37,6 +40,31 @@ class AudioInfo:
         return self.frames / self.sample_rate if self.sample_rate else 0.0
 
 
+# libsndfile is given the path as the OS's bytes (os.fsencode): soundfile encodes a str as strict UTF-8, which a file
+# name that is not UTF-8 (Python holds its bytes as surrogate escapes) cannot take.
+
+
+def require_regular_file(path: Path) -> None:
+    """Raise :class:`AudioError` unless ``path`` is a regular file (or a link to one).
+
+    Opening a FIFO blocks until something writes to it, so ``validate``, ``train`` and friends would hang forever;
+    devices and sockets are not audio either. ``stat`` answers without opening anything.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise AudioError("audio file not found", path=path) from None
+    except ValueError:  # a NUL byte in the name: no file can have it
+        raise AudioError("the path holds a NUL byte; no file can have that name", path=repr(str(path))) from None
+    except OSError as exc:
+        raise AudioError(f"cannot open ({exc.strerror or exc})", path=path) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise AudioError("is a folder, not an audio file", path=path)
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a device or socket"
+        raise AudioError(f"is {kind}, not a regular file; audio must be a file", path=path)
+
+
 def _open_error(path: Path, exc: Exception) -> AudioError:
     if not path.exists():
         return AudioError("audio file not found", path=path)
@@ -53,8 +81,9 @@ def audio_info(path: str | Path) -> AudioInfo:
     import soundfile as sf
 
     path = Path(path)
+    require_regular_file(path)
     try:
-        info = sf.info(str(path))
+        info = sf.info(os.fsencode(path))
     except Exception as exc:  # soundfile raises LibsndfileError/RuntimeError/OSError/TypeError by format
         raise _open_error(path, exc) from None
     if info.samplerate <= 0 or info.channels <= 0:
@@ -65,7 +94,9 @@ def audio_info(path: str | Path) -> AudioInfo:
 def to_mono(x: np.ndarray) -> np.ndarray:
     """``(samples, channels)`` or ``(samples,)`` → ``(samples,)`` float32, by averaging channels."""
     if x.ndim == 2:
-        x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+        # Huge samples overflow to inf here; check_finite reports that in one line, without numpy's warning too.
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -79,10 +110,19 @@ def resample(x: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) ->
 
 
 def check_finite(x: np.ndarray, path: str | Path) -> np.ndarray:
-    """Raise :class:`AudioError` if ``x`` holds NaN or inf (float WAVs can)."""
+    """Raise :class:`AudioError` if ``x`` holds NaN or inf (float WAVs can), or samples so huge that normalising
+    them (:func:`normalize_wave`, float32 like the feature extractor) overflows to NaN/inf."""
     if x.size and not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).sum())
         raise AudioError(f"{bad} NaN/inf samples", path=path)
+    # Finite but huge (3e38 in a corrupt float WAV): the variance overflows, every normalised sample is NaN, the
+    # loss is NaN and the transcript empty. Checking the statistics normalize_wave uses catches exactly that.
+    with np.errstate(over="ignore", invalid="ignore"):
+        stats_finite = not x.size or (np.isfinite(x.mean()) and np.isfinite(x.var()))
+    if not stats_finite:
+        peak = float(np.abs(x).max())
+        raise AudioError(f"samples so large (peak {peak:.1e}) that normalising them overflows to NaN/inf; float audio "
+                         "should lie within [-1, 1]", path=path)
     return x
 
 
@@ -100,14 +140,18 @@ def load_audio(
 
     path = Path(path)
     info = audio_info(path)
-    if offset_s < 0 or (duration_s is not None and duration_s < 0):
+    if not (offset_s >= 0 and (duration_s is None or duration_s >= 0)):  # negative or NaN
         raise AudioError(f"negative offset/duration ({offset_s}, {duration_s})", path=path)
-    start = int(round(offset_s * info.sample_rate))
-    stop = None if duration_s is None else start + int(round(duration_s * info.sample_rate))
-    if info.frames and start >= info.frames:
-        raise AudioError(f"offset {offset_s:.3f}s is past the end ({info.duration_s:.3f}s)", path=path)
+    # In float first: 1e308 s times the rate is inf, which int() cannot take; nothing is read past the end anyway.
+    start_f = offset_s * info.sample_rate
+    if info.frames and start_f >= info.frames:
+        raise AudioError(f"offset {offset_s:.6g}s is past the end ({info.duration_s:.3f}s)", path=path)
+    start = int(round(start_f))
+    stop = None
+    if duration_s is not None and start_f + duration_s * info.sample_rate < (info.frames or math.inf):
+        stop = start + int(round(duration_s * info.sample_rate))
     try:
-        x, _ = sf.read(str(path), start=start, stop=stop, dtype="float32", always_2d=True)
+        x, _ = sf.read(os.fsencode(path), start=start, stop=stop, dtype="float32", always_2d=True)
     except Exception as exc:
         raise _open_error(path, exc) from None
     if x.shape[0] == 0:
@@ -137,7 +181,7 @@ def stream_audio(
     if info.sample_rate != sample_rate:
         stream = soxr.ResampleStream(info.sample_rate, sample_rate, 1, dtype="float32", quality="HQ")
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(os.fsencode(path)) as f:
             while True:
                 x = f.read(block_frames, dtype="float32", always_2d=True)
                 last = x.shape[0] < block_frames

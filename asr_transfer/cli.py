@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from typing import Sequence
 
@@ -92,6 +93,14 @@ def _quiet_library_progress() -> None:
     hf_logging.disable_progress_bar()
 
 
+def os_error_line(exc: OSError) -> str:
+    """``PATH: reason`` (``PATH -> PATH2: reason`` for a rename) of an OSError, on one line."""
+    where = os.fsdecode(exc.filename) if not isinstance(exc.filename, int) else f"file descriptor {exc.filename}"
+    if exc.filename2 is not None:
+        where += f" -> {os.fsdecode(exc.filename2)}"
+    return f"{where}: {exc.strerror or exc}".replace("\n", " ")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -109,6 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # About a path the user gave (a full disk, a folder where a file goes, no permission): theirs to fix, in
+        # one line. An OSError that names no path is not about their input: a bug, so it keeps its traceback.
+        if exc.filename is None:
+            raise
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import ConfigError
+from .errors import PARSE_ERRORS, ConfigError
 from .training.schedule import Stage
 
 # Training autocast precisions. Inference has its own set (inference.PRECISIONS): int8 is dynamic quantisation,
@@ -51,6 +52,10 @@ class ModelArgs:
     def __post_init__(self):
         one_of("model.head_init", self.head_init, ("mapped", "random", "keep"))
         one_of("model.adapter", self.adapter, ("none", "lora", "mms"))
+        if not self.source.strip() and not self.init_config:
+            raise ConfigError("model.source is empty; give a model folder (e.g. models/en-synth-small)")
+        _range("model.lora_r", self.lora_r, 1)
+        _range("model.lora_alpha", self.lora_alpha, 1)
 
 
 @dataclass(frozen=True)
@@ -67,14 +72,18 @@ class DataArgs:
                          "gains uniform in [-eq_db, +eq_db] dB, for timbre and formant-level variety (0: off)", 0.0)
 
     def __post_init__(self):
-        if self.max_batch_s <= 0 or self.max_utt_s <= 0 or self.min_utt_s < 0:
-            raise ConfigError("data.max_batch_s, data.max_utt_s must be > 0 and data.min_utt_s >= 0")
+        # "not (x > 0)" rather than "x <= 0": NaN (TOML has nan) fails every comparison and must fail the check too.
+        finite = all(math.isfinite(v) for v in (self.max_batch_s, self.max_utt_s, self.min_utt_s))
+        if not (finite and self.max_batch_s > 0 and self.max_utt_s > 0 and self.min_utt_s >= 0):
+            raise ConfigError("data.max_batch_s, data.max_utt_s must be finite and > 0 and data.min_utt_s >= 0")
         if self.max_utt_s > self.max_batch_s:
             raise ConfigError(f"data.max_utt_s ({self.max_utt_s}) exceeds data.max_batch_s ({self.max_batch_s})")
-        if any(f <= 0 for f in self.speed_perturb):
-            raise ConfigError("data.speed_perturb factors must be > 0")
-        if self.noise_snr_db and len(self.noise_snr_db) != 2:
-            raise ConfigError("data.noise_snr_db must be [lo, hi] or empty")
+        if not all(math.isfinite(f) and f > 0 for f in self.speed_perturb):
+            raise ConfigError("data.speed_perturb factors must be finite and > 0")
+        if self.noise_snr_db and (len(self.noise_snr_db) != 2 or not all(map(math.isfinite, self.noise_snr_db))
+                                  or not self.noise_snr_db[0] <= self.noise_snr_db[1]):
+            raise ConfigError("data.noise_snr_db must be [lo, hi] (finite, lo <= hi) or empty")
+        _range("data.max_dev_utts", self.max_dev_utts, 1)
         if not 0 <= self.eq_db <= 24:
             raise ConfigError(f"data.eq_db must be within 0-24 dB, got {self.eq_db}")
 
@@ -87,6 +96,14 @@ class AugmentArgs:
     mask_feature_length: int = option("SpecAugment feature-mask length in channels", 10)
     layerdrop: float = option("LayerDrop probability for trainable transformer layers", 0.0)
     dropout: float | None = option("override hidden/attention/activation dropout of the model (None: keep)", None)
+
+    def __post_init__(self):
+        _range("augment.mask_time_prob", self.mask_time_prob, 0, 1)
+        _range("augment.mask_feature_prob", self.mask_feature_prob, 0, 1)
+        _range("augment.mask_time_length", self.mask_time_length, 1)
+        _range("augment.mask_feature_length", self.mask_feature_length, 1)
+        _range("augment.layerdrop", self.layerdrop, 0, 1, hi_open=True)
+        _range("augment.dropout", self.dropout, 0, 1, hi_open=True)
 
 
 @dataclass(frozen=True)
@@ -118,8 +135,17 @@ class TrainArgs:
         one_of("train.tracking", self.tracking, ("tensorboard", "mlflow"))
         if self.grad_accum < 1 or self.eval_every < 1 or self.save_every < 1 or self.keep_last < 1:
             raise ConfigError("train.grad_accum, eval_every, save_every and keep_last must be >= 1")
-        if self.loader_threads < 0:
-            raise ConfigError(f"train.loader_threads must be >= 0, got {self.loader_threads}")
+        if not self.output_dir.strip():
+            # An empty path is the current folder: the run would land there, over any run.json it holds.
+            raise ConfigError("train.output_dir is empty; name the run folder, e.g. --set train.output_dir=runs/de-1")
+        _range("train.loader_threads", self.loader_threads, 0)
+        _range("train.seed", self.seed, 0, SEED_MAX)
+        _range("train.log_every", self.log_every, 1)
+        _range("train.num_threads", self.num_threads, 1)
+        _range("train.early_stop_patience", self.early_stop_patience, 1)
+        _range("train.cache_max_mem_mb", self.cache_max_mem_mb, 0)
+        _range("train.clip_norm", self.clip_norm, 0)
+        _range("train.watchdog_blank_share", self.watchdog_blank_share, 0, 1)
 
 
 def _default_stages() -> tuple[Stage, ...]:
@@ -139,6 +165,23 @@ class TrainConfig:
     augment: AugmentArgs = option("SpecAugment, LayerDrop, dropout", factory=AugmentArgs)
     train: TrainArgs = option("loop, checkpoints, logging", factory=TrainArgs)
     stages: tuple[Stage, ...] = option("staged unfreezing schedule, trained in order", factory=_default_stages)
+
+
+# numpy's legacy seeding takes 0 … 2**32 - 1; torch and numpy's Generator take that range too.
+SEED_MAX = 2**32 - 1
+
+
+def _range(key: str, value, lo: float, hi: float = math.inf, hi_open: bool = False) -> None:
+    """Refuse a number outside ``[lo, hi]`` (``[lo, hi)`` with ``hi_open``), NaN and inf included; ``None`` passes."""
+    if value is None:
+        return
+    try:
+        ok = math.isfinite(value) and lo <= value and (value < hi if hi_open else value <= hi)
+    except OverflowError:  # an int of hundreds of digits has no float
+        ok = False
+    if not ok:
+        upper = "" if hi == math.inf else (f" and < {hi}" if hi_open else f" and <= {hi}")
+        raise ConfigError(f"{key} must be a finite number >= {lo}{upper}, got {value!r}")
 
 
 def one_of(key: str, value: str, choices: Sequence[str]) -> None:
@@ -235,7 +278,7 @@ def parse_value(text: str) -> Any:
     """An override's value as TOML (``1e-4``, ``true``, ``["a", "b"]``), else the raw string."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except PARSE_ERRORS:  # TOMLDecodeError, a 5,000-digit number, [[[[… nested past the recursion limit
         return text
 
 
@@ -271,10 +314,15 @@ def read_config_data(path: str | Path) -> dict:
         raise ConfigError("config file not found", path=path)
     try:
         if path.suffix == ".json":
-            return json.loads(path.read_text(encoding="utf-8"))
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot parse config ({exc})", path=path) from None
+            data = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except PARSE_ERRORS as exc:  # also numbers past 4,300 digits and nesting past the recursion limit
+        raise ConfigError(f"cannot parse config ({str(exc).splitlines()[0][:200]})", path=path) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"cannot parse config (the top level must be a table/object, got {type(data).__name__})",
+                          path=path)
+    return data
 
 
 def load_config(cls, path: str | Path | None = None, overrides: Sequence[str] = (), base: dict | None = None):

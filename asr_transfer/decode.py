@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from .audio import FRAME_STRIDE_S
-from .errors import UserError
+from .errors import PARSE_ERRORS, UserError
 
 WORD_DELIMITER = "|"  # same value as vocab.WORD_DELIMITER; kept local so decoding does not import the text stack
 SPECIAL_RE = re.compile(r"^<[^<>]+>$")  # <s>, </s>, <unk>, <pad>, ...
@@ -466,4 +466,12 @@ def make_decoder(kind: str, vocab: Sequence[str], blank_id: int = 0, lm_dir: str
 def load_lm_record(lm_dir: str | Path) -> dict:
     """The ``lm.json`` record beside an LM (language, normaliser, counts), or {} when absent."""
     path = Path(lm_dir) / "lm.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except PARSE_ERRORS as exc:
+        raise UserError(f"not valid JSON ({str(exc)[:120]}); rebuild the LM with asr-transfer lm", path=path) from None
+    if not isinstance(record, dict):
+        raise UserError("must hold a JSON object; rebuild the LM with asr-transfer lm", path=path)
+    return record

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 from os import PathLike
 
+# What parsing user data (JSON, TOML) can raise besides its own DecodeError: ValueError covers bytes that are not
+# UTF-8 and integers past Python's 4,300-digit limit; deep nesting ([[[[…) exhausts the recursion limit. Every
+# reader of a file a user can touch catches all of these, so each is one line, never a traceback.
+PARSE_ERRORS = (ValueError, RecursionError)
+
 
 class UserError(Exception):
     """A problem with the user's input, data, config or environment; carries a one-line message."""

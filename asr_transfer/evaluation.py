@@ -212,13 +212,26 @@ def _model_facts(recognizer, model) -> dict:
 
 
 def write_evaluation(out_dir, summary: dict, rows: list[dict]) -> Path:
-    """Write ``summary.json`` and ``utterances.jsonl`` into ``out_dir``; returns the folder."""
+    """Write ``summary.json`` and ``utterances.jsonl`` into ``out_dir``; returns the folder.
+
+    Both are encoded before either is written, so a string UTF-8 cannot hold fails with nothing written; each file
+    then goes to a temp file renamed into place, so neither is ever half-written.
+    """
+    import os
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    with open(out / "utterances.jsonl", "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    texts = {"utterances.jsonl": "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
+             "summary.json": json.dumps(summary, indent=2, ensure_ascii=False) + "\n"}
+    data = {name: text.encode("utf-8") for name, text in texts.items()}
+    for name, blob in data.items():
+        tmp = out / f".{name}.{os.getpid()}.tmp"
+        try:
+            tmp.write_bytes(blob)
+            os.replace(tmp, out / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     return out
 
 
@@ -283,6 +296,10 @@ def evaluate(
         utts = utts[: max(0, int(max_utts))]
     if not utts:
         raise UserError("manifest holds no utterances", path=manifest)
+    if out_dir is not None:
+        from .outdir import check_output_dir
+
+        check_output_dir(out_dir, files=("summary.json", "utterances.jsonl", "run.json"), key="--out")
     if out_dir is not None:  # provenance hook: run.json (options, code, env, manifest fingerprint) at start
         from .provenance import begin_evaluation
 
@@ -410,6 +427,10 @@ def tune_lm(
     alphas, betas = [float(a) for a in alphas], [float(b) for b in betas]
     if not utts or not alphas or not betas:
         raise UserError("tune-lm needs utterances and at least one alpha and one beta", path=manifest)
+    if out_dir is not None:  # before the grid search, whose result is written at the end
+        from .outdir import check_output_dir
+
+        check_output_dir(out_dir, files=("tune.json",), key="--out")
     recognizer = _load(model, device, precision)
     normalizer = _normalizer_for(recognizer, lang, utts)
     items, skipped = compute_log_probs(recognizer, utts)

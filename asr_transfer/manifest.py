@@ -11,11 +11,12 @@ import hashlib
 import json
 import math
 import os
+import stat
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import ManifestError
+from .errors import PARSE_ERRORS, ManifestError
 
 REQUIRED = ("audio_filepath", "duration", "text")
 OPTIONAL = ("offset", "lang", "speaker", "id")
@@ -73,6 +74,27 @@ def _optional_str(value, key: str, path, line: int) -> str | None:
     return value
 
 
+def _check_encodable(obj: dict, path, line: int) -> None:
+    """Refuse strings UTF-8 cannot hold: JSON's ``"\\ud800"`` escape decodes to a lone surrogate, which parses but
+    fails only later, when a transcript, checkpoint or summary is written (half-written by then)."""
+    try:
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        bad = next((k for k, v in obj.items() if not json.dumps([k, v], ensure_ascii=False).isascii()
+                    and _unencodable(json.dumps([k, v], ensure_ascii=False))), "?")
+        name = bad.encode("utf-8", "backslashreplace").decode("utf-8")
+        raise ManifestError(f"'{name}' holds a lone UTF-16 surrogate (a \\ud800-\\udfff escape), which is not "
+                            "text; fix that escape", path=path, line=line) from None
+
+
+def _unencodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def parse_line(raw: bytes | str, line: int, path: str | Path, base_dir: Path | None = None) -> Utterance:
     """Parse one manifest line into an :class:`Utterance`; raise :class:`ManifestError` naming ``path:line``."""
     if isinstance(raw, bytes):
@@ -85,14 +107,21 @@ def parse_line(raw: bytes | str, line: int, path: str | Path, base_dir: Path | N
         obj = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ManifestError(f"not valid JSON ({exc.msg} at column {exc.colno})", path=path, line=line) from None
+    except PARSE_ERRORS as exc:  # a 5,000-digit number, nesting 100,000 deep
+        reason = str(exc).split(":")[0][:100]
+        raise ManifestError(f"not valid JSON ({reason})", path=path, line=line) from None
     if not isinstance(obj, dict):
         raise ManifestError(f"expected a JSON object, got {type(obj).__name__}", path=path, line=line)
+    _check_encodable(obj, path, line)
     missing = [k for k in REQUIRED if k not in obj]
     if missing:
         raise ManifestError(f"missing field(s) {', '.join(missing)}", path=path, line=line)
     audio = obj["audio_filepath"]
     if not isinstance(audio, str) or not audio.strip():
         raise ManifestError("'audio_filepath' must be a non-empty string", path=path, line=line)
+    if "\0" in audio:
+        raise ManifestError("'audio_filepath' holds a NUL character (\\u0000); no file can have that name", path=path,
+                            line=line)
     if not isinstance(obj["text"], str):
         raise ManifestError(f"'text' must be a string, got {type(obj['text']).__name__}", path=path, line=line)
     try:
@@ -106,7 +135,8 @@ def parse_line(raw: bytes | str, line: int, path: str | Path, base_dir: Path | N
         audio_filepath=str(audio_path),
         duration=_number(obj["duration"], "duration", path, line),
         text=obj["text"],
-        offset=_number(obj.get("offset", 0.0) or 0.0, "offset", path, line),
+        # null means "not given"; false, "" and [] are wrong types, not 0 (bool is an int to Python; _number knows).
+        offset=0.0 if obj.get("offset") is None else _number(obj["offset"], "offset", path, line),
         lang=_optional_str(obj.get("lang"), "lang", path, line),
         speaker=_optional_str(obj.get("speaker"), "speaker", path, line),
         id=_optional_str(obj.get("id"), "id", path, line),
@@ -188,10 +218,11 @@ def fingerprint(path: str | Path, hash_audio: bool = False) -> str:
             continue
         p = Path(item.audio_filepath)
         try:
-            if hash_audio:
+            st = p.stat()
+            # Only regular files are read: opening a FIFO would block until something writes to it.
+            if hash_audio and stat.S_ISREG(st.st_mode):
                 h.update(hashlib.sha256(p.read_bytes()).digest())
             else:
-                st = p.stat()
                 h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}".encode())
         except OSError:
             h.update(f"{p}|missing".encode())

@@ -37,7 +37,7 @@ def read_record(run_dir: str | Path) -> dict | None:
     """The folder's ``run.json``, or ``None`` when absent or unreadable (a record never makes a folder unusable)."""
     try:
         data = json.loads((Path(run_dir) / RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -58,7 +58,7 @@ def write_record(run_dir: str | Path, record: dict) -> Path:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import TrainConfig, load_config, one_of, option, read_config_data, to_dict
-from .errors import ConfigError, UserError
+from .errors import PARSE_ERRORS, ConfigError, UserError
 from .inference import PRECISIONS
 from .recipe_stages import STAGES, StageSpec
 
@@ -157,6 +157,20 @@ class RecipeConfig:
                 raise ConfigError(f"train.{key} is set by the recipe runner; set lang/source instead or leave it out")
         self.train_config("x.jsonl", "x.jsonl", "x.json", "run")  # unknown keys and bad values fail at load time
 
+    def train_inputs(self, **changes) -> dict:
+        """The resolved train table with its paths blank: what a stage's result depends on, not where it runs.
+
+        Built with placeholders and blanked after, since a config with an empty output_dir or source is refused.
+        """
+        blank_source = changes.get("model.source") == ""
+        if blank_source:
+            changes = {**changes, "model.source": "-"}
+        data = to_dict(self.train_config("", "", "", "-", **changes))
+        data["train"]["output_dir"] = ""
+        if blank_source:
+            data["model"]["source"] = ""
+        return data
+
     def train_config(self, train_manifest, dev_manifest, vocab, output_dir, **changes) -> TrainConfig:
         """The resolved :class:`TrainConfig` of the transfer run; ``changes`` are ``--set``-style ``key: value``."""
         data = json.loads(json.dumps(self.train))
@@ -254,7 +268,7 @@ class RecipeRunner:
         self.source = resolve_source(config.source)  # what the stages load: an absolute folder, or the hub id
         self.data = to_dict(config)
         # The resolved nested TrainConfig is what stage 4 depends on (defaults filled in, so equal configs hash equal).
-        self.data["train"] = to_dict(config.train_config("", "", "", ""))
+        self.data["train"] = config.train_inputs()
         self._fresh: dict[int, bool] = {}
 
     # ----------------------------------------------------------------- markers
@@ -264,7 +278,7 @@ class RecipeRunner:
     def marker(self, n: int) -> dict | None:
         try:
             return json.loads(self.marker_path(n).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, *PARSE_ERRORS):
             return None
 
     def stage_inputs(self, n: int) -> dict:
@@ -400,5 +414,5 @@ class RecipeRunner:
 def _read(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, *PARSE_ERRORS):
         return {}

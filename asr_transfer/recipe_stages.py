@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import UserError
+from .errors import PARSE_ERRORS, UserError
 
 SPLITS = ("train", "dev", "test")
 
@@ -217,14 +217,12 @@ def _train_once(r, label: str, config, inputs: dict) -> dict:
 
 
 def stage_train(r, resume: bool = False) -> dict:
-    from .config import to_dict
-
     cfg = r.config
     common = (r.manifest("train"), r.manifest("dev"), r.path("lang", "vocab.json"))
     source = r.source
     upstream = r.stage_inputs(4)["deps"]
     config = cfg.train_config(*common, r.path("train"), **{"model.source": source})
-    inputs = {"train": to_dict(cfg.train_config("", "", "", "")), "lang": cfg.lang, "source": cfg.source,
+    inputs = {"train": cfg.train_inputs(), "lang": cfg.lang, "source": cfg.source,
               "source_weights": r.source_digest(), "deps": upstream}
     summary = _train_once(r, "transfer", config, inputs)
     result = {"transfer": _run_facts(summary)}
@@ -236,7 +234,7 @@ def stage_train(r, resume: bool = False) -> dict:
         control = cfg.train_config(*common, r.path("control"), **changes)
         r.log(f"control: from scratch (same architecture, random weights, same data), {steps} steps, lr {c.lr:g}, "
               f"training {', '.join(c.groups)}")
-        inputs = {**inputs, "train": to_dict(cfg.train_config("", "", "", "", **{**changes, "model.source": ""}))}
+        inputs = {**inputs, "train": cfg.train_inputs(**{**changes, "model.source": ""})}
         result["control"] = _run_facts(_train_once(r, "control", control, inputs))
     return result
 
@@ -320,7 +318,7 @@ def stage_report(r, resume: bool = False) -> dict:
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, *PARSE_ERRORS):
         return {}
 
 

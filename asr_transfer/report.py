@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import report_plots as plots
-from .errors import UserError
+from .errors import PARSE_ERRORS, UserError
 from .metrics import char_errors, paired_bootstrap, wrap_alignment
 
 PAIRED_RESAMPLES = 1000
@@ -54,7 +54,7 @@ class Run:
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+    except (OSError, *PARSE_ERRORS) as exc:
         raise UserError(f"cannot read JSON ({exc}); re-run the step that wrote it", path=path) from None
 
 
@@ -69,7 +69,7 @@ def _read_jsonl(path: Path, strict: bool) -> tuple[list[dict], int]:
             if not isinstance(row, dict):
                 raise ValueError("not an object")
             rows.append(row)
-        except ValueError as exc:
+        except PARSE_ERRORS as exc:
             if strict:
                 raise UserError(f"bad JSON line ({exc})", path=path, line=line_no) from None
             bad += 1
@@ -80,16 +80,49 @@ _ROW_KEYS = ("id", "ref", "hyp", "substitutions", "deletions", "insertions", "hi
              "char_ref_len", "alignment")
 
 
+# What the report computes with, by type: a summary.json edited by hand ("wer": "0.25") fails here in one line.
+_SUMMARY_NUMBERS = ("wer", "cer", "n_utterances", "n_skipped", "rtf", "audio_s", "decode_s")
+_SUMMARY_INTERVALS = ("wer_ci95", "cer_ci95")
+_SUMMARY_TEXTS = ("name", "lang", "manifest_fingerprint")
+_ROW_NUMBERS = ("substitutions", "deletions", "insertions", "hits", "ref_len", "char_errors", "char_ref_len")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_summary(summary: dict, path: Path) -> None:
+    fix = "re-run `asr-transfer evaluate` to write it again"
+    for key in _SUMMARY_NUMBERS:
+        if summary.get(key) is not None and not _is_number(summary[key]):
+            raise UserError(f"'{key}' must be a number, got {summary[key]!r}; {fix}", path=path)
+    for key in _SUMMARY_INTERVALS:
+        value = summary.get(key)
+        if value is not None and not (isinstance(value, list) and len(value) == 2 and all(map(_is_number, value))):
+            raise UserError(f"'{key}' must be [low, high] numbers, got {value!r}; {fix}", path=path)
+    for key in _SUMMARY_TEXTS:
+        if summary.get(key) is not None and not isinstance(summary[key], str):
+            raise UserError(f"'{key}' must be a string, got {summary[key]!r}; {fix}", path=path)
+
+
 def load_evaluation(folder: Path, name: str | None = None) -> Evaluation:
     summary = _read_json(folder / "summary.json")
     if not isinstance(summary, dict):
         raise UserError("summary.json must be a JSON object", path=folder / "summary.json")
+    _check_summary(summary, folder / "summary.json")
     rows_path = folder / "utterances.jsonl"
     rows = _read_jsonl(rows_path, strict=True)[0] if rows_path.is_file() else []
     for i, row in enumerate(rows, start=1):
         missing = [k for k in _ROW_KEYS if k not in row]
         if missing:
             raise UserError(f"row {i} lacks {', '.join(missing)}; re-run `asr-transfer evaluate`", path=rows_path)
+        if not isinstance(row["id"], str):  # rows are paired by id across systems: it must be hashable text
+            raise UserError(f"'id' must be a string, got {row['id']!r}; re-run `asr-transfer evaluate`",
+                            path=rows_path, line=i)
+        wrong = [k for k in _ROW_NUMBERS if not _is_number(row[k])]
+        if wrong:
+            raise UserError(f"'{wrong[0]}' must be a number, got {row[wrong[0]]!r}; re-run `asr-transfer evaluate`",
+                            path=rows_path, line=i)
     return Evaluation(name or str(summary.get("name") or folder.name), folder, summary, rows)
 
 

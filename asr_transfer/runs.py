@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import provenance
-from .errors import UserError
+from .errors import PARSE_ERRORS, UserError
 
 DEFAULT_ROOTS = ("runs", "exp")
 COLUMNS = ("name", "date", "kind", "source", "lang", "minutes", "stages", "dev_cer", "dev_wer", "test_wer", "wall",
@@ -46,7 +46,7 @@ class RunInfo:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, *PARSE_ERRORS):
         return None
 
 

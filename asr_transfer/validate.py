@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .audio import RECEPTIVE_FIELD_SAMPLES, SAMPLE_RATE, AudioInfo, audio_info, frames_for_samples, load_audio
-from .errors import AudioError, ConfigError, ManifestError, UserError
+from .errors import PARSE_ERRORS, AudioError, ConfigError, ManifestError, UserError
 from .manifest import Utterance, scan_manifest
 
 SILENCE_PEAK = 1e-4  # |x| peak below this (≈ -80 dBFS) is digital silence, not a quiet recording
@@ -141,7 +141,8 @@ def _classify(exc: ManifestError) -> str:
     msg = str(exc)
     for needle, kind in (("not valid UTF-8", "not_utf8"), ("not valid JSON", "bad_json"),
                          ("expected a JSON object", "bad_json"), ("missing field", "missing_field"),
-                         ("finite number", "bad_value"), ("must be", "wrong_type")):
+                         ("finite number", "bad_value"), ("surrogate", "bad_value"), ("NUL character", "bad_value"),
+                         ("must be", "wrong_type")):
         if needle in msg:
             return kind
     return "bad_line"
@@ -201,15 +202,17 @@ def _model_settings(model_config) -> tuple[tuple[int, ...], tuple[int, ...], Pat
             raise ConfigError("no model config.json here; give a model folder or its config.json", path=cfg_path)
         try:
             cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"not a JSON model config ({exc})", path=cfg_path) from None
+        except PARSE_ERRORS as exc:
+            raise ConfigError(f"not a JSON model config ({str(exc)[:200]})", path=cfg_path) from None
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"not a JSON model config (a {type(cfg).__name__}, not an object)", path=cfg_path)
         if path.is_dir() and (folder / "vocab.json").is_file():
             vocab_path = folder / "vocab.json"
         record = folder / "asr_transfer.json"
         if path.is_dir() and record.is_file():
             try:
                 record_lang = json.loads(record.read_text(encoding="utf-8")).get("lang")
-            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            except (*PARSE_ERRORS, AttributeError):
                 record_lang = None
     kernel = tuple(int(k) for k in cfg.get("conv_kernel", DEFAULT_CONV_KERNEL))
     stride = tuple(int(s) for s in cfg.get("conv_stride", DEFAULT_CONV_STRIDE))

@@ -14,7 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-from .errors import UserError
+from .errors import PARSE_ERRORS, UserError
 from .text import get_normalizer
 
 SPECIALS: tuple[str, ...] = ("<pad>", "<s>", "</s>", "<unk>")
@@ -135,6 +135,8 @@ def load_vocab(path: str | Path) -> dict[str, int]:
     path = Path(path)
     if path.is_dir():
         path = path / "vocab.json"
+    if path.exists() and not path.is_file():  # a FIFO would block the read forever
+        raise UserError("not a regular file; give the vocab.json file (or its folder)", path=path)
     try:
         raw = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -145,6 +147,8 @@ def load_vocab(path: str | Path) -> dict[str, int]:
         tokens = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise UserError(f"not valid JSON ({exc.msg} at line {exc.lineno})", path=path) from None
+    except PARSE_ERRORS as exc:  # a number past 4,300 digits, nesting past the recursion limit
+        raise UserError(f"not valid JSON ({str(exc).split(':')[0][:100]})", path=path) from None
     if not isinstance(tokens, dict):
         raise UserError(f"expected a JSON object token -> id, got {type(tokens).__name__}", path=path)
     _check(tokens, path)

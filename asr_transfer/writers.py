@@ -138,7 +138,8 @@ def write_transcript(transcript, fmt: str, out_dir: str | os.PathLike, name: str
     content = format_transcript(transcript, fmt)
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{target.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+        # surrogateescape: an input whose file name is not UTF-8 keeps its own bytes in the transcript, as on stdout.
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as fh:
             fh.write(content)
         os.replace(tmp, target)
     except BaseException:

@@ -5,9 +5,12 @@ Used by test_bad_input, test_faults, test_safe_loading and test_audio_fuzz.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import pickle
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,29 @@ def write_audio(path: Path, x: np.ndarray, sample_rate: int = SR, format: str = 
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), x, sample_rate, format=format, subtype=subtype)
     return path
+
+
+class Hung(BaseException):
+    """Raised by :func:`deadline`. Not an Exception, so no ``except Exception`` in the code under test can turn a
+    hang into an ordinary error line and let the test pass."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fail with :class:`Hung` instead of blocking forever (a FIFO opened for reading, a loop that never ends).
+
+    SIGALRM interrupts a blocking ``open()`` in the main thread, where pytest (and each xdist worker) runs tests.
+    """
+    def hung(signum, frame):
+        raise Hung(f"still running after {seconds} s: it hangs")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # ------------------------------------------------------------------------------------------------ broken audio
@@ -69,6 +95,20 @@ def nonfinite_wav(path: Path, value: float = float("nan"), duration_s: float = 1
     x = tone(duration_s)
     x[100:110] = value
     return write_audio(path, x, subtype="FLOAT")
+
+
+def huge_float_wav(path: Path, value: float = 3e38, duration_s: float = 1.0, channels: int = 1,
+                   sample_rate: int = SR) -> Path:
+    """A float32 WAV of finite samples so large that normalising them overflows (a corrupt float file)."""
+    x = tone(duration_s, sample_rate, channels) / 0.3 * value
+    return write_audio(path, x.astype(np.float32), sample_rate, subtype="FLOAT")
+
+
+def fifo(path: Path) -> Path:
+    """A named pipe: opening it for reading blocks until a writer comes, and none ever does."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
 
 
 def long_pcm16(path: Path, hours: float = 1.0, sample_rate: int = 8000, block_s: float = 60.0) -> Path:
@@ -159,6 +199,57 @@ class _CreatesFile:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
+
+
+def custom_code_model(src: Path, dst: Path, marker: Path, where: str = "config.json",
+                      model_type: str = "evilnet") -> Path:
+    """A model folder whose ``where`` config has an ``auto_map`` to its own Python file, which creates ``marker``
+    when imported: what transformers offers to run, asking "[y/N]" on stdin."""
+    copy_model(src, dst)
+    (dst / "evilnet.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n"
+        "from transformers import Wav2Vec2Config, Wav2Vec2ForCTC, Wav2Vec2Processor\n"
+        f"class EvilConfig(Wav2Vec2Config):\n    model_type = {model_type!r}\n"
+        "class EvilModel(Wav2Vec2ForCTC):\n    config_class = EvilConfig\n"
+        "class EvilProcessor(Wav2Vec2Processor):\n    pass\n", encoding="utf-8")
+    cfg = json.loads((dst / "config.json").read_text(encoding="utf-8"))
+    cfg["model_type"] = model_type
+    cfg["auto_map"] = {"AutoConfig": "evilnet.EvilConfig", "AutoModelForCTC": "evilnet.EvilModel"}
+    (dst / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    for name in ("processor_config.json", "tokenizer_config.json"):
+        if name == where or where == "config.json":
+            data = json.loads((dst / name).read_text(encoding="utf-8"))
+            data["auto_map"] = {"AutoProcessor": "evilnet.EvilProcessor"}
+            (dst / name).write_text(json.dumps(data), encoding="utf-8")
+    if where != "config.json":  # only the processor's config asks for code: config.json stays plain wav2vec2
+        (dst / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if k != "auto_map"} |
+                                                    {"model_type": "wav2vec2"}), encoding="utf-8")
+    return dst
+
+
+def model_with_config(src: Path, dst: Path, **changes) -> Path:
+    """A copy of ``src`` whose ``config.json`` has ``changes`` applied (``None`` removes a key)."""
+    copy_model(src, dst)
+    cfg = json.loads((dst / "config.json").read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        if value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    (dst / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    return dst
+
+
+def model_with_nan_weights(src: Path, dst: Path, tensor: str = "lm_head.weight", value: float = float("nan")) -> Path:
+    """A copy of ``src`` whose ``tensor`` is all NaN (a diverged run saved as is), or all ``value``."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    copy_model(src, dst)
+    weights = load_file(str(dst / "model.safetensors"))
+    weights[tensor] = torch.full_like(weights[tensor], value)
+    save_file(weights, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
 
 
 def malicious_pickle_model(src: Path, dst: Path, marker: Path) -> Path:

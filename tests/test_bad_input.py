@@ -22,7 +22,10 @@ import pytest
 import transformers  # noqa: F401
 from badinput_fixtures import (
     VALID_FORMATS,
+    deadline,
+    fifo,
     header_only_wav,
+    huge_float_wav,
     long_pcm16,
     malicious_pickle_model,
     manifest_line,
@@ -74,6 +77,11 @@ CASES = [
     Case("all-silence", "error:silent", "skip:silent audio", "ok", "ok"),
     Case("nan-samples", "error:non_finite", "skip:non-finite samples", "skip", "error"),
     Case("inf-samples", "error:non_finite", "skip:non-finite samples", "skip", "error"),
+    # finite samples of 3e38: normalising them overflows to NaN (an empty transcript with exit 0, before issue 20)
+    Case("huge-samples", "error:non_finite", "skip:non-finite samples", "skip", "error"),
+    Case("huge-samples-1e30-8k", "error:non_finite", "skip:non-finite samples", "skip", "error"),
+    # a named pipe: opening it blocks forever (every command hung, before issue 20); _run fails a hang, not waits
+    Case("fifo", "error:unreadable_audio", "skip:unreadable audio", "skip", "error"),
     # --- unusual but valid encodings: must load as 16 kHz mono of the right duration
     *[Case(k, "ok", "ok", "ok", "ok") for k in VALID_FORMATS],
     # --- lengths
@@ -141,10 +149,12 @@ class World:
         text, duration = GOOD_TEXT, 1.0
         line = None
         if cid in ("truncated-wav", "header-only-wav", "zero-bytes", "not-audio", "all-silence", "nan-samples",
-                   "inf-samples"):
+                   "inf-samples", "huge-samples", "huge-samples-1e30-8k", "fifo"):
             build = {"truncated-wav": truncated_wav, "header-only-wav": header_only_wav, "zero-bytes": zero_byte_file,
                      "not-audio": not_audio_file, "all-silence": silent_wav, "nan-samples": nonfinite_wav,
-                     "inf-samples": lambda p: nonfinite_wav(p, float("inf"))}[cid]
+                     "inf-samples": lambda p: nonfinite_wav(p, float("inf")), "huge-samples": huge_float_wav,
+                     "huge-samples-1e30-8k": lambda p: huge_float_wav(p, 1e30, sample_rate=8000),
+                     "fifo": fifo}[cid]
             audio = build(d / "bad.wav")
         elif cid in VALID_FORMATS:
             audio = valid_format_file(d, cid)
@@ -231,7 +241,8 @@ def _params(command: str):
 
 # ------------------------------------------------------------------------------------------------ checks
 def _run(capfd, argv: list[str]) -> tuple[int, str, str]:
-    rc = main(argv)
+    with deadline(120):  # a command that blocks (on a FIFO, say) fails the case instead of hanging the suite
+        rc = main(argv)
     out, err = capfd.readouterr()
     assert "Traceback" not in err and "Traceback" not in out
     return rc, out, err
@@ -270,7 +281,8 @@ def test_validate(world, capfd, case):
         kind = case.validate.split(":", 1)[1]
         assert rc == 1, out
         assert f"{c['manifest']}:3: {kind}:" in out, out
-        if case.id in ("header-only-wav", "zero-bytes", "not-audio", "nan-samples", "truncated-wav"):
+        if case.id in ("header-only-wav", "zero-bytes", "not-audio", "nan-samples", "truncated-wav", "huge-samples",
+                       "fifo"):
             assert str(c["audio"]) in out  # the message names the audio file too
 
 

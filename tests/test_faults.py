@@ -251,7 +251,6 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path, c
         assert "Traceback" not in log.read_text()
     print("kills (kind, step reached before, after, temp folders left):", *kills, sep="\n  ")
     assert len(kills) == 12 and save_kills >= 2, kills
-    assert _tmp_folders(ckpts), "killed saves leave temp folders behind"
     assert zygote.run(argv, tmp_path / "final.log") == 0, (tmp_path / "final.log").read_text()
 
     steps = [r["step"] for r in _records(run)]

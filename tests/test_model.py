@@ -10,6 +10,8 @@ from conftest import TINY_STABLE_CONFIG, build_model
 
 from asr_transfer.errors import ConfigError, ModelError, UserError
 from asr_transfer.model.adapters import add_adapters, merge_adapters, save_adapter
+from asr_transfer.model.groups import parameter_groups
+from asr_transfer.model.head import swap_head
 from asr_transfer.model.load import (
     RECORD_FILE,
     ModelRecord,
@@ -18,8 +20,6 @@ from asr_transfer.model.load import (
     resolve_device,
     save_model,
 )
-from asr_transfer.model.groups import parameter_groups
-from asr_transfer.model.head import swap_head
 
 
 def _logits(model, wave) -> torch.Tensor:

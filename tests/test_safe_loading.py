@@ -50,6 +50,10 @@ def test_no_pickle_no_remote_code_no_assert_validation(path):
         assert name not in ("eval", "exec"), f"{path}:{call.lineno}: {name}"
         trust = keywords.get("trust_remote_code")
         assert not (isinstance(trust, ast.Constant) and trust.value is True), f"{path}:{call.lineno}: trust_remote_code"
+        if isinstance(call.func, ast.Attribute) and call.func.attr == "from_pretrained":
+            # Unset, transformers falls back to asking on stdin whether to run a folder's code: say False out loud.
+            assert isinstance(trust, ast.Constant) and trust.value is False, \
+                f"{path}:{call.lineno}: {name} without trust_remote_code=False"
     # `assert` vanishes under python -O: the package must not use it at all (input checks raise UserError).
     asserts = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Assert)]
     assert not asserts, f"{path}: assert on lines {asserts}"

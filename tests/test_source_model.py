@@ -6,7 +6,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from conftest import BASE960H_CONFIG, TINY_STABLE_CONFIG

@@ -73,6 +73,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.out is None and several and args.format in ("srt", "vtt", "tsv"):
         raise UserError(f"{len(inputs)} inputs: use --out DIR to write one .{args.format} file per input")
     names = _unique_names([str(p) for p, _ in inputs])
+    if args.out is not None:
+        from ..outdir import check_output_dir
+
+        # Before the model loads: each file is written as it is transcribed, and a bad --out would lose the work.
+        check_output_dir(args.out, files=[f"{names[str(p)]}.{args.format}" for p, error in inputs if error is None],
+                         key="--out")
     failed = 0
     for t in iter_transcripts(
         [p for p, _ in inputs],  # expanding again is idempotent and reports the same errors

@@ -11,7 +11,8 @@ read without CSV quoting. The official splits are used as they are (they are mea
 checked and any shared speakers are reported as a warning). Manifests point at the original mp3 clips (nothing is
 copied or converted: soundfile decodes mp3), keep the sentence as published (normalisation happens at training/eval
 time), and carry ``speaker`` = ``client_id``, ``id`` = clip stem and ``lang``. Clips that are missing, unreadable,
-empty, or outside the duration limits are skipped and counted by reason in the returned summary.
+empty, or outside the duration limits are skipped and counted by reason in the returned summary, and so are rows
+whose fields do not line up with the header (a tab inside a sentence would otherwise cut it there).
 """
 from __future__ import annotations
 
@@ -22,7 +23,15 @@ from typing import Sequence
 
 from ..errors import UserError
 from ..manifest import Utterance
-from .splits import MIN_DURATION_S, ImportSummary, probe_audio, skip_reason, speaker_overlaps, write_splits
+from .splits import (
+    FIELD_COUNT_SKIP,
+    MIN_DURATION_S,
+    ImportSummary,
+    probe_audio,
+    skip_reason,
+    speaker_overlaps,
+    write_splits,
+)
 
 REQUIRED_COLUMNS = ("client_id", "path", "sentence")
 KEPT_COLUMNS = ("gender", "age", "accents", "variant")  # demographic columns kept as extra keys, for per-group WER
@@ -78,7 +87,9 @@ def _rows_to_utterances(
         clip = (row.get("path") or "").strip()
         text = (row.get("sentence") or "").strip()
         where = f"{tsv.name}:{line}"
-        if not clip:
+        if None in row or None in row.values():  # csv.DictReader's marks of extra / missing fields
+            summary.skip(FIELD_COUNT_SKIP, where)
+        elif not clip:
             summary.skip("row without path", where)
         elif not text:
             summary.skip("empty sentence", where)

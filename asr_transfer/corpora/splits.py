@@ -26,6 +26,9 @@ from ..manifest import Utterance, write_manifest
 DEFAULT_FRACTIONS: dict[str, float] = {"train": 0.8, "dev": 0.1, "test": 0.1}
 MIN_DURATION_S = RECEPTIVE_FIELD_SAMPLES / SAMPLE_RATE  # s; shorter clips give the CNN no output frame
 EXAMPLES_PER_REASON = 3  # how many example items each skip reason keeps for the summary
+# A row whose fields do not line up with the header: in a quote-less TSV (Common Voice) a tab inside the sentence
+# splits it, and reading on would cut the transcript at the tab without a word. It is skipped and counted instead.
+FIELD_COUNT_SKIP = "fields do not match the header (a tab or delimiter inside the text?)"
 
 
 def parse_fractions(spec: str) -> dict[str, float]:

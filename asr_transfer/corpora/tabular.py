@@ -17,6 +17,7 @@ from ..errors import UserError
 from ..manifest import Utterance
 from .splits import (
     DEFAULT_FRACTIONS,
+    FIELD_COUNT_SKIP,
     MIN_DURATION_S,
     ImportSummary,
     probe_audio,
@@ -31,7 +32,12 @@ DELIMITERS = {".tsv": "\t", ".tab": "\t", ".csv": ","}
 
 def _delimiter_for(table: Path, text: str, delimiter: str | None) -> str:
     if delimiter:
-        return "\t" if delimiter in ("\\t", "tab") else delimiter
+        sep = "\t" if delimiter in ("\\t", "tab") else delimiter
+        # The csv module takes one character, and not one that ends a line or quotes a field.
+        if len(sep) != 1 or sep in "\r\n\"":
+            raise UserError(f"--delimiter must be one character other than a quote or line break (or tab), got "
+                            f"{delimiter!r}", path=table)
+        return sep
     if table.suffix.lower() in DELIMITERS:
         return DELIMITERS[table.suffix.lower()]
     try:
@@ -61,7 +67,12 @@ def read_table(table: Path, delimiter: str | None = None) -> tuple[list[str], li
     for line, values in enumerate(reader, start=2):
         if not any(v.strip() for v in values):
             continue
-        rows.append((line, dict(zip(columns, values))))
+        row = dict(zip(columns, values))
+        if len(values) != len(columns):
+            # Like csv.DictReader: the None key marks a row whose fields do not line up with the header (a tab
+            # inside a transcript of a quote-less TSV); zip alone would cut the transcript there without a word.
+            row[None] = values[len(columns):]
+        rows.append((line, row))
     return columns, rows
 
 
@@ -103,6 +114,9 @@ def prepare_tabular(
     kept = []
     for line, row in rows:
         where = f"{table.name}:{line}"
+        if None in row:
+            summary.skip(FIELD_COUNT_SKIP, f"{where} ({len(row) - 1 + len(row[None])} fields, header {len(columns)})")
+            continue
         raw_path = (row.get(path_column) or "").strip()
         text = " ".join((row.get(text_column) or "").split())
         if not raw_path:

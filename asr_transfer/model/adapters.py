@@ -21,7 +21,7 @@ from torch import nn
 from ..errors import ConfigError, ModelError
 from .groups import parameter_groups
 from .head import set_vocab_config
-from .load import RECORD_FILE, ModelRecord, atomic_folder_write, make_processor
+from .load import RECORD_FILE, ModelRecord, atomic_folder_write, check_no_custom_code, make_processor
 
 ADAPTER_MODES = ("lora", "mms")
 LORA_FILE = "adapter.safetensors"
@@ -150,6 +150,7 @@ def apply_saved_adapter(model: nn.Module, adapter_dir: str | os.PathLike):
     folder = Path(adapter_dir)
     if not (folder / RECORD_FILE).is_file():
         raise ModelError(f"not an adapter folder (no {RECORD_FILE}); write it with save_adapter", path=folder)
+    check_no_custom_code(folder)
     record = ModelRecord.read(folder / RECORD_FILE)
     spec = record.extra.get("adapter")
     if record.adapter not in ADAPTER_MODES or not isinstance(spec, dict):
@@ -193,7 +194,7 @@ def apply_saved_adapter(model: nn.Module, adapter_dir: str | os.PathLike):
             model.load_state_dict(state, strict=False)
     set_vocab_config(model.config, record.vocab)
     try:
-        processor = Wav2Vec2Processor.from_pretrained(str(folder), local_files_only=True)
+        processor = Wav2Vec2Processor.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except Exception:
         processor = make_processor(record.vocab, feat_extract_norm=model.config.feat_extract_norm)
     return processor, record

@@ -10,10 +10,12 @@ The CTC head swap is :mod:`asr_transfer.model.head`; named parameter groups are 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -24,7 +26,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..errors import ConfigError, ModelError, UserError
+from ..errors import PARSE_ERRORS, ConfigError, ModelError, UserError
 
 RECORD_FILE = "asr_transfer.json"
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
@@ -72,7 +74,7 @@ class ModelRecord:
     def read(cls, path: str | os.PathLike) -> "ModelRecord":
         try:
             d = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
+        except (OSError, *PARSE_ERRORS) as exc:
             raise ModelError(f"cannot read the record ({exc}); re-save the model or delete the file", path=path)
         if not isinstance(d, dict):
             raise ModelError("record must be a JSON object", path=path)
@@ -151,13 +153,81 @@ def _offline() -> bool:
     return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+# What Wav2Vec2ForCTC loads as what it is; another model_type would be read as a wav2vec2 and mean something else.
+WAV2VEC2_MODEL_TYPES = ("wav2vec2",)
+# Files transformers reads from a model folder. An ``auto_map`` in any of them points it at Python code in the folder,
+# which it then offers to run (and asks on stdin): such a folder is refused before transformers sees it.
+_HF_CONFIG_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer_config.json",
+                    "feature_extractor_config.json", "adapter_config.json")
+# Sizes that must be whole numbers >= 1: 0 or -1 loads without complaint and silently drops layers or heads.
+_POSITIVE_INTS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                  "num_feat_extract_layers", "num_conv_pos_embeddings", "num_conv_pos_embedding_groups", "vocab_size")
+_POSITIVE_INT_LISTS = ("conv_dim", "conv_kernel", "conv_stride")
+_PROBABILITIES = ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout", "final_dropout",
+                  "layerdrop", "mask_time_prob", "mask_feature_prob")
+
+
+def read_config_json(path: Path) -> dict:
+    """A model's ``config.json`` as a dict; one :class:`ModelError` line when it is not a JSON object."""
+    try:
+        cfg = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, *PARSE_ERRORS) as exc:
+        raise ModelError(f"config.json is not valid JSON ({str(exc).splitlines()[0][:120]})", path=path) from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"config.json must hold a JSON object, got {type(cfg).__name__}", path=path)
+    return cfg
+
+
+def check_architecture(cfg: dict, path) -> None:
+    """Refuse sizes and probabilities no wav2vec2 can have (``num_hidden_layers = -1`` loads with no layers)."""
+    def positive(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    for key in _POSITIVE_INTS:
+        if key in cfg and not positive(cfg[key]):
+            raise ModelError(f"{key} must be a whole number >= 1, got {cfg[key]!r}; fix or replace config.json",
+                             path=path)
+    lengths = set()
+    for key in _POSITIVE_INT_LISTS:
+        if key in cfg:
+            value = cfg[key]
+            if not isinstance(value, list) or not value or not all(positive(v) for v in value):
+                raise ModelError(f"{key} must be a non-empty list of whole numbers >= 1, got {value!r}", path=path)
+            lengths.add(len(value))
+    if len(lengths) > 1:
+        raise ModelError(f"{', '.join(_POSITIVE_INT_LISTS)} differ in length; fix or replace config.json", path=path)
+    for key in _PROBABILITIES:
+        value = cfg.get(key)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is not None and not (number and 0 <= value <= 1):
+            raise ModelError(f"{key} must be a probability within 0-1, got {value!r}", path=path)
+
+
+def check_no_custom_code(folder: Path) -> None:
+    """Refuse a folder whose configs ask transformers to import its own Python code (``auto_map``)."""
+    for name in _HF_CONFIG_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, *PARSE_ERRORS):
+            data = None  # unreadable: the loader of that file reports it
+        if isinstance(data, dict) and "auto_map" in data:
+            raise ModelError("asks to run custom Python code from the model folder (auto_map), which asr-transfer "
+                             "never does; use a plain wav2vec2 model folder", path=path)
+
+
 def _check_local_folder(folder: Path, allow_pickle: bool) -> None:
     if not (folder / "config.json").is_file():
         raise ModelError("no config.json: not a model folder (save it with save_pretrained)", path=folder / "config.json")
-    try:
-        json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"config.json is not valid JSON ({exc})", path=folder / "config.json")
+    check_no_custom_code(folder)
+    cfg = read_config_json(folder / "config.json")
+    model_type = cfg.get("model_type", "wav2vec2")
+    if model_type not in WAV2VEC2_MODEL_TYPES:
+        raise ModelError(f"model_type {model_type!r} is not a wav2vec2 model ({', '.join(WAV2VEC2_MODEL_TYPES)}); "
+                         "asr-transfer loads wav2vec2 CTC models only", path=folder / "config.json")
+    check_architecture(cfg, folder / "config.json")
     shards = sorted(folder.glob("model*.safetensors"))
     if not shards:
         pickled = [n for n in _PICKLE_WEIGHTS if (folder / n).exists()] + [p.name for p in folder.glob("*.pt")]
@@ -186,10 +256,11 @@ def _load_processor(source: str, folder: Path | None, config, local_only: bool):
     has_feature_config = folder is None or any((folder / n).is_file() for n in ("preprocessor_config.json", "processor_config.json"))
     if not has_feature_config:
         # Trainer checkpoints often carry only the tokenizer: the feature extractor is fully determined by the config.
-        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-        return make_processor(vocab, feat_extract_norm=config.feat_extract_norm)
+        from ..vocab import load_vocab
+
+        return make_processor(load_vocab(folder / "vocab.json"), feat_extract_norm=config.feat_extract_norm)
     try:
-        return Wav2Vec2Processor.from_pretrained(source, local_files_only=local_only)
+        return Wav2Vec2Processor.from_pretrained(source, local_files_only=local_only, trust_remote_code=False)
     except Exception as exc:
         where = folder / "vocab.json" if folder is not None else source
         raise ModelError(f"cannot load the tokenizer/feature extractor ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", path=where)
@@ -197,16 +268,29 @@ def _load_processor(source: str, folder: Path | None, config, local_only: bool):
 
 def _from_pretrained(source: str, allow_pickle: bool, local_only: bool):
     from transformers import Wav2Vec2ForCTC
+    from transformers.utils import logging as hf_logging
 
+    # trust_remote_code=False, said out loud: left unset, transformers asks on stdin whether to run a folder's code.
     kwargs = dict(local_files_only=local_only, dtype=torch.float32, output_loading_info=True)
     if not allow_pickle:
         kwargs["use_safetensors"] = True
+    # The library logs a 20-line load-report table for any key mismatch; load_model says what matters in one line.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
     try:
-        return Wav2Vec2ForCTC.from_pretrained(source, attn_implementation="sdpa", **kwargs)
-    except (ValueError, ImportError) as exc:
-        if "sdpa" not in str(exc).lower() and "attn" not in str(exc).lower():
-            raise
-    return Wav2Vec2ForCTC.from_pretrained(source, attn_implementation="eager", **kwargs)
+        try:
+            return Wav2Vec2ForCTC.from_pretrained(source, attn_implementation="sdpa", trust_remote_code=False, **kwargs)
+        except (ValueError, ImportError) as exc:
+            if "sdpa" not in str(exc).lower() and "attn" not in str(exc).lower():
+                raise
+        return Wav2Vec2ForCTC.from_pretrained(source, attn_implementation="eager", trust_remote_code=False, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def non_finite_weights(model: nn.Module) -> list[str]:
+    """Names of weight tensors holding NaN or inf (a diverged run saved as is, or a damaged file)."""
+    return [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
 
 
 def load_model(path_or_id: str | os.PathLike, device: str = "cpu", allow_pickle: bool = False,
@@ -248,6 +332,16 @@ def load_model(path_or_id: str | os.PathLike, device: str = "cpu", allow_pickle:
     if bad:
         raise ModelError(f"weights do not match config.json (missing/mismatched: {', '.join(map(str, bad[:3]))}...)",
                          path=(folder / "model.safetensors") if folder else source)
+    weights = (folder / "model.safetensors") if folder else source
+    broken = non_finite_weights(model)
+    if broken:
+        # Such a model transcribes everything to "" without an error; nothing it outputs can be trusted.
+        raise ModelError(f"{len(broken)} weight tensor(s) hold NaN/inf (e.g. {broken[0]}): the model is damaged or "
+                         "was saved from a diverged run; use an earlier checkpoint or re-download it", path=weights)
+    unused = sorted(info.get("unexpected_keys") or [])
+    if unused:
+        print(f"warning: {weights}: {len(unused)} weight(s) in the file are not used by config.json "
+              f"(e.g. {unused[0]}); check that config.json belongs to these weights", file=sys.stderr)
     processor = _load_processor(source, folder, model.config, local_only)
     record = None
     if folder is not None and (folder / RECORD_FILE).is_file():
@@ -278,6 +372,25 @@ def load_model(path_or_id: str | os.PathLike, device: str = "cpu", allow_pickle:
     model.to(resolve_device(device)).eval()
     return LoadedModel(model=model, processor=processor, record=record, vocab=id_to_token, blank_id=int(blank_id),
                        path=path, lang=lang, normalizer_name=normalizer_name)
+
+
+def model_fingerprint(path_or_id: str | os.PathLike) -> str:
+    """Content hash of a model folder's files (a config file's bytes; a hub id's name), for the resume check.
+
+    The model card is left out: it is prose, and rewriting it changes no weight.
+    """
+    h = hashlib.sha256()
+    path = Path(path_or_id)
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.name != "README.md") if path.is_dir() else (
+        [path] if path.is_file() else [])
+    if not files:
+        h.update(os.fspath(path_or_id).encode("utf-8"))
+    for p in files:
+        h.update(p.name.encode("utf-8") + b"\0")
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
 
 
 def _id_to_token(vocab: dict[str, int], path) -> list[str]:
@@ -327,6 +440,26 @@ def atomic_folder_write(out_dir: str | os.PathLike, write) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def recover_folder_write(out_dir: str | os.PathLike) -> None:
+    """Clean up after an :func:`atomic_folder_write` to ``out_dir`` that was killed; call it when none is running.
+
+    A kill while writing leaves ``.NAME.tmp-*`` (incomplete: deleted). A kill between setting the old folder aside
+    and moving the new one in leaves no ``out_dir`` but a complete ``.NAME.old-*/NAME``: that one is put back, so a
+    killed re-save never loses the model that was there. Leftover ``.old-*`` folders are deleted.
+    """
+    out = Path(out_dir)
+    if not out.parent.is_dir():
+        return
+    olds = sorted(out.parent.glob(f".{out.name}.old-*"))
+    if not out.exists():
+        for old in olds:
+            if (old / out.name).is_dir():
+                os.replace(old / out.name, out)
+                break
+    for p in [*out.parent.glob(f".{out.name}.tmp-*"), *olds]:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def save_model(out_dir: str | os.PathLike, model: nn.Module, processor, record: ModelRecord,

@@ -75,11 +75,16 @@ def _random_model(args: ModelArgs, vocab: dict[str, int], seed: int):
 
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
+    from .load import check_architecture
+
     path = Path(args.init_config)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise UserError(f"must hold a JSON object (a Wav2Vec2Config), got {type(data).__name__}", path=path)
+        check_architecture(data, path)
         config = Wav2Vec2Config(**{**data, "vocab_size": len(vocab), "pad_token_id": vocab["<pad>"]})
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, RecursionError) as exc:
         raise UserError(f"cannot read the Wav2Vec2Config ({exc})", path=path) from None
     if args.head_init != "keep" or not args.vocab:
         raise UserError("model.init_config needs model.vocab (a vocab.json) and model.head_init = keep", path=path)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import UserError
+from ..errors import PARSE_ERRORS, UserError
 
 CHECKSUMS = "checksums.json"
 # Test hooks: make a save fail after N files (disk-full simulation) or slow it down (to SIGKILL inside a save).
@@ -180,8 +180,10 @@ def verify(path: str | Path) -> bool:
     """True when every file listed in ``checksums.json`` exists and matches."""
     path = Path(path)
     try:
-        sums = json.loads((path / CHECKSUMS).read_text())
-    except (OSError, json.JSONDecodeError):
+        sums = json.loads((path / CHECKSUMS).read_text(encoding="utf-8"))
+    except (OSError, *PARSE_ERRORS):  # garbage bytes are a UnicodeDecodeError, not a JSONDecodeError
+        return False
+    if not isinstance(sums, dict) or not all(isinstance(v, str) for v in sums.values()):
         return False
     expected = {"model.safetensors", "optimizer.safetensors", "optimizer.json", "scheduler.json", "rng.safetensors",
                 "rng.json", "trainer.json"}
@@ -230,5 +232,11 @@ def prune(root: str | Path, keep_last: int) -> None:
     root = Path(root)
     for p in list_checkpoints(root)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(p, ignore_errors=True)
+    remove_temp_folders(root)
+
+
+def remove_temp_folders(root: str | Path) -> None:
+    """Delete the temp folders of saves that were killed (never loaded; only the process that made one writes it)."""
+    root = Path(root)
     for p in root.glob(".step-*.tmp-*") if root.is_dir() else []:
         shutil.rmtree(p, ignore_errors=True)

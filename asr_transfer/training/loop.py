@@ -9,6 +9,8 @@ for an exact resume: weights, optimiser moments by parameter name, scheduler, RN
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import time
@@ -33,6 +35,8 @@ from ..model.forward import (
     trainable_boundary,
     unwrap,
 )
+from ..model.load import model_fingerprint, recover_folder_write
+from ..outdir import check_output_dir
 from . import checkpoint as ckpt
 from .cache import FeatureCache
 from .data import (
@@ -50,6 +54,12 @@ from .runlog import RunLog
 from .state import Accum, State, config_hash, end_stage, record_evaluation, resume_problems, stage_total_steps
 
 _NAN_ENV = "ASR_TRANSFER_INJECT_NAN_EVERY"  # test hook: make every k-th micro-batch loss NaN
+# Skipped optimiser steps in a row after which the run stops: a skipped step does not advance the step counter, so a
+# run whose every loss is NaN would otherwise loop forever, logging each skip. An odd NaN batch never gets near this.
+MAX_CONSECUTIVE_NAN_STEPS = 20
+# What a run folder holds; a folder where one of these files goes (or a file where a folder goes) is refused up front.
+RUN_FILES = ("run.json", "config.resolved.json", "head_init.json", "stages.json", "metrics.jsonl", "train_summary.json")
+RUN_FOLDERS = ("checkpoints", "final", "best", "cache", "tb")
 
 
 class Trainer:
@@ -63,6 +73,7 @@ class Trainer:
         self.time_budget_s = time_budget_s
         self.paused = False
         self.micro = 0  # micro-batches run in this invocation (the NaN-injection test hook counts them)
+        self.nan_streak = 0  # optimiser steps skipped in a row for a NaN/inf loss or gradient
         self.nan_every = int(os.environ.get(_NAN_ENV, "0"))
 
         self.config = config
@@ -96,6 +107,12 @@ class Trainer:
         cfg = self.config
         if not cfg.data.train_manifest:
             raise ConfigError("data.train_manifest is required")
+        if self.main:
+            check_output_dir(self.run_dir, files=RUN_FILES, folders=RUN_FOLDERS, key="train.output_dir")
+            # A kill inside a save leaves its temp folder (and, mid-swap, the previous final/ or best/ set aside).
+            ckpt.remove_temp_folders(self.run_dir / "checkpoints")
+            for name in ("final", "best"):
+                recover_folder_write(self.run_dir / name)
         existing = ckpt.list_checkpoints(self.run_dir / "checkpoints")
         if existing and not self.resume:
             raise UserError(f"{self.run_dir} already holds checkpoints; pass --resume to continue it or choose another train.output_dir")
@@ -129,6 +146,10 @@ class Trainer:
         self.state.fingerprints = {"train": fingerprint(cfg.data.train_manifest)}
         if cfg.data.dev_manifest:
             self.state.fingerprints["dev"] = fingerprint(cfg.data.dev_manifest)
+        # Neither is in the config hash: vocab.json's contents and the source's weights can change under the same path.
+        self.state.fingerprints["vocab"] = hashlib.sha256(
+            json.dumps(self.vocab, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
+        self.state.fingerprints["source"] = model_fingerprint(cfg.model.init_config or cfg.model.source)
         self.log = RunLog(self.run_dir, enabled=self.main, tracking=cfg.train.tracking, config=to_dict(cfg))
         if self.main:
             save_config(cfg, self.run_dir / "config.resolved.json")
@@ -411,9 +432,18 @@ class Trainer:
         if accum.bad or not torch.isfinite(norm):
             # Skip the whole step: a NaN/inf loss or gradient must never reach the weights.
             self.state.nan_skipped += 1
+            self.nan_streak += 1
             optimizer.zero_grad(set_to_none=True)
             self.log.log({"step": self.state.step, "split": "event", "nan_skipped": self.state.nan_skipped})
+            if self.nan_streak >= MAX_CONSECUTIVE_NAN_STEPS:
+                self.log.close()
+                raise UserError(
+                    f"{self.nan_streak} optimiser steps in a row had a NaN/inf loss or gradient (step "
+                    f"{self.state.step}, stage {stage.name}); likely causes: audio with non-finite or huge samples "
+                    "(run asr-transfer validate), a source model whose outputs overflow (NaN or huge weights), or a "
+                    "learning rate so high the weights overflowed", path=self.run_dir)
             return False
+        self.nan_streak = 0
         if self.scaler:
             self.scaler.step(optimizer)
             self.scaler.update()
@@ -440,6 +470,9 @@ class Trainer:
         self.log.write_json("stages.json", self.state.stages)
         final_metrics = self.evaluate() if self.dev_examples else {}
         out = self.save_model("final", {"dev": final_metrics} if final_metrics else None)
+        if self.main:
+            for name in ("final", "best"):
+                recover_folder_write(self.run_dir / name)
         summary = {"steps": self.state.step, "wall_s": round(time.time() - self.t_start, 1), "skipped": self.skips.as_dict(),
                    "dev_skipped": self.dev_skips.as_dict(), "nan_skipped": self.state.nan_skipped,
                    "watchdog_events": self.state.watchdog_events, "best_" + cfg.train.selection_metric: self.state.best,

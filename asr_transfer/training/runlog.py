@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import PARSE_ERRORS
+
 
 class RunLog:
     """Appends metrics to ``metrics.jsonl`` and mirrors scalars to TensorBoard (and MLflow when asked)."""
@@ -84,7 +86,16 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of ``metrics.jsonl``; a line that a kill cut short is left out."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line) if line.strip() else None
+        except PARSE_ERRORS:  # the last line of a run killed mid-write
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows

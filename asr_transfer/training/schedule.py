@@ -19,6 +19,8 @@ from ..errors import ConfigError
 from ..model.groups import group_names, parameter_groups
 
 SCHEDULES = ("linear", "cosine", "constant")
+# Far above any rate AdamW trains a wav2vec2 with; past ~1e37 torch's update overflows float32 and raises mid-run.
+LR_MAX = 1e3
 # Groups that sit below the transformer layers: under layer-wise decay they get the lowest layer's rate × decay.
 _BELOW_LAYERS = ("feature_encoder", "feature_projection", "pos_conv")
 _LAYER_SLICE = re.compile(r"^layers\.(-?\d*):(-?\d*)$")
@@ -59,18 +61,18 @@ class Stage:
                            ("warmup_steps", int | None)):
             _check_type(self, name, kind, where)
         checks = [
-            (math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (0 < self.lr <= LR_MAX, f"lr must be > 0 and <= {LR_MAX:g}, got {self.lr}"),
             (bool(self.train), "train lists no groups"),
             (self.steps is None or self.steps > 0, f"steps must be > 0, got {self.steps}"),
-            (self.epochs is None or self.epochs > 0, f"epochs must be > 0, got {self.epochs}"),
+            (self.epochs is None or 0 < self.epochs < math.inf, f"epochs must be finite and > 0, got {self.epochs}"),
             (self.max_steps is None or self.max_steps > 0, f"max_steps must be > 0, got {self.max_steps}"),
             (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
-            (self.min_delta >= 0, f"min_delta must be >= 0, got {self.min_delta}"),
+            (0 <= self.min_delta < math.inf, f"min_delta must be finite and >= 0, got {self.min_delta}"),
             (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
             (self.warmup_steps is None or self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
             (0 < self.layer_decay <= 1, f"layer_decay must be in (0, 1], got {self.layer_decay}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.weight_decay < math.inf, f"weight_decay must be finite and >= 0, got {self.weight_decay}"),
         ]
         for ok, message in checks:
             if not ok:

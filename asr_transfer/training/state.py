@@ -18,6 +18,13 @@ from .schedule import Stage
 _HASH_EXEMPT = ("save_every", "keep_last", "log_every", "num_threads")
 
 
+# What each fingerprint covers, for the one line that refuses a resume.
+_FINGERPRINTED = {"train": "the train manifest", "dev": "the dev manifest", "vocab": "the target vocabulary",
+                  "source": "the source model (its weights or config)"}
+# Fingerprints that checkpoints from older versions lack: such a checkpoint still resumes.
+_LATER_FINGERPRINTS = ("vocab", "source")
+
+
 @dataclass
 class State:
     """Where the run stands; saved as ``trainer.json`` in every checkpoint."""
@@ -101,9 +108,12 @@ def resume_problems(parts: dict, state: State) -> list[str]:
     problems = []
     if saved.get("config_hash") != state.config_hash:
         problems.append("the config changed since the checkpoint")
+    saved_fps = saved.get("fingerprints", {})
     for k, v in state.fingerprints.items():
-        if saved.get("fingerprints", {}).get(k) != v:
-            problems.append(f"the {k} manifest changed (fingerprint)")
+        if k in _LATER_FINGERPRINTS and k not in saved_fps:
+            continue
+        if saved_fps.get(k) != v:
+            problems.append(f"{_FINGERPRINTED.get(k, f'the {k} manifest')} changed (fingerprint)")
     if "rng" not in parts or not parts["rng"][1].get("generator"):
         problems.append("RNG state missing")
     return problems

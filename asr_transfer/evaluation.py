@@ -23,6 +23,7 @@ import numpy as np
 from .audio import SAMPLE_RATE
 from .environment import environment_info
 from .errors import AudioError, UserError
+from .files import atomic_write_bytes
 from .manifest import Utterance, fingerprint, read_manifest
 from .metrics import Counts, UtteranceScore, bootstrap_ci, corpus_rate, rates_by_speaker, score_pairs
 
@@ -217,21 +218,13 @@ def write_evaluation(out_dir, summary: dict, rows: list[dict]) -> Path:
     Both are encoded before either is written, so a string UTF-8 cannot hold fails with nothing written; each file
     then goes to a temp file renamed into place, so neither is ever half-written.
     """
-    import os
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     texts = {"utterances.jsonl": "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows),
              "summary.json": json.dumps(summary, indent=2, ensure_ascii=False) + "\n"}
     data = {name: text.encode("utf-8") for name, text in texts.items()}
     for name, blob in data.items():
-        tmp = out / f".{name}.{os.getpid()}.tmp"
-        try:
-            tmp.write_bytes(blob)
-            os.replace(tmp, out / name)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        atomic_write_bytes(out / name, blob)
     return out
 
 
@@ -365,7 +358,7 @@ def baseline(
     character inventory of the test text is used, never its audio). Writes ``out_dir/raw/`` and ``out_dir/zero-shot/``.
     """
     from .model.head import swap_head
-    from .model.load import make_processor
+    from .model.record import make_processor
     from .text import get_normalizer
     from .vocab import build_vocab, load_vocab
 

@@ -23,7 +23,6 @@ no ``<unk>``. Every distribution written here sums to 1 (tests check it through 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import math
 import re
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from .errors import UserError
+from .files import atomic_open, sha256_file
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # lmplz --discount_fallback defaults
@@ -82,14 +82,6 @@ def read_raw_sentences(path: str | Path) -> Iterator[str]:
             raise UserError("not valid UTF-8 text; convert it with iconv", path=path, line=line_no + 1) from None
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Modified Kneser-Ney estimation
 # ---------------------------------------------------------------------------------------------------------------
@@ -109,8 +101,7 @@ class NGramModel:
 
     def write_arpa(self, path: str | Path) -> Path:
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
+        with atomic_open(path) as f:
             f.write("\n\\data\\\n")
             for n in range(self.order):
                 f.write(f"ngram {n + 1}={len(self.probs[n])}\n")
@@ -124,7 +115,6 @@ class NGramModel:
                     else:
                         f.write(f"{self.probs[n][gram]:.7g}\t{words}\n")
             f.write("\n\\end\\\n")
-        tmp.replace(path)
         return path
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import PARSE_ERRORS, ManifestError
+from .files import atomic_write_text
 
 REQUIRED = ("audio_filepath", "duration", "text")
 OPTIONAL = ("offset", "lang", "speaker", "id")
@@ -196,13 +197,7 @@ def write_manifest(path: str | Path, utterances: Iterable[Utterance], relative: 
             raise ManifestError(f"duplicate id '{u.uid}'", path=path, line=i)
         seen.add(u.uid)
         lines.append(u.to_json(relative_to=base))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + ("\n" if lines else ""))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
 
 
 def fingerprint(path: str | Path, hash_audio: bool = False) -> str:

@@ -16,7 +16,6 @@ Data is never copied: manifests stay where the user keeps them, the record only 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -25,6 +24,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from .files import atomic_write_json, read_json_or, sha256_file
 
 SCHEMA = 1
 RECORD = "run.json"
@@ -44,22 +45,7 @@ def read_record(run_dir: str | Path) -> dict | None:
 
 def write_record(run_dir: str | Path, record: dict) -> Path:
     """Atomically write ``run.json`` (temp file, fsync, rename): a crash leaves the old or the new file, never half."""
-    path = Path(run_dir) / RECORD
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{RECORD}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
+    return atomic_write_json(Path(run_dir) / RECORD, record, default=str)
 
 
 def _now() -> str:
@@ -112,14 +98,6 @@ def manifest_entry(path: str | Path, fingerprint: str | None = None, hash_audio:
     return entry
 
 
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def source_identity(source: str | None, init_config: str | None = None) -> dict | None:
     """Identify a model: a local folder by the sha256 of its weights, a hub id by its cached resolved commit.
 
@@ -133,7 +111,7 @@ def source_identity(source: str | None, init_config: str | None = None) -> dict 
     p = Path(source)
     if p.is_dir():
         weights = next((p / n for n in _WEIGHT_FILES if (p / n).is_file()), None)
-        model_record = _read_json(p / "asr_transfer.json") or {}
+        model_record = read_json_or(p / "asr_transfer.json") or {}
         return {"id": str(source), "kind": "local", "path": str(p.resolve()),
                 "weights": weights.name if weights else None, "sha256": sha256_file(weights) if weights else None,
                 "source_model": model_record.get("source_model") if isinstance(model_record, dict) else None}
@@ -244,19 +222,19 @@ def collect_metrics(run_dir: str | Path, kind: str) -> dict:
     run_dir = Path(run_dir)
     m: dict[str, Any] = {}
     if kind == "evaluate" or (run_dir / "summary.json").is_file():  # also a baseline's part (raw/, zero-shot/)
-        s = _read_json(run_dir / "summary.json") or {}
+        s = read_json_or(run_dir / "summary.json") or {}
         for key, name in (("wer", "test_wer"), ("cer", "test_cer"), ("rtf", "rtf"), ("n_utterances", "n_utterances")):
             if s.get(key) is not None:
                 m[name] = s[key]
         return m
     if kind == "baseline":
         for sub in evaluations_below(run_dir, max_depth=1):
-            s = _read_json(sub / "summary.json") or {}
+            s = read_json_or(sub / "summary.json") or {}
             for key in ("wer", "cer"):
                 if s.get(key) is not None:
                     m[f"{sub.name}.{key}"] = s[key]
         return m
-    summary = _read_json(run_dir / "train_summary.json") or {}
+    summary = read_json_or(run_dir / "train_summary.json") or {}
     m.update(_best_dev(run_dir))
     for key in ("cer", "wer", "loss"):
         value = (summary.get("final_dev") or {}).get(key)
@@ -267,14 +245,14 @@ def collect_metrics(run_dir: str | Path, kind: str) -> dict:
             m[key] = summary[key]
     evals = evaluations_below(run_dir)
     for sub in evals:
-        s = _read_json(sub / "summary.json") or {}
+        s = read_json_or(sub / "summary.json") or {}
         name = sub.relative_to(run_dir).as_posix().removeprefix("eval/")
         for key in ("wer", "cer"):
             if s.get(key) is not None:
                 m[f"eval.{name}.{key}"] = s[key]
     tests = [e for e in evals if e.name.startswith("test")] or (evals if len(evals) == 1 else [])
     if tests:
-        s = _read_json(tests[0] / "summary.json") or {}
+        s = read_json_or(tests[0] / "summary.json") or {}
         m.update({f"test_{k}": s[k] for k in ("wer", "cer") if s.get(k) is not None})
     return m
 

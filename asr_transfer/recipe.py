@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from .config import TrainConfig, load_config, one_of, option, read_config_data, to_dict
 from .errors import PARSE_ERRORS, ConfigError, UserError
+from .files import atomic_write_json, read_json_or, sha256_files
 from .inference import PRECISIONS
 from .recipe_stages import STAGES, StageSpec
 
@@ -301,11 +302,7 @@ class RecipeRunner:
         if not hasattr(self, "_source_digest"):
             folder = Path(self.source)
             files = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + [folder / "config.json"]
-            digest = hashlib.sha256()
-            for path in (f for f in files if f.is_file()):
-                with open(path, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
-                        digest.update(block)
+            digest = sha256_files(f for f in files if f.is_file())
             self._source_digest = digest.hexdigest()[:16] if folder.is_dir() else None
         return self._source_digest
 
@@ -375,7 +372,7 @@ class RecipeRunner:
             self._write_marker(n, spec, inputs, digest, 0.0, {"disabled": True})
             return "disabled"
         running = self.out / ".done" / f"stage-{n}.running.json"
-        resume = (not self.force and _read(running).get("hash") == digest)
+        resume = (not self.force and read_json_or(running, {}).get("hash") == digest)
         if not resume:
             for name in spec.outputs:
                 shutil.rmtree(self.out / name, ignore_errors=True)
@@ -397,11 +394,7 @@ class RecipeRunner:
         record = {"stage": n, "name": spec.name, "hash": digest, "inputs": inputs, "wall_s": round(wall_s, 2),
                   "finished": time.time(), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "package_version": __version__, "result": result}
-        path = self.marker_path(n)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_json(self.marker_path(n), record, default=str)
 
     # ----------------------------------------------------------------- paths shared by the stages
     def path(self, *parts: str) -> Path:
@@ -411,8 +404,3 @@ class RecipeRunner:
         return self.out / "data" / f"{split}.jsonl"
 
 
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, *PARSE_ERRORS):
-        return {}

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .errors import PARSE_ERRORS, UserError
+from .errors import UserError
+from .files import read_json_or
 
 SPLITS = ("train", "dev", "test")
 
@@ -200,7 +201,7 @@ def _train_once(r, label: str, config, inputs: dict) -> dict:
 
     run_dir = Path(config.train.output_dir)
     digest = r.digest(inputs)
-    same = not r.force and _read_json(run_dir / "recipe-run.json").get("hash") == digest
+    same = not r.force and read_json_or(run_dir / "recipe-run.json", {}).get("hash") == digest
     if same and (run_dir / "train_summary.json").is_file():
         r.log(f"{label}: finished earlier with the same inputs; reusing {run_dir}")
     else:
@@ -211,7 +212,7 @@ def _train_once(r, label: str, config, inputs: dict) -> dict:
             (run_dir / "recipe-run.json").write_text(json.dumps({"hash": digest, "inputs": inputs}, default=str) + "\n",
                                                      encoding="utf-8")
         train(config, resume=resume, progress=r.progress)
-    summary = _read_json(run_dir / "train_summary.json")
+    summary = read_json_or(run_dir / "train_summary.json", {})
     r.log(f"{label}: {summary.get('steps')} steps in {summary.get('wall_s', 0):.0f} s; final dev {_dev_line(summary)}")
     return summary
 
@@ -309,17 +310,10 @@ def stage_report(r, resume: bool = False) -> dict:
     from .report import build_report
 
     inputs = report_inputs(r)
-    names = [_read_json(p / "summary.json").get("name") for p in inputs if (p / "summary.json").is_file()]
+    names = [read_json_or(p / "summary.json", {}).get("name") for p in inputs if (p / "summary.json").is_file()]
     base = r.config.report.baseline if r.config.report.baseline in names else None
     html = build_report(inputs, r.path("report"), baseline=base, worst=r.config.report.worst)
     return {"html": str(html), "systems": names}
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, *PARSE_ERRORS):
-        return {}
 
 
 def results_table(r) -> str:
@@ -332,7 +326,7 @@ def results_table(r) -> str:
         return f"{100 * value:6.2f} " + (f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "")
 
     rows = [(s.get("name", p.name), cell(s, "wer"), cell(s, "cer"), str(s.get("n_utterances", "")))
-            for p in report_inputs(r) if (s := _read_json(p / "summary.json"))]
+            for p in report_inputs(r) if (s := read_json_or(p / "summary.json", {}))]
     header = ("system", "WER % [95% CI]", "CER % [95% CI]", "utts")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header, *rows]]

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import provenance
-from .errors import PARSE_ERRORS, UserError
+from .errors import UserError
+from .files import read_json_or
 
 DEFAULT_ROOTS = ("runs", "exp")
 COLUMNS = ("name", "date", "kind", "source", "lang", "minutes", "stages", "dev_cer", "dev_wer", "test_wer", "wall",
@@ -43,13 +44,6 @@ class RunInfo:
 
 
 # ---------------------------------------------------------------------------------------------------------- loading
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, *PARSE_ERRORS):
-        return None
-
-
 def is_run_folder(folder: Path) -> bool:
     return any((folder / n).is_file() for n in (provenance.RECORD, "config.resolved.json", "summary.json"))
 
@@ -62,7 +56,7 @@ def load_run(folder: str | Path) -> RunInfo:
     record = provenance.read_record(folder) or {}
     kind = record.get("kind") or ("train" if (folder / "config.resolved.json").is_file() else "evaluate")
     if kind == "train":
-        settings = _read_json(folder / "config.resolved.json") or record.get("config") or {}
+        settings = read_json_or(folder / "config.resolved.json") or record.get("config") or {}
     else:
         settings = record.get("options") or {}
     metrics = {**(record.get("metrics") or {}), **provenance.collect_metrics(folder, kind)}
@@ -127,9 +121,9 @@ def row(info: RunInfo) -> dict:
         lang = r.get("lang") or (s.get("model") or {}).get("lang")
         stages = r.get("stages") or [st.get("name") for st in s.get("stages", [])]
         minutes = m.get("train_minutes", (r.get("data") or {}).get("train_minutes"))
-        wall = r.get("wall_s") or (_read_json(info.path / "train_summary.json") or {}).get("wall_s")
+        wall = r.get("wall_s") or (read_json_or(info.path / "train_summary.json") or {}).get("wall_s")
     else:
-        summary = _read_json(info.path / "summary.json") or {}
+        summary = read_json_or(info.path / "summary.json") or {}
         source = source or s.get("model") or summary.get("model")
         lang = r.get("lang") or summary.get("lang")
         stages, minutes, wall = None, None, r.get("wall_s")

@@ -8,13 +8,13 @@ upper-case letters such as base-960h's maps normalised lower-case text to the ri
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from .errors import PARSE_ERRORS, UserError
+from .files import atomic_write_json
 from .text import get_normalizer
 
 SPECIALS: tuple[str, ...] = ("<pad>", "<s>", "</s>", "<unk>")
@@ -98,11 +98,7 @@ def save_vocab(vocab: Mapping[str, int], path: str | Path) -> Path:
     path = Path(path)
     tokens = dict(sorted(dict(vocab).items(), key=lambda kv: kv[1]))
     _check(tokens, path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(tokens, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(path, tokens, indent=None)
 
 
 def _check(tokens: Mapping, path: str | Path) -> None:

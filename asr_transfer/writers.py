@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from .decode import WordTiming
 from .errors import UserError
+from .files import atomic_write_text
 
 FORMATS = ("txt", "json", "srt", "vtt", "tsv")
 
@@ -132,17 +132,6 @@ def format_transcript(transcript, fmt: str) -> str:
 
 def write_transcript(transcript, fmt: str, out_dir: str | os.PathLike, name: str | None = None) -> Path:
     """Write ``<out_dir>/<name or input stem>.<fmt>`` atomically (temporary file + rename); returns the path."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"{name or Path(transcript.path).stem}.{fmt}"
-    content = format_transcript(transcript, fmt)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        # surrogateescape: an input whose file name is not UTF-8 keeps its own bytes in the transcript, as on stdout.
-        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape", newline="\n") as fh:
-            fh.write(content)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    target = Path(out_dir) / f"{name or Path(transcript.path).stem}.{fmt}"
+    # surrogateescape: an input whose file name is not UTF-8 keeps its own bytes in the transcript, as on stdout.
+    return atomic_write_text(target, format_transcript(transcript, fmt), errors="surrogateescape")

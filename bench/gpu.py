@@ -132,7 +132,8 @@ def finetune_rows(model, device, batch: int, utt_s: float, warmup: int, steps: i
 
 def rtf_rows(model, device, minutes: float, batch_s: float):
     from asr_transfer.inference import InferenceOptions, Recognizer
-    from asr_transfer.model.load import LoadedModel, make_processor
+    from asr_transfer.model.load import LoadedModel
+    from asr_transfer.model.record import make_processor
     from asr_transfer.vocab import english_source_vocab
 
     model.eval()

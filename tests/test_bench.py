@@ -58,7 +58,7 @@ def test_section_records_command_machine_load_git_and_appends(tmp_path):
 def test_per_device_batch_and_ctc_collator_pad_like_the_example_script():
     from hf_baseline import DataCollatorCTCWithPadding, per_device_batch
 
-    from asr_transfer.model.load import make_processor
+    from asr_transfer.model.record import make_processor
     from asr_transfer.vocab import english_source_vocab
 
     assert per_device_batch(80.0, 4.0) == 20 and per_device_batch(3.0, 10.0) == 1 and per_device_batch(10, 4) == 2

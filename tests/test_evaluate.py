@@ -13,7 +13,8 @@ from asr_transfer.cli import main
 from asr_transfer.errors import UserError
 from asr_transfer.evaluation import baseline, evaluate, tune_lm
 from asr_transfer.metrics import error_rates
-from asr_transfer.model.load import ModelRecord, load_model, make_processor, save_model
+from asr_transfer.model.load import load_model, save_model
+from asr_transfer.model.record import ModelRecord, make_processor
 from asr_transfer.vocab import build_vocab, english_source_vocab
 
 REALSPEECH_DE = Path(__file__).resolve().parents[2] / "shared" / "realspeech" / "de.jsonl"

@@ -580,7 +580,7 @@ def test_load_report_table_stays_out_of_stderr(world, tmp_path, capfd):
 # ================================================================================================ resume gaps
 def test_what_a_killed_folder_write_leaves_is_cleaned_up(tmp_path):
     """Every state a kill inside atomic_folder_write can leave: the model is never lost, no stray folder stays."""
-    from asr_transfer.model.load import recover_folder_write
+    from asr_transfer.files import recover_folder_write
 
     def folder(path: Path, text: str) -> Path:
         path.mkdir(parents=True)

@@ -12,14 +12,8 @@ from asr_transfer.errors import ConfigError, ModelError, UserError
 from asr_transfer.model.adapters import add_adapters, merge_adapters, save_adapter
 from asr_transfer.model.groups import parameter_groups
 from asr_transfer.model.head import swap_head
-from asr_transfer.model.load import (
-    RECORD_FILE,
-    ModelRecord,
-    load_model,
-    make_processor,
-    resolve_device,
-    save_model,
-)
+from asr_transfer.model.load import load_model, resolve_device, save_model
+from asr_transfer.model.record import RECORD_FILE, ModelRecord, make_processor
 
 
 def _logits(model, wave) -> torch.Tensor:

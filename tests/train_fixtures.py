@@ -16,7 +16,8 @@ TEXTS = ["über den fluss", "das haus ist groß", "schöne grüße", "ein kleine
 def make_source_model(out: Path, config: Path = ASSETS / "tiny" / "config.json", seed: int = 0) -> Path:
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-    from asr_transfer.model.load import ModelRecord, make_processor, save_model
+    from asr_transfer.model.load import save_model
+    from asr_transfer.model.record import ModelRecord, make_processor
     from asr_transfer.vocab import english_source_vocab
 
     cfg = Wav2Vec2Config.from_json_file(str(config))

@@ -27,9 +27,8 @@ from .splits import (
     FIELD_COUNT_SKIP,
     MIN_DURATION_S,
     ImportSummary,
-    probe_audio,
-    skip_reason,
     speaker_overlaps,
+    usable_audio,
     write_splits,
 )
 
@@ -100,13 +99,10 @@ def _rows_to_utterances(
             if (row.get("locale") or "").strip():
                 locales.add(row["locale"].strip())
             rows.append((where, clip, text, row))
-    infos = probe_audio([clips_dir / clip for _, clip, _, _ in rows], num_workers=num_workers)
     out = []
-    for (where, clip, text, row), info in zip(rows, infos):
-        reason = skip_reason(info, min_duration_s, max_duration_s)
-        if reason:
-            summary.skip(reason, f"{where} {clip}")
-            continue
+    usable = usable_audio(rows, lambda r: clips_dir / r[1], lambda r: f"{r[0]} {r[1]}", summary, min_duration_s,
+                          max_duration_s, num_workers)
+    for (where, clip, text, row), info in usable:
         extra = {k: row[k] for k in KEPT_COLUMNS if (row.get(k) or "").strip()}
         out.append(
             Utterance(

@@ -19,9 +19,8 @@ from .splits import (
     DEFAULT_FRACTIONS,
     MIN_DURATION_S,
     ImportSummary,
-    probe_audio,
-    skip_reason,
     split_utterances,
+    usable_audio,
     write_splits,
 )
 
@@ -96,16 +95,14 @@ def prepare_folder(
             continue
         texts.append((audio, transcript, text))
 
-    infos = probe_audio([audio for audio, _, _ in texts], num_workers=num_workers)
     utts = []
     seen_ids: set[str] = set()
-    for (audio, _, text), info in zip(texts, infos):
+    usable = usable_audio(texts, lambda t: t[0], lambda t: t[0].relative_to(root).as_posix(), summary,
+                          min_duration_s, max_duration_s, num_workers)
+    for (audio, _, text), info in usable:
         rel = audio.relative_to(root)
-        reason = skip_reason(info, min_duration_s, max_duration_s)
-        if not reason and rel.with_suffix("").as_posix() in seen_ids:
-            reason = "same stem as another audio file"  # utt.wav beside utt.flac: one transcript, two files
-        if reason:
-            summary.skip(reason, rel.as_posix())
+        if rel.with_suffix("").as_posix() in seen_ids:  # utt.wav beside utt.flac: one transcript, two files
+            summary.skip("same stem as another audio file", rel.as_posix())
             continue
         seen_ids.add(rel.with_suffix("").as_posix())
         speaker = rel.parent.name if speaker_from == "parent" and rel.parent != Path(".") else None

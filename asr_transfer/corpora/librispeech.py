@@ -22,10 +22,9 @@ from .splits import (
     DEFAULT_FRACTIONS,
     MIN_DURATION_S,
     ImportSummary,
-    probe_audio,
-    skip_reason,
     speaker_overlaps,
     split_utterances,
+    usable_audio,
     write_splits,
 )
 
@@ -80,13 +79,10 @@ def read_subset(subset_dir: Path, summary: ImportSummary, lang: str, min_duratio
             audio = next((trans.parent / (uid + ext) for ext in AUDIO_EXTS if (trans.parent / (uid + ext)).is_file()),
                          trans.parent / (uid + AUDIO_EXTS[0]))
             entries.append((where, audio, text, speaker))
-    infos = probe_audio([audio for _, audio, _, _ in entries], num_workers=num_workers)
     out = []
-    for (where, audio, text, speaker), info in zip(entries, infos):
-        reason = skip_reason(info, min_duration_s, max_duration_s)
-        if reason:
-            summary.skip(reason, f"{where} {audio.name}")
-            continue
+    usable = usable_audio(entries, lambda e: e[1], lambda e: f"{e[0]} {e[1].name}", summary, min_duration_s,
+                          max_duration_s, num_workers)
+    for (where, audio, text, speaker), info in usable:
         out.append(Utterance(str(audio.resolve()), round(info.duration_s, 4), text, lang=lang, speaker=speaker,
                              id=audio.stem))
     return out

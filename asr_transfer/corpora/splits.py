@@ -17,11 +17,13 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence, TypeVar
 
 from ..audio import RECEPTIVE_FIELD_SAMPLES, SAMPLE_RATE, AudioInfo, audio_info
 from ..errors import AudioError, UserError
 from ..manifest import Utterance, write_manifest
+
+T = TypeVar("T")
 
 DEFAULT_FRACTIONS: dict[str, float] = {"train": 0.8, "dev": 0.1, "test": 0.1}
 MIN_DURATION_S = RECEPTIVE_FIELD_SAMPLES / SAMPLE_RATE  # s; shorter clips give the CNN no output frame
@@ -191,6 +193,23 @@ def skip_reason(info: AudioInfo | AudioError, min_duration_s: float, max_duratio
     if max_duration_s is not None and info.duration_s > max_duration_s:
         return "too long"
     return None
+
+
+def usable_audio(items: Sequence[T], audio_of: Callable[[T], Path], label_of: Callable[[T], str],
+                 summary: ImportSummary, min_duration_s: float, max_duration_s: float | None,
+                 num_workers: int | None = None) -> Iterator[tuple[T, AudioInfo]]:
+    """``(item, header)`` for each candidate whose audio can become an utterance, in input order.
+
+    The loop every importer shares: read the headers (:func:`probe_audio`), then skip and count in ``summary`` each
+    item whose audio is missing, unreadable, empty or outside the duration limits, under ``label_of(item)``.
+    """
+    infos = probe_audio([audio_of(item) for item in items], num_workers=num_workers)
+    for item, info in zip(items, infos):
+        reason = skip_reason(info, min_duration_s, max_duration_s)
+        if reason:
+            summary.skip(reason, label_of(item))
+            continue
+        yield item, info
 
 
 def write_splits(

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import subprocess
@@ -45,6 +44,7 @@ import numpy as np
 
 from ..audio import SAMPLE_RATE, resample, write_wav
 from ..errors import UserError
+from ..files import atomic_write_json
 from ..manifest import Utterance, write_manifest
 from ..text import LANGUAGES, get_normalizer
 from .textsource import MAX_CHARS, MAX_WORDS, MIN_WORDS, default_text_files, extract_sentences, shuffled
@@ -401,9 +401,7 @@ def prepare_synth(
                   "synth_audio_minutes_per_wall_minute":
                       round(audio_min / ((wall_s - text_s) / 60), 1) if wall_s > text_s else None},
     }
-    tmp = outputs["corpus"].with_name("corpus.json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, outputs["corpus"])
+    atomic_write_json(outputs["corpus"], record)
     (out_dir / ".synth-in-progress").unlink(missing_ok=True)
     return outputs
 

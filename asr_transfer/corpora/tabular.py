@@ -20,10 +20,9 @@ from .splits import (
     FIELD_COUNT_SKIP,
     MIN_DURATION_S,
     ImportSummary,
-    probe_audio,
-    skip_reason,
     speaker_overlaps,
     split_utterances,
+    usable_audio,
     write_splits,
 )
 
@@ -129,14 +128,10 @@ def prepare_tabular(
         audio = audio if audio.is_absolute() else base / audio
         kept.append((where, audio, text, row))
 
-    infos = probe_audio([audio for _, audio, _, _ in kept], num_workers=num_workers)
     by_split: dict[str, list[Utterance]] = {}
     seen: dict[str, str] = {}
-    for (where, audio, text, row), info in zip(kept, infos):
-        reason = skip_reason(info, min_duration_s, max_duration_s)
-        if reason:
-            summary.skip(reason, where)
-            continue
+    usable = usable_audio(kept, lambda k: k[1], lambda k: k[0], summary, min_duration_s, max_duration_s, num_workers)
+    for (where, audio, text, row), info in usable:
         if id_column:
             uid = row[id_column].strip()
         else:

@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ModelError
+from ..files import atomic_folder_write
+from .checks import check_no_custom_code
 from .groups import parameter_groups
 from .head import set_vocab_config
-from .load import RECORD_FILE, ModelRecord, atomic_folder_write, check_no_custom_code, make_processor
+from .record import RECORD_FILE, ModelRecord, make_processor
 
 ADAPTER_MODES = ("lora", "mms")
 LORA_FILE = "adapter.safetensors"

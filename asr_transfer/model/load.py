@@ -14,71 +14,21 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
-from dataclasses import asdict, dataclass, field, fields
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .. import __version__
-from ..errors import PARSE_ERRORS, ConfigError, ModelError, UserError
+from ..errors import ModelError, UserError
+from ..files import atomic_folder_write, sha256_files
+from .checks import check_local_folder, non_finite_weights
+from .record import RECORD_FILE, ModelRecord, make_processor, processor_vocab
 
-RECORD_FILE = "asr_transfer.json"
-SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
-_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.bin")
 # Hub ids are "name" or "owner/name"; anything else that is not a folder is a mistyped path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
-
-
-@dataclass(frozen=True)
-class ModelRecord:
-    """What asr-transfer knows about a model folder, stored as ``asr_transfer.json`` beside the weights.
-
-    ``normalizer`` names the text normaliser (e.g. ``"de-v1"``) that ``evaluate``/``transcribe`` must apply to
-    references; ``vocab`` is the token→id map of the CTC head; ``adapter`` is None, ``"lora"`` or ``"mms"``.
-    """
-
-    lang: str
-    normalizer: str
-    source_model: str
-    head_init: str
-    vocab: dict[str, int]
-    adapter: str | None = None
-    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    package_version: str = __version__
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], path: str | os.PathLike | None = None) -> "ModelRecord":
-        names = {f.name for f in fields(cls)}
-        missing = [n for n in ("lang", "normalizer", "source_model", "head_init", "vocab") if n not in d]
-        if missing:
-            raise ModelError(f"record is missing {', '.join(missing)}", path=path)
-        # Keys from a newer version are kept (in extra) rather than dropped, so a re-save does not lose them.
-        known = {k: v for k, v in d.items() if k in names}
-        unknown = {k: v for k, v in d.items() if k not in names}
-        known["extra"] = {**dict(known.get("extra") or {}), **unknown}
-        if not isinstance(known["vocab"], dict):
-            raise ModelError("record 'vocab' must be a token→id object", path=path)
-        return cls(**known)
-
-    @classmethod
-    def read(cls, path: str | os.PathLike) -> "ModelRecord":
-        try:
-            d = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, *PARSE_ERRORS) as exc:
-            raise ModelError(f"cannot read the record ({exc}); re-save the model or delete the file", path=path)
-        if not isinstance(d, dict):
-            raise ModelError("record must be a JSON object", path=path)
-        return cls.from_dict(d, path=path)
 
 
 @dataclass
@@ -110,142 +60,12 @@ def resolve_device(device: str = "auto") -> torch.device:
 # ---------------------------------------------------------------- processor
 
 
-def make_processor(vocab: dict[str, int], feat_extract_norm: str = "group", sample_rate: int = 16000):
-    """A ``Wav2Vec2Processor`` for a character vocabulary (must hold ``<pad>``, ``<unk>`` and ``|``).
-
-    ``return_attention_mask`` follows the model: True for ``feat_extract_norm="layer"`` models; False for
-    ``"group"`` models such as base-960h, which were trained on zero-padded batches without a mask.
-    An all-upper-case vocabulary (base-960h) gets ``do_lower_case=True`` so lower-case text encodes to it.
-    """
-    from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
-
-    for token in ("<pad>", "<unk>", "|"):
-        if token not in vocab:
-            raise ConfigError(f"vocabulary has no {token!r} token; build it with `asr-transfer vocab`")
-    letters = [t for t in vocab if len(t) == 1 and t.isalpha()]
-    upper = bool(letters) and all(t.isupper() for t in letters)
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab_file = Path(tmp) / "vocab.json"
-        vocab_file.write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-        tokenizer = Wav2Vec2CTCTokenizer(
-            str(vocab_file), unk_token="<unk>", pad_token="<pad>", word_delimiter_token="|",
-            bos_token="<s>" if "<s>" in vocab else None, eos_token="</s>" if "</s>" in vocab else None,
-            do_lower_case=upper,
-        )
-    feature_extractor = Wav2Vec2FeatureExtractor(
-        feature_size=1, sampling_rate=sample_rate, padding_value=0.0, do_normalize=True,
-        return_attention_mask=feat_extract_norm == "layer",
-    )
-    return Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer)
-
-
-def processor_vocab(processor) -> dict[str, int]:
-    """The tokenizer's own token→id map (vocab.json), without tokens added later."""
-    tokenizer = processor.tokenizer
-    return dict(getattr(tokenizer, "encoder", None) or tokenizer.get_vocab())
-
-
 # ---------------------------------------------------------------- loading
 
 
 def _offline() -> bool:
     # Read at call time: huggingface_hub caches the variable at import, too early for callers that set it later.
     return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
-# What Wav2Vec2ForCTC loads as what it is; another model_type would be read as a wav2vec2 and mean something else.
-WAV2VEC2_MODEL_TYPES = ("wav2vec2",)
-# Files transformers reads from a model folder. An ``auto_map`` in any of them points it at Python code in the folder,
-# which it then offers to run (and asks on stdin): such a folder is refused before transformers sees it.
-_HF_CONFIG_FILES = ("config.json", "preprocessor_config.json", "processor_config.json", "tokenizer_config.json",
-                    "feature_extractor_config.json", "adapter_config.json")
-# Sizes that must be whole numbers >= 1: 0 or -1 loads without complaint and silently drops layers or heads.
-_POSITIVE_INTS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-                  "num_feat_extract_layers", "num_conv_pos_embeddings", "num_conv_pos_embedding_groups", "vocab_size")
-_POSITIVE_INT_LISTS = ("conv_dim", "conv_kernel", "conv_stride")
-_PROBABILITIES = ("hidden_dropout", "attention_dropout", "activation_dropout", "feat_proj_dropout", "final_dropout",
-                  "layerdrop", "mask_time_prob", "mask_feature_prob")
-
-
-def read_config_json(path: Path) -> dict:
-    """A model's ``config.json`` as a dict; one :class:`ModelError` line when it is not a JSON object."""
-    try:
-        cfg = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, *PARSE_ERRORS) as exc:
-        raise ModelError(f"config.json is not valid JSON ({str(exc).splitlines()[0][:120]})", path=path) from None
-    if not isinstance(cfg, dict):
-        raise ModelError(f"config.json must hold a JSON object, got {type(cfg).__name__}", path=path)
-    return cfg
-
-
-def check_architecture(cfg: dict, path) -> None:
-    """Refuse sizes and probabilities no wav2vec2 can have (``num_hidden_layers = -1`` loads with no layers)."""
-    def positive(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-    for key in _POSITIVE_INTS:
-        if key in cfg and not positive(cfg[key]):
-            raise ModelError(f"{key} must be a whole number >= 1, got {cfg[key]!r}; fix or replace config.json",
-                             path=path)
-    lengths = set()
-    for key in _POSITIVE_INT_LISTS:
-        if key in cfg:
-            value = cfg[key]
-            if not isinstance(value, list) or not value or not all(positive(v) for v in value):
-                raise ModelError(f"{key} must be a non-empty list of whole numbers >= 1, got {value!r}", path=path)
-            lengths.add(len(value))
-    if len(lengths) > 1:
-        raise ModelError(f"{', '.join(_POSITIVE_INT_LISTS)} differ in length; fix or replace config.json", path=path)
-    for key in _PROBABILITIES:
-        value = cfg.get(key)
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if value is not None and not (number and 0 <= value <= 1):
-            raise ModelError(f"{key} must be a probability within 0-1, got {value!r}", path=path)
-
-
-def check_no_custom_code(folder: Path) -> None:
-    """Refuse a folder whose configs ask transformers to import its own Python code (``auto_map``)."""
-    for name in _HF_CONFIG_FILES:
-        path = folder / name
-        if not path.is_file():
-            continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, *PARSE_ERRORS):
-            data = None  # unreadable: the loader of that file reports it
-        if isinstance(data, dict) and "auto_map" in data:
-            raise ModelError("asks to run custom Python code from the model folder (auto_map), which asr-transfer "
-                             "never does; use a plain wav2vec2 model folder", path=path)
-
-
-def _check_local_folder(folder: Path, allow_pickle: bool) -> None:
-    if not (folder / "config.json").is_file():
-        raise ModelError("no config.json: not a model folder (save it with save_pretrained)", path=folder / "config.json")
-    check_no_custom_code(folder)
-    cfg = read_config_json(folder / "config.json")
-    model_type = cfg.get("model_type", "wav2vec2")
-    if model_type not in WAV2VEC2_MODEL_TYPES:
-        raise ModelError(f"model_type {model_type!r} is not a wav2vec2 model ({', '.join(WAV2VEC2_MODEL_TYPES)}); "
-                         "asr-transfer loads wav2vec2 CTC models only", path=folder / "config.json")
-    check_architecture(cfg, folder / "config.json")
-    shards = sorted(folder.glob("model*.safetensors"))
-    if not shards:
-        pickled = [n for n in _PICKLE_WEIGHTS if (folder / n).exists()] + [p.name for p in folder.glob("*.pt")]
-        if not pickled:
-            raise ModelError("no model.safetensors in the folder", path=folder / "model.safetensors")
-        if not allow_pickle:
-            raise ModelError(
-                f"only pickle weights ({pickled[0]}), which can run code when loaded; convert them to safetensors "
-                "or pass --allow-pickle if you trust the source", path=folder / pickled[0])
-        return
-    from safetensors import safe_open
-
-    for shard in shards:
-        try:
-            with safe_open(str(shard), framework="pt") as handle:
-                handle.keys()
-        except Exception as exc:  # SafetensorError for truncated/garbage files; OSError for unreadable ones
-            raise ModelError(f"corrupt or truncated safetensors file ({str(exc).splitlines()[0]}); re-download or re-save it", path=shard)
 
 
 def _load_processor(source: str, folder: Path | None, config, local_only: bool):
@@ -288,11 +108,6 @@ def _from_pretrained(source: str, allow_pickle: bool, local_only: bool):
         hf_logging.set_verbosity(verbosity)
 
 
-def non_finite_weights(model: nn.Module) -> list[str]:
-    """Names of weight tensors holding NaN or inf (a diverged run saved as is, or a damaged file)."""
-    return [name for name, t in model.state_dict().items() if t.is_floating_point() and not torch.isfinite(t).all()]
-
-
 def load_model(path_or_id: str | os.PathLike, device: str = "cpu", allow_pickle: bool = False,
                adapter: str | os.PathLike | None = None) -> LoadedModel:
     """Load a ``Wav2Vec2ForCTC`` + processor from a local folder or a hub id (cache only when offline).
@@ -309,7 +124,7 @@ def load_model(path_or_id: str | os.PathLike, device: str = "cpu", allow_pickle:
         if record.adapter:  # an adapter folder on its own: load it onto the base it was trained on
             return load_model(record.source_model, device=device, allow_pickle=allow_pickle, adapter=folder)
     if folder.is_dir():
-        _check_local_folder(folder, allow_pickle)
+        check_local_folder(folder, allow_pickle)
         source, local_only = str(folder), True
     elif folder.exists():
         raise ModelError("is a file, expected a model folder", path=folder)
@@ -387,9 +202,7 @@ def model_fingerprint(path_or_id: str | os.PathLike) -> str:
         h.update(os.fspath(path_or_id).encode("utf-8"))
     for p in files:
         h.update(p.name.encode("utf-8") + b"\0")
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        sha256_files([p], h)
     return h.hexdigest()[:16]
 
 
@@ -404,64 +217,6 @@ def _id_to_token(vocab: dict[str, int], path) -> list[str]:
 
 
 # ---------------------------------------------------------------- saving
-
-
-def _fsync_tree(folder: Path) -> None:
-    for p in folder.rglob("*"):
-        if p.is_file():
-            with open(p, "rb") as fh:
-                os.fsync(fh.fileno())
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_folder_write(out_dir: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_dir)`` then move the finished folder into place, replacing ``out_dir`` if it exists.
-
-    Readers never see a half-written model: the rename is atomic on one filesystem.
-    """
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        write(tmp)
-        _fsync_tree(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
-
-
-def recover_folder_write(out_dir: str | os.PathLike) -> None:
-    """Clean up after an :func:`atomic_folder_write` to ``out_dir`` that was killed; call it when none is running.
-
-    A kill while writing leaves ``.NAME.tmp-*`` (incomplete: deleted). A kill between setting the old folder aside
-    and moving the new one in leaves no ``out_dir`` but a complete ``.NAME.old-*/NAME``: that one is put back, so a
-    killed re-save never loses the model that was there. Leftover ``.old-*`` folders are deleted.
-    """
-    out = Path(out_dir)
-    if not out.parent.is_dir():
-        return
-    olds = sorted(out.parent.glob(f".{out.name}.old-*"))
-    if not out.exists():
-        for old in olds:
-            if (old / out.name).is_dir():
-                os.replace(old / out.name, out)
-                break
-    for p in [*out.parent.glob(f".{out.name}.tmp-*"), *olds]:
-        shutil.rmtree(p, ignore_errors=True)
-
-
 def save_model(out_dir: str | os.PathLike, model: nn.Module, processor, record: ModelRecord,
                card: dict[str, Any] | None = None) -> Path:
     """Write an HF folder (safetensors + processor), ``asr_transfer.json`` and a model card ``README.md``, atomically.

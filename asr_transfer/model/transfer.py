@@ -40,7 +40,8 @@ def target_vocab_for(args: ModelArgs, train_manifest: str | Path) -> dict[str, i
 def prepare_model(args: ModelArgs, augment: AugmentArgs, train_manifest: str | Path, seed: int = 0) -> PreparedModel:
     """Load ``args.source``, swap its CTC head for the target vocabulary and apply dropout/adapter settings."""
     from .head import swap_head
-    from .load import load_model, make_processor
+    from .load import load_model
+    from .record import make_processor
 
     vocab = target_vocab_for(args, train_manifest)
     if args.init_config:
@@ -75,7 +76,7 @@ def _random_model(args: ModelArgs, vocab: dict[str, int], seed: int):
 
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
 
-    from .load import check_architecture
+    from .checks import check_architecture
 
     path = Path(args.init_config)
     try:

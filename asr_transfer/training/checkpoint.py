@@ -16,7 +16,6 @@ folder fsynced. A folder without a matching ``checksums.json`` is partial and is
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -30,6 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import PARSE_ERRORS, UserError
+from ..files import sha256_file
 
 CHECKSUMS = "checksums.json"
 # Test hooks: make a save fail after N files (disk-full simulation) or slow it down (to SIGKILL inside a save).
@@ -39,14 +39,6 @@ _DELAY_ENV = "ASR_TRANSFER_CHECKPOINT_DELAY_S"
 
 class CheckpointError(UserError):
     """A checkpoint that cannot be written or loaded."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_file(path: Path) -> None:
@@ -163,7 +155,7 @@ def save_checkpoint(root: str | Path, step: int, model_state: dict[str, torch.Te
         emit("rng.safetensors", lambda p: save_file(rng_tensors, str(p)))
         emit("rng.json", lambda p: p.write_text(json.dumps(rng_meta)))
         emit("trainer.json", lambda p: p.write_text(json.dumps(trainer_state, indent=1)))
-        sums = {p.name: _sha256(p) for p in written}
+        sums = {p.name: sha256_file(p) for p in written}
         emit(CHECKSUMS, lambda p: p.write_text(json.dumps(sums, indent=1)))
         _fsync_dir(tmp)
         if final.exists():  # re-save of the same step after a resume: replace it atomically enough
@@ -189,7 +181,7 @@ def verify(path: str | Path) -> bool:
                 "rng.json", "trainer.json"}
     if set(sums) != expected:
         return False
-    return all((path / name).is_file() and _sha256(path / name) == digest for name, digest in sums.items())
+    return all((path / name).is_file() and sha256_file(path / name) == digest for name, digest in sums.items())
 
 
 def list_checkpoints(root: str | Path) -> list[Path]:

@@ -23,6 +23,7 @@ import torch
 
 from ..config import TrainConfig, save_config, to_dict
 from ..errors import AudioError, ConfigError, UserError
+from ..files import recover_folder_write
 from ..model.forward import (
     PAD_QUANTUM_FRAMES,
     PAD_QUANTUM_SAMPLES,
@@ -35,7 +36,7 @@ from ..model.forward import (
     trainable_boundary,
     unwrap,
 )
-from ..model.load import model_fingerprint, recover_folder_write
+from ..model.load import model_fingerprint
 from ..outdir import check_output_dir
 from . import checkpoint as ckpt
 from .cache import FeatureCache
@@ -318,7 +319,7 @@ class Trainer:
                             self._card(metrics), self.config)
 
     def _record(self):
-        from ..model.load import ModelRecord
+        from ..model.record import ModelRecord
 
         return ModelRecord(lang=self.config.model.lang, normalizer=self.normalizer.name, source_model=self.prepared.source,
                            head_init="scratch" if self.config.model.from_scratch else self.config.model.head_init,

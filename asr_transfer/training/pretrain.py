@@ -176,7 +176,9 @@ def evaluate_model(model_dir: Path, manifests: dict, realspeech: str | None, out
 # ------------------------------------------------------------------------------------------------------ export
 def export_model(model_dir: Path, options: PretrainOptions, result: PretrainResult, manifests: dict) -> Path:
     """Write ``options.out`` (HF form + ``asr_transfer.json`` + card) from the trained ``model_dir``; check its size."""
-    from ..model.load import ModelRecord, atomic_folder_write, load_model
+    from ..files import atomic_folder_write
+    from ..model.load import load_model
+    from ..model.record import ModelRecord
     from ..text import get_normalizer
 
     loaded = load_model(model_dir, device="cpu")

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PARSE_ERRORS
+from ..files import atomic_write_json
 
 
 class RunLog:
@@ -61,9 +62,7 @@ class RunLog:
 
     def write_json(self, name: str, data: Any) -> None:
         if self.enabled:
-            tmp = self.run_dir / (name + ".tmp")
-            tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-            tmp.replace(self.run_dir / name)
+            atomic_write_json(self.run_dir / name, data)
 
     def close(self) -> None:
         if self._tb is not None:

@@ -132,7 +132,8 @@ def load_audio(
     duration_s: float | None = None,
     sample_rate: int = SAMPLE_RATE,
 ) -> np.ndarray:
-    """Read ``path`` (or the slice ``[offset_s, offset_s + duration_s)``) as mono float32 ``(samples,)`` at ``sample_rate``.
+    """Read ``path`` (or the slice ``[offset_s, offset_s + duration_s)``) as mono float32 ``(samples,)`` at
+    ``sample_rate``.
 
     Raises :class:`AudioError` (one line naming the file) for missing, empty, corrupt, truncated or non-finite audio.
     """

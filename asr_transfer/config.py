@@ -46,8 +46,11 @@ class ModelArgs:
     lora_r: int = option("LoRA rank", 8)
     lora_alpha: int = option("LoRA alpha", 16)
     allow_pickle: bool = option("allow pickle-based .bin weights (pickle can run code; only for trusted files)", False)
-    init_config: str | None = option("build a randomly initialised model from this Wav2Vec2Config JSON instead of loading "
-                                    "source (pre-training a source model; needs vocab and head_init = keep)", None)
+    init_config: str | None = option(
+        "build a randomly initialised model from this Wav2Vec2Config JSON instead of loading "
+        "source (pre-training a source model; needs vocab and head_init = keep)",
+        None,
+    )
 
     def __post_init__(self):
         one_of("model.head_init", self.head_init, ("mapped", "random", "keep"))
@@ -68,8 +71,11 @@ class DataArgs:
     max_dev_utts: int | None = option("evaluate on at most this many dev utterances (None: all)", 200)
     speed_perturb: tuple[float, ...] = option("speed factors drawn per utterance and epoch, e.g. [0.9, 1.0, 1.1]", ())
     noise_snr_db: tuple[float, ...] = option("additive white-noise SNR range [lo, hi] dB; empty: off", ())
-    eq_db: float = option("random equaliser: two peaking filters per utterance and epoch at log-uniform 150-6000 Hz with "
-                         "gains uniform in [-eq_db, +eq_db] dB, for timbre and formant-level variety (0: off)", 0.0)
+    eq_db: float = option(
+        "random equaliser: two peaking filters per utterance and epoch at log-uniform 150-6000 Hz with "
+        "gains uniform in [-eq_db, +eq_db] dB, for timbre and formant-level variety (0: off)",
+        0.0,
+    )
 
     def __post_init__(self):
         # "not (x > 0)" rather than "x <= 0": NaN (TOML has nan) fails every comparison and must fail the check too.
@@ -116,7 +122,9 @@ class TrainArgs:
     eval_every: int = option("evaluate on dev every N optimiser steps (and at each stage end)", 100)
     save_every: int = option("checkpoint every N optimiser steps (and at each stage end)", 200)
     keep_last: int = option("checkpoints kept besides best/", 2)
-    selection_metric: str = option("dev metric for best checkpoint, plateaus and early stopping: cer, wer or loss", "cer")
+    selection_metric: str = option(
+        "dev metric for best checkpoint, plateaus and early stopping: cer, wer or loss", "cer"
+    )
     early_stop_patience: int | None = option("stop the whole run after N evaluations without improvement", None)
     cache: bool = option("cache the frozen prefix's outputs across epochs (bounded memory, spills to disk)", True)
     cache_max_mem_mb: int = option("memory budget of the frozen-prefix cache before it spills to disk", 2048)
@@ -125,8 +133,11 @@ class TrainArgs:
     watchdog_blank_share: float = option("blank-frame share on dev that counts as collapse", 0.995)
     tracking: str = option("tensorboard (default) or mlflow (also logs to a local MLflow store)", "tensorboard")
     num_threads: int | None = option("torch CPU threads (None: torch default)", None)
-    loader_threads: int = option("threads that decode and augment a batch's audio in parallel (0: the training thread); "
-                                "worth it on a GPU machine with spare cores, where audio loading is the step's bottleneck", 0)
+    loader_threads: int = option(
+        "threads that decode and augment a batch's audio in parallel (0: the training thread); "
+        "worth it on a GPU machine with spare cores, where audio loading is the step's bottleneck",
+        0,
+    )
 
     def __post_init__(self):
         one_of("train.precision", self.precision, TRAIN_PRECISIONS)

@@ -368,8 +368,11 @@ class BeamDecoder:
         except RuntimeError as exc:
             raise UserError(f"cannot build the beam decoder ({exc})", path=lm_path or lexicon_path) from None
         self.lm_path, self.lexicon_path = lm_path, lexicon_path
-        self._word_labels = [self._decoder.word_dict.get_entry(i) for i in range(self._decoder.word_dict.index_size())] \
-            if lexicon_path else []
+        self._word_labels = (
+            [self._decoder.word_dict.get_entry(i) for i in range(self._decoder.word_dict.index_size())]
+            if lexicon_path
+            else []
+        )
 
     def _flashlight_tokens(self) -> tuple[list[str], list[tuple[int, int]]]:
         """Flashlight token names in model column order (lower-cased letters, unique).

@@ -109,7 +109,8 @@ def cpu_flags() -> set[str]:
 
 
 def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX); emulated bf16 is slower than fp32."""
+    """True when this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX); emulated bf16 is slower than
+    fp32."""
     flags = cpu_flags()
     if flags:
         return "avx512_bf16" in flags or "amx_bf16" in flags

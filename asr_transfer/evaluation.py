@@ -135,8 +135,12 @@ def _normalizer_for(recognizer, lang: str | None, utts: list[Utterance] = ()):
     normalizer = get_normalizer(chosen)
     manifest_langs = {u.lang for u in utts if u.lang}
     if len(manifest_langs) == 1 and manifest_langs != {normalizer.lang}:
-        warnings.warn(f"the manifest says lang={manifest_langs.pop()} but scoring uses the {normalizer.name} normaliser; "
-                      "pass --lang to choose", RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"the manifest says lang={manifest_langs.pop()} but scoring uses the {normalizer.name} normaliser; "
+            "pass --lang to choose",
+            RuntimeWarning,
+            stacklevel=3,
+        )
     recorded = getattr(loaded, "normalizer_name", None)
     if lang is None and recorded and recorded != normalizer.name:
         warnings.warn(f"the model was trained with normaliser {recorded} but this version has {normalizer.name}",
@@ -228,7 +232,9 @@ def write_evaluation(out_dir, summary: dict, rows: list[dict]) -> Path:
     return out
 
 
-def score_rows(items: list[LogProbItem], texts: list[str], decode_s: list[float], normalizer) -> tuple[list[dict], dict]:
+def score_rows(
+    items: list[LogProbItem], texts: list[str], decode_s: list[float], normalizer
+) -> tuple[list[dict], dict]:
     """Per-utterance rows for ``utterances.jsonl`` and the corpus metrics (with CIs) for the summary."""
     refs = [normalizer(it.utt.text) for it in items]
     hyps = [normalizer(t) for t in texts]
@@ -280,7 +286,8 @@ def evaluate(
     ``out_dir/utterances.jsonl``. ``beam_size``/``lm_weight``/``word_score`` of ``None`` keep the decoder defaults.
     ``extra`` is merged into the summary (e.g. the head-swap report of a zero-shot baseline). ``batch_s`` bounds
     padded audio seconds per forward pass; batching changes no score beyond float rounding (GroupNorm-CNN models such
-    as base-960h too: :meth:`asr_transfer.inference.Recognizer._exact_group_norm_batch`). ``allow_pickle`` permits pickled ``pytorch_model.bin``
+    as base-960h too: :meth:`asr_transfer.inference.Recognizer._exact_group_norm_batch`). ``allow_pickle`` permits
+    pickled ``pytorch_model.bin``
     weights (pickle can run code: trusted files only). Audio that cannot be read, or that holds less than the
     manifest's duration (a truncated copy), is skipped and listed in ``skipped``.
     """
@@ -305,7 +312,9 @@ def evaluate(
     dec = options.build(recognizer.vocab, blank_id=recognizer.blank_id)
     items, skipped = compute_log_probs(recognizer, utts)
     if not items:
-        raise UserError(f"none of the {len(utts)} audio files could be read (first: {skipped[0]['reason']})", path=manifest)
+        raise UserError(
+            f"none of the {len(utts)} audio files could be read (first: {skipped[0]['reason']})", path=manifest
+        )
     texts, decode_s = decode_items(items, dec)
     rows, rates = score_rows(items, texts, decode_s, normalizer)
     audio_s = sum(it.audio_s for it in items)

@@ -225,7 +225,8 @@ class Recognizer:
 
         Fed zero-padded audio as a whole (Hugging Face's way for these models), the CNN's time-wise GroupNorm and
         the unmasked attention both see the padding, so a clip's transcript could change with what it was batched
-        with. Here the CNN runs via :func:`asr_transfer.model.forward.group_norm_cnn` (norm over real frames only) and the
+        with. Here the CNN runs via :func:`asr_transfer.model.forward.group_norm_cnn` (norm over real frames only) and
+        the
         transformer with a mask over the padded frames: batching changes nothing beyond float rounding.
         """
         import torch

@@ -298,7 +298,8 @@ def build_lm(
     prune: Sequence[int] = (),
     log=print,
 ) -> Path:
-    """Build ``out_dir/lm.arpa`` (+ ``lexicon.txt``, ``unigrams.txt``, ``lm.json``) from ``text_files``; returns out_dir.
+    """Build ``out_dir/lm.arpa`` (+ ``lexicon.txt``, ``unigrams.txt``, ``lm.json``) from ``text_files``; returns
+    out_dir.
 
     Every sentence is normalised with ``get_normalizer(lang)``. Sentences equal to a normalised dev/test transcript
     of ``exclude_manifests`` (or containing one of at least ``order`` words) are dropped. With ``vocab`` (a model's

@@ -1,4 +1,5 @@
-"""Error rates: WER/CER with jiwer, per-utterance alignments, bootstrap intervals, per-character errors, per-speaker rates.
+"""Error rates: WER/CER with jiwer, per-utterance alignments, bootstrap intervals, per-character errors, per-speaker
+rates.
 
 All functions here take text that is already normalised (see :func:`asr_transfer.text.get_normalizer`), except
 :func:`error_rates`, which applies a normaliser itself when given one. Corpus rates are always *total errors over total
@@ -9,6 +10,7 @@ Bootstrap resampling draws whole utterances with replacement (errors inside an u
 are not independent samples). Resample ``k`` uses ``rng.integers(0, m, size=m)`` from
 ``numpy.random.default_rng(seed)``, drawn in order; results are reproducible for a given seed.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -113,7 +115,11 @@ def format_alignment(ref_words: Sequence[str], hyp_words: Sequence[str], chunks)
             hyp_cols.append(hw.ljust(width))
             ops.append(op.ljust(width))
     return "\n".join(
-        [("REF: " + " ".join(ref_cols)).rstrip(), ("HYP: " + " ".join(hyp_cols)).rstrip(), ("OPS: " + " ".join(ops)).rstrip()]
+        [
+            ("REF: " + " ".join(ref_cols)).rstrip(),
+            ("HYP: " + " ".join(hyp_cols)).rstrip(),
+            ("OPS: " + " ".join(ops)).rstrip(),
+        ]
     )
 
 

@@ -36,12 +36,21 @@ from .recipe_stages import STAGES, StageSpec
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 # Keys of the nested TrainConfig that the runner fills in from the recipe's own outputs.
-RUNNER_KEYS = ("model.source", "model.lang", "model.vocab", "data.train_manifest", "data.dev_manifest", "train.output_dir")
+RUNNER_KEYS = (
+    "model.source",
+    "model.lang",
+    "model.vocab",
+    "data.train_manifest",
+    "data.dev_manifest",
+    "train.output_dir",
+)
 
 
 @dataclass(frozen=True)
 class DataSection:
-    kind: str = option("synth (espeak-ng speech from the language's default text) or commonvoice (needs --cv-root)", "synth")
+    kind: str = option(
+        "synth (espeak-ng speech from the language's default text) or commonvoice (needs --cv-root)", "synth"
+    )
     minutes: float = option("synth: minutes of train audio", 10.0)
     dev_minutes: float | None = option("synth: dev minutes (None: 10% of minutes, at most 10)", None)
     test_minutes: float | None = option("synth: test minutes (None: 10% of minutes, at most 10)", None)
@@ -54,7 +63,9 @@ class DataSection:
                                        ("train", "dev", "test"))
     min_duration_s: float = option("commonvoice: skip clips shorter than this", 0.5)
     max_duration_s: float = option("commonvoice: skip clips longer than this", 20.0)
-    train_minutes: float | None = option("commonvoice: keep a seeded random subset of train this long (None: all)", None)
+    train_minutes: float | None = option(
+        "commonvoice: keep a seeded random subset of train this long (None: all)", None
+    )
 
     def __post_init__(self):
         one_of("data.kind", self.kind, ("synth", "commonvoice"))
@@ -289,7 +300,9 @@ class RecipeRunner:
         if "source" in spec.keys:
             config["source_weights"] = self.source_digest()
         if n == 0 and self.config.data.kind == "commonvoice":
-            config["cv_root"] = self.cv_root or (self.marker(0) or {}).get("inputs", {}).get("config", {}).get("cv_root")
+            config["cv_root"] = self.cv_root or (self.marker(0) or {}).get("inputs", {}).get("config", {}).get(
+                "cv_root"
+            )
         deps = {str(d): [(self.marker(d) or {}).get("hash"), (self.marker(d) or {}).get("finished")] for d in spec.deps}
         return {"config": config, "deps": deps}
 
@@ -330,7 +343,9 @@ class RecipeRunner:
         last = max(self.stages)
         stop = last if stop is None else stop
         if not (0 <= start <= last and 0 <= stop <= last) or start > stop:
-            raise UserError(f"--stage/--stop-stage must satisfy 0 <= stage <= stop-stage <= {last}; got {start}..{stop}")
+            raise UserError(
+                f"--stage/--stop-stage must satisfy 0 <= stage <= stop-stage <= {last}; got {start}..{stop}"
+            )
         selected = [self.stages[n] for n in range(start, stop + 1)]
         if any(spec.needs_source for spec in selected):
             check_source(self.config.source)
@@ -359,7 +374,9 @@ class RecipeRunner:
         fresh = self.is_fresh(n)
         if fresh and not self.force:
             m = self.marker(n) or {}
-            self.log(f"{label}: done ({m.get('wall_s', 0):.1f} s, {m.get('finished_at', '?')}); skipping (--force reruns)")
+            self.log(
+                f"{label}: done ({m.get('wall_s', 0):.1f} s, {m.get('finished_at', '?')}); skipping (--force reruns)"
+            )
             return "skipped"
         if self.marker(n) is not None and not fresh:
             self.log(f"{label}: {self._why_stale(n)}; rerunning")
@@ -402,5 +419,3 @@ class RecipeRunner:
 
     def manifest(self, split: str) -> Path:
         return self.out / "data" / f"{split}.jsonl"
-
-

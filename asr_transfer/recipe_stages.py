@@ -71,7 +71,8 @@ def _split_facts(path: Path) -> dict:
 
 
 def _subset_train(path: Path, budget_s: float, seed: int, log) -> None:
-    """Keep a seeded random subset of whole utterances about ``budget_s`` long; the full list stays in train_full.jsonl."""
+    """Keep a seeded random subset of whole utterances about ``budget_s`` long; the full list stays in
+    train_full.jsonl."""
     import numpy as np
 
     from .manifest import read_manifest, write_manifest
@@ -104,7 +105,11 @@ def stage_validate(r, resume: bool = False) -> dict:
         out = r.path("validate", f"{split}.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        result[split] = {"utterances": report.utterances, "errors": len(report.errors), "warnings": len(report.warnings)}
+        result[split] = {
+            "utterances": report.utterances,
+            "errors": len(report.errors),
+            "warnings": len(report.warnings),
+        }
         if report.errors:
             failed.append(f"{split}: {len(report.errors)} errors ({', '.join(report.by_kind())})")
     if failed:
@@ -286,10 +291,23 @@ def _evaluate_system(r, label: str, model_dir: Path) -> dict:
         tuned = tune_lm(rec, r.manifest("dev"), lm_dir, e.alphas, e.betas, out_dir=r.path("eval", f"{label}-tune"),
                         lang=cfg.lang, beam_size=e.beam_size)
         alpha, beta = tuned["best"]["lm_weight"], tuned["best"]["word_score"]
-        r.log(f"{label}: tuned on dev: lm_weight {alpha:g}, word_score {beta:g} (dev WER {100 * tuned['best']['wer']:.1f}%)")
+        r.log(
+            f"{label}: tuned on dev: lm_weight {alpha:g}, word_score {beta:g} (dev WER "
+            f"{100 * tuned['best']['wer']:.1f}%)"
+        )
     name = f"{label} + LM" if lm_dir is not None else f"{label} (beam)"
-    s = evaluate(rec, r.manifest("test"), decoder="beam", lm_dir=lm_dir, beam_size=e.beam_size, lm_weight=alpha,
-                 word_score=beta, out_dir=r.path("eval", f"{label}-lm" if lm_dir else f"{label}-beam"), name=name, **common)
+    s = evaluate(
+        rec,
+        r.manifest("test"),
+        decoder="beam",
+        lm_dir=lm_dir,
+        beam_size=e.beam_size,
+        lm_weight=alpha,
+        word_score=beta,
+        out_dir=r.path("eval", f"{label}-lm" if lm_dir else f"{label}-beam"),
+        name=name,
+        **common,
+    )
     r.log(result_line(s))
     out[name] = {"wer": s["wer"], "cer": s["cer"], "lm_weight": alpha, "word_score": beta}
     return out

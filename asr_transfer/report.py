@@ -318,13 +318,16 @@ class _Doc:
         self.md.append(("" if summary is None else f"<details><summary>{summary}</summary>\n\n") + "```\n" + text +
                        "\n```\n" + ("" if summary is None else "</details>\n"))
         block = f"<pre>{html.escape(text)}</pre>"
-        self.html.append(block if summary is None else f"<details><summary>{html.escape(summary)}</summary>{block}</details>")
+        self.html.append(
+            block if summary is None else f"<details><summary>{html.escape(summary)}</summary>{block}</details>"
+        )
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
 th{background:#f3f3f3}td[data-value]{text-align:right;font-variant-numeric:tabular-nums}
-pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:13px}img{max-width:100%}.new{color:#d62728;font-weight:bold}"""
+pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:13px}img{max-width:100%}
+.new{color:#d62728;font-weight:bold}"""
 
 
 def build_report(inputs, out_dir, baseline: str | None = None, worst: int = 10) -> Path:
@@ -353,8 +356,10 @@ def build_report(inputs, out_dir, baseline: str | None = None, worst: int = 10) 
 def _systems_section(doc: _Doc, evaluations: list[Evaluation], baseline: str | None) -> None:
     base_name, rows = compare(evaluations, baseline)
     doc.heading("Systems")
-    doc.para(f"Baseline for p-values: {base_name}. WER/CER in %, bootstrap 95% intervals over utterances; p = one-sided "
-             "paired bootstrap probability that the system is not better than the baseline (small p: a real gain).")
+    doc.para(
+        f"Baseline for p-values: {base_name}. WER/CER in %, bootstrap 95% intervals over utterances; p = one-sided "
+        "paired bootstrap probability that the system is not better than the baseline (small p: a real gain)."
+    )
     table = []
     for r in rows:
         name = r["name"]
@@ -362,13 +367,23 @@ def _systems_section(doc: _Doc, evaluations: list[Evaluation], baseline: str | N
         def cell(metric, text, value):
             return (text, {"data-system": name, "data-metric": metric, "data-value": repr(value)})
 
-        table.append([
-            name, str(r["n"]) + (f" (+{r['skipped']} skipped)" if r["skipped"] else ""),
-            cell("wer", _pct(r["wer"]), r["wer"]), _ci(r["wer_ci95"]),
-            cell("cer", _pct(r["cer"]), r["cer"]), _ci(r["cer_ci95"]),
-            cell("p_wer", _p(r["p_wer"]), r["p_wer"]), cell("p_cer", _p(r["p_cer"]), r["p_cer"]),
-            "—" if r["n_paired"] is None else f"{r['n_paired']}" + ("" if r["same_manifest"] else " (other manifest)"),
-        ])
+        table.append(
+            [
+                name,
+                str(r["n"]) + (f" (+{r['skipped']} skipped)" if r["skipped"] else ""),
+                cell("wer", _pct(r["wer"]), r["wer"]),
+                _ci(r["wer_ci95"]),
+                cell("cer", _pct(r["cer"]), r["cer"]),
+                _ci(r["cer_ci95"]),
+                cell("p_wer", _p(r["p_wer"]), r["p_wer"]),
+                cell("p_cer", _p(r["p_cer"]), r["p_cer"]),
+                (
+                    "—"
+                    if r["n_paired"] is None
+                    else f"{r['n_paired']}" + ("" if r["same_manifest"] else " (other manifest)")
+                ),
+            ]
+        )
     doc.table(["system", "utterances", "WER %", "WER 95% CI", "CER %", "CER 95% CI", "p (WER)", "p (CER)", "paired"],
               table, cls="systems")
     ok = [r for r in rows if r["wer"] is not None]
@@ -454,9 +469,12 @@ def _speed_section(doc: _Doc, evaluations: list[Evaluation]) -> None:
     for ev in evaluations:
         s = ev.summary
         dec = s.get("decoder") or {}
-        desc = dec.get("kind", "?") + ("" if dec.get("kind") != "beam" else
-                                       f" (beam {dec.get('beam_size')}, α {dec.get('lm_weight')}, β {dec.get('word_score')}"
-                                       f"{', LM' if dec.get('lm_dir') else ''})")
+        desc = dec.get("kind", "?") + (
+            ""
+            if dec.get("kind") != "beam"
+            else f" (beam {dec.get('beam_size')}, α {dec.get('lm_weight')}, β {dec.get('word_score')}"
+            f"{', LM' if dec.get('lm_dir') else ''})"
+        )
         params = s.get("model_params")
         size = s.get("model_size_mb")
         rows.append([ev.name, desc, f"{s.get('device', '?')} / {s.get('precision', '?')}",

@@ -1,9 +1,11 @@
-"""``asr-transfer recipe RECIPE [--stage N] [--stop-stage M] [--set key=value …] [--force] [--out DIR] [--cv-root DIR]``.
+"""``asr-transfer recipe RECIPE [--stage N] [--stop-stage M] [--set key=value …] [--force] [--out DIR] [--cv-root
+DIR]``.
 
 RECIPE is a name under ``recipes/`` (``de-synth``, ``de``, ``nl-synth``, …) or a path to a recipe.toml. Stages:
 0 data, 1 validate, 2 vocab + LM, 3 baseline, 4 train (+ control), 5 evaluate, 6 report. Finished stages are
 skipped on rerun unless their config changed or ``--force`` is given.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cv-root", default=None, metavar="DIR",
                    help="Common Voice release folder (cv-corpus-N or its <lang>/ folder) for data.kind = commonvoice")
     p.add_argument("--list", action="store_true", help="list the recipes and exit")
-    p.add_argument("--help-config", action="store_true", help="list every recipe key with its default and help, then exit")
+    p.add_argument(
+        "--help-config", action="store_true", help="list every recipe key with its default and help, then exit"
+    )
     p.add_argument("--show-config", action="store_true", help="print the resolved recipe config as JSON and exit")
     p.add_argument("--no-progress", action="store_true", help="no training progress bars")
 
@@ -36,8 +40,10 @@ def run(args: argparse.Namespace) -> int:
     if args.help_config:
         for key, default, text in describe(RecipeConfig):
             print(f"{key:24s} {default:28s} {text}")
-        print("train.*                  (see `asr-transfer train --help-config`; model.source, model.lang, model.vocab, "
-              "data.train_manifest, data.dev_manifest and train.output_dir are set by the runner)")
+        print(
+            "train.*                  (see `asr-transfer train --help-config`; model.source, model.lang, model.vocab, "
+            "data.train_manifest, data.dev_manifest and train.output_dir are set by the runner)"
+        )
         return 0
     if args.list:
         from ..recipe import read_config_data

@@ -8,13 +8,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="run config (TOML or JSON); see --help-config for every key")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.output_dir=runs/x --set stages.0.lr=1e-3 (repeatable)")
-    p.add_argument("--resume", action="store_true", help="continue the run in train.output_dir from its newest valid checkpoint")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in train.output_dir from its newest valid checkpoint"
+    )
     p.add_argument("--allow-inexact-resume", action="store_true",
                    help="resume even if the config, a manifest fingerprint or RNG state differ from the checkpoint")
     p.add_argument("--allow-pickle", action="store_true",
                    help="allow a source model with pickled pytorch_model.bin / .pt weights (same as --set "
                         "model.allow_pickle=true); unpickling can run arbitrary code: only for sources you trust")
-    p.add_argument("--help-config", action="store_true", help="list every config key with its default and help, then exit")
+    p.add_argument(
+        "--help-config", action="store_true", help="list every config key with its default and help, then exit"
+    )
     p.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
                    help="checkpoint and pause after N optimiser steps in this invocation (continue with --resume)")
     p.add_argument("--time-budget-min", type=float, default=None, metavar="MIN",

@@ -25,7 +25,9 @@ def _floats(text: str) -> list[float]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_decoder_arguments(parser)
     parser.add_argument("--lm", required=True, metavar="DIR", help="LM folder from `asr-transfer lm`")
-    parser.add_argument("--alphas", type=_floats, default=[0.0, 0.5, 1.0, 1.5, 2.0], help="LM weights (default: 0,0.5,1,1.5,2)")
+    parser.add_argument(
+        "--alphas", type=_floats, default=[0.0, 0.5, 1.0, 1.5, 2.0], help="LM weights (default: 0,0.5,1,1.5,2)"
+    )
     parser.add_argument("--betas", type=_floats, default=[-1.0, 0.0, 1.0, 2.0], help="word scores (default: -1,0,1,2)")
     parser.add_argument("--beam-size", type=int, default=None, help="beam width (default: the decoder's, 50)")
     parser.add_argument("--out", required=True, help="folder for tune.json")

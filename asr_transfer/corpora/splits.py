@@ -143,9 +143,8 @@ class ImportSummary:
         """A small plain-text table for the CLI."""
         lines = [f"{self.corpus} → {self.out_dir}", f"{'split':<12}{'utterances':>12}{'hours':>10}{'speakers':>10}"]
         for name in self.utterances:
-            lines.append(
-                f"{name:<12}{self.utterances[name]:>12}{self.hours.get(name, 0.0):>10.3f}{self.speakers.get(name, 0):>10}"
-            )
+            hours, speakers = self.hours.get(name, 0.0), self.speakers.get(name, 0)
+            lines.append(f"{name:<12}{self.utterances[name]:>12}{hours:>10.3f}{speakers:>10}")
         lines.append(f"{'total':<12}{self.total_utterances:>12}{sum(self.hours.values()):>10.3f}")
         if self.skipped:
             lines.append(f"skipped {self.total_skipped}:")

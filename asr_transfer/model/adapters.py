@@ -98,8 +98,10 @@ def _add_mms(model: nn.Module, options: AdapterOptions) -> None:
 
     config = model.config
     if not config.do_stable_layer_norm:
-        raise ConfigError("MMS adapters need a stable-layer-norm encoder (do_stable_layer_norm=true, e.g. MMS / XLS-R); "
-                          "this model is post-LN (like base-960h): use adapter 'lora'")
+        raise ConfigError(
+            "MMS adapters need a stable-layer-norm encoder (do_stable_layer_norm=true, e.g. MMS / XLS-R); "
+            "this model is post-LN (like base-960h): use adapter 'lora'"
+        )
     config.adapter_attn_dim = options.attn_dim
     weight = model.lm_head.weight
     for layer in model.wav2vec2.encoder.layers:
@@ -139,7 +141,9 @@ def save_adapter(out_dir: str | os.PathLike, model: nn.Module, record: ModelReco
     def write(tmp: Path) -> None:
         save_file(adapter_state_dict(model), str(tmp / filename), metadata={"format": "pt", "adapter": options.mode})
         processor.save_pretrained(tmp)
-        (tmp / RECORD_FILE).write_text(json.dumps(record.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / RECORD_FILE).write_text(
+            json.dumps(record.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
 
     return atomic_folder_write(out_dir, write)
 
@@ -167,8 +171,10 @@ def apply_saved_adapter(model: nn.Module, adapter_dir: str | os.PathLike):
         with safe_open(str(weights), framework="pt") as handle:
             state = {k: handle.get_tensor(k) for k in handle.keys()}
     except Exception as exc:
-        raise ModelError(f"cannot read adapter weights ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
-                         path=weights)
+        raise ModelError(
+            f"cannot read adapter weights ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+            path=weights,
+        )
     if "lm_head.weight" not in state:
         raise ModelError("adapter file has no lm_head weights", path=weights)
     add_adapters(model, **{k: v for k, v in options.to_dict().items() if k != "target_modules"},

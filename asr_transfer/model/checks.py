@@ -82,7 +82,9 @@ def check_no_custom_code(folder: Path) -> None:
 
 def check_local_folder(folder: Path, allow_pickle: bool) -> None:
     if not (folder / "config.json").is_file():
-        raise ModelError("no config.json: not a model folder (save it with save_pretrained)", path=folder / "config.json")
+        raise ModelError(
+            "no config.json: not a model folder (save it with save_pretrained)", path=folder / "config.json"
+        )
     check_no_custom_code(folder)
     cfg = read_config_json(folder / "config.json")
     model_type = cfg.get("model_type", "wav2vec2")
@@ -107,7 +109,10 @@ def check_local_folder(folder: Path, allow_pickle: bool) -> None:
             with safe_open(str(shard), framework="pt") as handle:
                 handle.keys()
         except Exception as exc:  # SafetensorError for truncated/garbage files; OSError for unreadable ones
-            raise ModelError(f"corrupt or truncated safetensors file ({str(exc).splitlines()[0]}); re-download or re-save it", path=shard)
+            raise ModelError(
+                f"corrupt or truncated safetensors file ({str(exc).splitlines()[0]}); re-download or re-save it",
+                path=shard,
+            )
 
 
 def non_finite_weights(model: nn.Module) -> list[str]:

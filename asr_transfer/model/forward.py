@@ -10,7 +10,8 @@ Segments of ``Wav2Vec2ForCTC`` (L transformer layers)::
 
 The *boundary* of a stage is the first segment holding a trainable parameter. Everything below it is frozen and runs
 in eval mode, per utterance and unpadded — exactly what inference on that utterance computes — so its output can be
-cached across epochs (:mod:`asr_transfer.training.cache`). Segments from the boundary up run batched on padded tensors with an
+cached across epochs (:mod:`asr_transfer.training.cache`). Segments from the boundary up run batched on padded tensors
+with an
 attention mask, so padding never changes a real frame's value. Frozen segments above the boundary run in eval mode
 too (no dropout in weights that do not learn).
 
@@ -19,6 +20,7 @@ boundary instead: after the feature projection when that trains (HF's own place,
 the input of the first trainable transformer layer otherwise, and off when only the head trains. Cached and uncached
 training therefore compute the same function. LayerDrop applies to trainable layers only.
 """
+
 from __future__ import annotations
 
 import re
@@ -67,7 +69,11 @@ def trainable_boundary(model: nn.Module) -> int:
     """First segment with a trainable parameter (``num_segments`` when nothing trains)."""
     base = unwrap(model)
     cfg = base.config
-    segs = [segment_of(n, cfg.num_hidden_layers, cfg.do_stable_layer_norm) for n, p in base.named_parameters() if p.requires_grad]
+    segs = [
+        segment_of(n, cfg.num_hidden_layers, cfg.do_stable_layer_norm)
+        for n, p in base.named_parameters()
+        if p.requires_grad
+    ]
     return min(segs) if segs else num_segments(base)
 
 
@@ -194,7 +200,8 @@ def _spec_augment(base, h, frame_mask, masks: MaskOptions, rng, use_embed: bool)
 
 
 def prefix_features(model: nn.Module, wave: torch.Tensor, boundary: int) -> torch.Tensor:
-    """Frozen-prefix output for ONE utterance: ``(samples,)`` wave → ``(frames, dim)`` at the boundary (eval, no grad)."""
+    """Frozen-prefix output for ONE utterance: ``(samples,)`` wave → ``(frames, dim)`` at the boundary (eval, no
+    grad)."""
     base = unwrap(model)
     with torch.no_grad():
         if boundary == 0:  # nothing is frozen below the CNN: the "feature" is the normalised wave itself
@@ -270,7 +277,9 @@ def output_lengths(model: nn.Module, boundary: int, lengths: torch.Tensor) -> to
     return lengths
 
 
-def ctc_loss_per_utt(logits: torch.Tensor, out_lengths: torch.Tensor, labels: list[tuple[int, ...]], blank_id: int) -> torch.Tensor:
+def ctc_loss_per_utt(
+    logits: torch.Tensor, out_lengths: torch.Tensor, labels: list[tuple[int, ...]], blank_id: int
+) -> torch.Tensor:
     """CTC loss per utterance divided by its label length, ``(batch,)`` in fp32 (``zero_infinity`` on)."""
     log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # (T, B, V)
     targets = torch.tensor([t for lab in labels for t in lab], dtype=torch.long, device=logits.device)
@@ -290,7 +299,9 @@ class Suffix(nn.Module):
         self.masks = masks
         self.trains = segment_trains(model)
 
-    def forward(self, feats: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator | None = None, training: bool = True):
+    def forward(
+        self, feats: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator | None = None, training: bool = True
+    ):
         base = unwrap(self.model)
         if self.boundary == 0 and unwrap(self.model).config.feat_extract_norm == "layer":
             # Trainable CNN with per-frame LayerNorm: a real output frame sees only real samples, so the padded batch
@@ -300,4 +311,6 @@ class Suffix(nn.Module):
             _set_modes(base, self.trains, training)
             h, frame_lengths = group_norm_cnn(base, feats, lengths)
             return run_segments(base, h, 1, num_segments(base), frame_lengths, training, self.trains, self.masks, rng)
-        return run_segments(base, feats, self.boundary, num_segments(base), lengths, training, self.trains, self.masks, rng)
+        return run_segments(
+            base, feats, self.boundary, num_segments(base), lengths, training, self.trains, self.masks, rng
+        )

@@ -46,7 +46,8 @@ def parameter_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter
     encoder's top-level LayerNorm), ``layers.N``, ``head`` (``lm_head``), ``adapters`` (LoRA / MMS adapter layers).
     A ``config.add_adapter`` conv adapter (``wav2vec2.adapter``) also counts as ``adapters``.
     ``encoder_norm`` is its own group; stage patterns attach it to the layer it touches (see
-    :func:`asr_transfer.training.schedule.resolve_groups`): below layer 0 for post-LN models (base-960h), above the top layer
+    :func:`asr_transfer.training.schedule.resolve_groups`): below layer 0 for post-LN models (base-960h), above the top
+    layer
     for stable-layer-norm models.
     """
     groups: dict[str, list[tuple[str, nn.Parameter]]] = {n: [] for n in group_names(model.config.num_hidden_layers)}

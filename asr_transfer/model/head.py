@@ -27,7 +27,12 @@ class HeadSwapReport:
     random: tuple[str, ...]  # target tokens initialised randomly
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "copied": list(self.copied), "seeded": dict(self.seeded), "random": list(self.random)}
+        return {
+            "mode": self.mode,
+            "copied": list(self.copied),
+            "seeded": dict(self.seeded),
+            "random": list(self.random),
+        }
 
     def summary(self) -> str:
         seeded = ", ".join(f"{t}←{b}" for t, b in self.seeded) or "none"
@@ -108,5 +113,3 @@ def set_vocab_config(config, vocab: dict[str, int]) -> None:
     config.pad_token_id = folded["<pad>"]
     config.bos_token_id = folded.get("<s>")
     config.eos_token_id = folded.get("</s>")
-
-

@@ -65,15 +65,21 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def _offline() -> bool:
     # Read at call time: huggingface_hub caches the variable at import, too early for callers that set it later.
-    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def _load_processor(source: str, folder: Path | None, config, local_only: bool):
     from transformers import Wav2Vec2Processor
 
     if folder is not None and not (folder / "vocab.json").is_file():
-        raise ModelError("no vocab.json (the CTC tokenizer); save the processor beside the model", path=folder / "vocab.json")
-    has_feature_config = folder is None or any((folder / n).is_file() for n in ("preprocessor_config.json", "processor_config.json"))
+        raise ModelError(
+            "no vocab.json (the CTC tokenizer); save the processor beside the model", path=folder / "vocab.json"
+        )
+    has_feature_config = folder is None or any(
+        (folder / n).is_file() for n in ("preprocessor_config.json", "processor_config.json")
+    )
     if not has_feature_config:
         # Trainer checkpoints often carry only the tokenizer: the feature extractor is fully determined by the config.
         from ..vocab import load_vocab
@@ -83,7 +89,11 @@ def _load_processor(source: str, folder: Path | None, config, local_only: bool):
         return Wav2Vec2Processor.from_pretrained(source, local_files_only=local_only, trust_remote_code=False)
     except Exception as exc:
         where = folder / "vocab.json" if folder is not None else source
-        raise ModelError(f"cannot load the tokenizer/feature extractor ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", path=where)
+        raise ModelError(
+            f"cannot load the tokenizer/feature extractor "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+            path=where,
+        )
 
 
 def _from_pretrained(source: str, allow_pickle: bool, local_only: bool):
@@ -119,7 +129,12 @@ def load_model(path_or_id: str | os.PathLike, device: str = "cpu", allow_pickle:
     source = os.fspath(path_or_id)
     folder = Path(source).expanduser()
     local_only = _offline()
-    if folder.is_dir() and adapter is None and not (folder / "config.json").exists() and (folder / RECORD_FILE).is_file():
+    if (
+        folder.is_dir()
+        and adapter is None
+        and not (folder / "config.json").exists()
+        and (folder / RECORD_FILE).is_file()
+    ):
         record = ModelRecord.read(folder / RECORD_FILE)
         if record.adapter:  # an adapter folder on its own: load it onto the base it was trained on
             return load_model(record.source_model, device=device, allow_pickle=allow_pickle, adapter=folder)
@@ -138,7 +153,9 @@ def load_model(path_or_id: str | os.PathLike, device: str = "cpu", allow_pickle:
         raise
     except Exception as exc:
         if folder is not None:
-            raise ModelError(f"cannot load the model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", path=folder)
+            raise ModelError(
+                f"cannot load the model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", path=folder
+            )
         raise ModelError(
             f"{source}: not a local folder, not in the HF cache, and no network (or no such model on the hub); pass a "
             "local folder (e.g. models/en-synth-small) or set HF_HOME to a cache that has it / HF_HUB_OFFLINE=1"
@@ -230,7 +247,9 @@ def save_model(out_dir: str | os.PathLike, model: nn.Module, processor, record: 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         processor.save_pretrained(tmp)
-        (tmp / RECORD_FILE).write_text(json.dumps(record.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / RECORD_FILE).write_text(
+            json.dumps(record.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         (tmp / "README.md").write_text(model_card(record, card), encoding="utf-8")
 
     return atomic_folder_write(out_dir, write)
@@ -259,8 +278,13 @@ def _cell(v: Any) -> str:
 
 def model_card(record: ModelRecord, card: dict[str, Any] | None = None) -> str:
     """Markdown model card with HF front matter; sections from ``card`` follow the summary."""
-    front = ["---", f"language: {record.lang}", "library_name: transformers", "pipeline_tag: automatic-speech-recognition",
-             "tags: [wav2vec2, ctc, asr-transfer]"]
+    front = [
+        "---",
+        f"language: {record.lang}",
+        "library_name: transformers",
+        "pipeline_tag: automatic-speech-recognition",
+        "tags: [wav2vec2, ctc, asr-transfer]",
+    ]
     if record.source_model and not Path(record.source_model).is_absolute():
         front.append(f"base_model: {record.source_model}")
     front.append("---")

@@ -3,6 +3,7 @@
 This is the "model" step of training, kept apart from the loop so that ``baseline`` (zero-shot) and the from-scratch
 control reuse exactly what ``train`` does.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import torch
 
 from ..config import AugmentArgs, ModelArgs
 from ..errors import UserError
+from .record import ModelRecord
 
 
 @dataclass
@@ -99,6 +101,15 @@ def _set_dropout(model: torch.nn.Module, p: float) -> None:
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = p
+
+
+def trained_record(config, source: str, normalizer_name: str, vocab: dict[str, int], step: int) -> ModelRecord:
+    """The ``asr_transfer.json`` of a model that ``config`` trained from ``source`` for ``step`` steps."""
+    model = config.model
+    return ModelRecord(lang=model.lang, normalizer=normalizer_name, source_model=source,
+                       head_init="scratch" if model.from_scratch else model.head_init, vocab=vocab,
+                       adapter=None if model.adapter == "none" else model.adapter,
+                       extra={"train_manifest": str(config.data.train_manifest), "step": step})
 
 
 def save_trained(out_dir: Path, model: torch.nn.Module, processor, record, card: dict, config) -> Path:

@@ -212,7 +212,10 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError("checkpoint is incomplete or its checksums do not match", path=path)
     return {
         "model": load_file(str(path / "model.safetensors")),
-        "optimizer": (load_file(str(path / "optimizer.safetensors")), json.loads((path / "optimizer.json").read_text())),
+        "optimizer": (
+            load_file(str(path / "optimizer.safetensors")),
+            json.loads((path / "optimizer.json").read_text()),
+        ),
         "scheduler": json.loads((path / "scheduler.json").read_text()),
         "rng": (load_file(str(path / "rng.safetensors")), json.loads((path / "rng.json").read_text())),
         "trainer": json.loads((path / "trainer.json").read_text()),

@@ -109,8 +109,11 @@ EQ_FREQ_HZ = (150.0, 6000.0)  # centre frequencies, log-uniform: from the first 
 EQ_Q = (0.7, 2.0)  # quality factors, uniform: an octave and a half down to about two thirds of an octave wide
 
 
-def peaking_biquad(f0_hz: float, gain_db: float, q: float, sample_rate: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
-    """``(b, a)`` of a peaking-EQ biquad (Bristow-Johnson's Audio EQ Cookbook): ``gain_db`` at ``f0_hz``, 0 dB far away."""
+def peaking_biquad(
+    f0_hz: float, gain_db: float, q: float, sample_rate: int = SAMPLE_RATE
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(b, a)`` of a peaking-EQ biquad (Bristow-Johnson's Audio EQ Cookbook): ``gain_db`` at ``f0_hz``, 0 dB far
+    away."""
     amp = 10 ** (gain_db / 40)
     w0 = 2 * math.pi * f0_hz / sample_rate
     alpha = math.sin(w0) / (2 * q)
@@ -120,7 +123,8 @@ def peaking_biquad(f0_hz: float, gain_db: float, q: float, sample_rate: int = SA
 
 
 def random_eq(wave: np.ndarray, max_db: float, rng: np.random.Generator) -> np.ndarray:
-    """``wave`` through :data:`EQ_BANDS` random peaking filters (gains uniform in ±``max_db`` dB); ``(samples,)`` float32.
+    """``wave`` through :data:`EQ_BANDS` random peaking filters (gains uniform in ±``max_db`` dB); ``(samples,)``
+    float32.
 
     A voice's timbre is largely its formant levels and spectral tilt; espeak-ng's variants differ in exactly those
     (one held-out voice has its third formant at 9 % height), which speed perturbation does not touch.
@@ -135,8 +139,13 @@ def random_eq(wave: np.ndarray, max_db: float, rng: np.random.Generator) -> np.n
     return out.astype(np.float32)
 
 
-def load_example_audio(ex: Example, speed: float = 1.0, snr_db: float | None = None, rng: np.random.Generator | None = None,
-                       eq_db: float = 0.0) -> np.ndarray:
+def load_example_audio(
+    ex: Example,
+    speed: float = 1.0,
+    snr_db: float | None = None,
+    rng: np.random.Generator | None = None,
+    eq_db: float = 0.0,
+) -> np.ndarray:
     """Decode ``ex``'s audio at 16 kHz mono ``(samples,)``, optionally speed-perturbed, equalised and with white noise.
 
     Raises :class:`AudioError` for audio that decodes but cannot be trained on (NaN/inf samples, digital silence);
@@ -212,7 +221,9 @@ class BucketSampler:
         self.seed = int(seed)
         self.pool_batches = pool_batches
         if len(self.durations) and self.durations.max() > self.max_batch_s:
-            raise UserError(f"an utterance ({self.durations.max():.1f}s) exceeds data.max_batch_s ({self.max_batch_s}s)")
+            raise UserError(
+                f"an utterance ({self.durations.max():.1f}s) exceeds data.max_batch_s ({self.max_batch_s}s)"
+            )
 
     def batches(self, epoch: int) -> list[list[int]]:
         rng = np.random.default_rng([self.seed, epoch])
@@ -240,7 +251,9 @@ class BucketSampler:
         return len(self.batches(epoch))
 
 
-def augmentation_for(seed: int, epoch: int, index: int, speeds: Sequence[float], snr_range: Sequence[float]) -> tuple[float, float | None, int]:
+def augmentation_for(
+    seed: int, epoch: int, index: int, speeds: Sequence[float], snr_range: Sequence[float]
+) -> tuple[float, float | None, int]:
     """Deterministic per-(epoch, utterance) speed factor, SNR and noise seed, so resume and caching agree."""
     rng = np.random.default_rng([seed, epoch, index, 7])
     speed = float(speeds[rng.integers(len(speeds))]) if speeds else 1.0

@@ -26,7 +26,8 @@ class DevScore:
         self.entropy = 0.0
 
     def add(self, log_probs: torch.Tensor, out_lengths: torch.Tensor, refs: list[str], losses: torch.Tensor) -> None:
-        """``log_probs``: ``(batch, frames, vocab)``; ``out_lengths``: real frames per row; ``refs``: normalised text."""
+        """``log_probs``: ``(batch, frames, vocab)``; ``out_lengths``: real frames per row; ``refs``: normalised
+        text."""
         self.losses.extend(losses.tolist())
         for b, ref in enumerate(refs):
             row = log_probs[b, : int(out_lengths[b])]

@@ -2,11 +2,14 @@
 
 Per stage: set which parameter groups train (:mod:`asr_transfer.training.schedule`), find the frozen-prefix boundary
 (:mod:`asr_transfer.model.forward`), build a fresh AdamW + warm-up/decay schedule, and iterate length-bucketed batches.
-The frozen prefix's output is cached across epochs (:mod:`asr_transfer.training.cache`). Every ``eval_every`` steps the dev set
+The frozen prefix's output is cached across epochs (:mod:`asr_transfer.training.cache`). Every ``eval_every`` steps the
+dev set
 is decoded greedily; one selection metric drives best checkpoint, plateau-gated stage ends and early stopping.
-Checkpoints (:mod:`asr_transfer.training.checkpoint`) are written only at optimiser-step boundaries and hold everything needed
+Checkpoints (:mod:`asr_transfer.training.checkpoint`) are written only at optimiser-step boundaries and hold everything
+needed
 for an exact resume: weights, optimiser moments by parameter name, scheduler, RNGs and the sampler position.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +18,10 @@ import math
 import os
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,9 +68,28 @@ RUN_FILES = ("run.json", "config.resolved.json", "head_init.json", "stages.json"
 RUN_FOLDERS = ("checkpoints", "final", "best", "cache", "tb")
 
 
+@dataclass
+class StageRun:
+    """What one stage trains with, built when it begins (:meth:`Trainer._begin_stage`)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    suffix: torch.nn.Module  # the trainable part of the forward pass, from the frozen-prefix boundary on
+    boundary: int  # the segment where training starts: segments before it are frozen (and cached)
+    total_steps: int  # the stage's optimiser-step budget (a cap when it ends on a plateau)
+
+
 class Trainer:
-    def __init__(self, config: TrainConfig, resume: bool = False, allow_inexact_resume: bool = False, progress: bool = True,
-                 stop_after_steps: int | None = None, time_budget_s: float | None = None):
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        resume: bool = False,
+        allow_inexact_resume: bool = False,
+        progress: bool = True,
+        stop_after_steps: int | None = None,
+        time_budget_s: float | None = None,
+    ):
         from accelerate import Accelerator, DistributedDataParallelKwargs
         from transformers.utils import logging as hf_logging
 
@@ -116,7 +140,10 @@ class Trainer:
                 recover_folder_write(self.run_dir / name)
         existing = ckpt.list_checkpoints(self.run_dir / "checkpoints")
         if existing and not self.resume:
-            raise UserError(f"{self.run_dir} already holds checkpoints; pass --resume to continue it or choose another train.output_dir")
+            raise UserError(
+                f"{self.run_dir} already holds checkpoints; pass --resume to continue it or choose another "
+                f"train.output_dir"
+            )
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed % 2**32)
         self.prepared = prepare_model(cfg.model, cfg.augment, cfg.data.train_manifest, seed=cfg.train.seed)
@@ -128,20 +155,43 @@ class Trainer:
         self.normalizer = get_normalizer(cfg.model.lang)
         mc = unwrap(self.model).config
         self.skips = SkipCounter()
-        self.train_examples = build_examples(cfg.data.train_manifest, self.vocab, self.normalizer, mc.conv_kernel, mc.conv_stride,
-                                             cfg.data.min_utt_s, cfg.data.max_utt_s, self.skips)
+        self.train_examples = build_examples(
+            cfg.data.train_manifest,
+            self.vocab,
+            self.normalizer,
+            mc.conv_kernel,
+            mc.conv_stride,
+            cfg.data.min_utt_s,
+            cfg.data.max_utt_s,
+            self.skips,
+        )
         if not self.train_examples:
-            raise UserError(f"no usable training utterances (skipped: {dict(self.skips.counts)})", path=cfg.data.train_manifest)
+            raise UserError(
+                f"no usable training utterances (skipped: {dict(self.skips.counts)})", path=cfg.data.train_manifest
+            )
         self.bad_audio: set[str] = set()  # uids whose audio failed to decode during the run (skipped from then on)
         self.dev_skips = SkipCounter()
         self.dev_examples: list[Example] = []
         if cfg.data.dev_manifest:
-            self.dev_examples = build_examples(cfg.data.dev_manifest, self.vocab, self.normalizer, mc.conv_kernel, mc.conv_stride,
-                                               0.0, math.inf, self.dev_skips, cfg.data.max_dev_utts)
+            self.dev_examples = build_examples(
+                cfg.data.dev_manifest,
+                self.vocab,
+                self.normalizer,
+                mc.conv_kernel,
+                mc.conv_stride,
+                0.0,
+                math.inf,
+                self.dev_skips,
+                cfg.data.max_dev_utts,
+            )
         self.sampler = BucketSampler([e.duration_s for e in self.train_examples], cfg.data.max_batch_s, cfg.train.seed)
         self.rng = np.random.default_rng([cfg.train.seed, 11])
-        self.cache = FeatureCache(self.run_dir / "cache" / f"rank{self.acc.process_index}", cfg.train.cache_max_mem_mb << 20)
-        self.dev_cache = FeatureCache(self.run_dir / "cache" / f"dev{self.acc.process_index}", cfg.train.cache_max_mem_mb << 20)
+        self.cache = FeatureCache(
+            self.run_dir / "cache" / f"rank{self.acc.process_index}", cfg.train.cache_max_mem_mb << 20
+        )
+        self.dev_cache = FeatureCache(
+            self.run_dir / "cache" / f"dev{self.acc.process_index}", cfg.train.cache_max_mem_mb << 20
+        )
         self.use_cache = cfg.train.cache and not cfg.data.noise_snr_db and not cfg.data.eq_db  # random per epoch
         self.state = State(config_hash=config_hash(cfg))
         self.state.fingerprints = {"train": fingerprint(cfg.data.train_manifest)}
@@ -159,7 +209,7 @@ class Trainer:
 
             begin_training(self.run_dir, to_dict(cfg), str(self.acc.device), self.state.fingerprints,
                            sum(e.duration_s for e in self.train_examples) / 60, len(self.train_examples), self.resume)
-        self.stage_opt = None  # (optimizer, scheduler, suffix, boundary) for the current stage
+        self.stage_run: StageRun | None = None
         self.resume_parts = None
         if self.resume:
             self._load_resume()
@@ -175,13 +225,19 @@ class Trainer:
         saved = parts["trainer"]
         problems = resume_problems(parts, self.state)
         if problems and not self.allow_inexact:
-            raise UserError(f"{path}: resume would not be exact: {'; '.join(problems)}. Pass --allow-inexact-resume to continue anyway")
+            raise UserError(
+                f"{path}: resume would not be exact: {'; '.join(problems)}. Pass --allow-inexact-resume to continue "
+                f"anyway"
+            )
         unwrap(self.model).load_state_dict(parts["model"])
         fp, ch = self.state.fingerprints, self.state.config_hash
         self.state = State.from_saved(saved)
         self.state.fingerprints, self.state.config_hash = fp, ch
         self.resume_parts = parts
-        self._say(f"resuming from {path.name}: stage {self.state.stage}, step {self.state.step}, epoch {self.state.epoch}, batch {self.state.batch}")
+        self._say(
+            f"resuming from {path.name}: stage {self.state.stage}, step {self.state.step}, epoch {self.state.epoch}, "
+            f"batch {self.state.batch}"
+        )
 
     def _say(self, msg: str) -> None:
         if self.main:
@@ -209,7 +265,7 @@ class Trainer:
         scheduler = make_scheduler(optimizer, stage, total)
         if self.acc.num_processes > 1:
             suffix = self.acc.prepare_model(suffix)
-        self.stage_opt = (optimizer, scheduler, suffix, boundary, total)
+        self.stage_run = StageRun(optimizer, scheduler, suffix, boundary, total)
         resumed_mid_stage = self.resume_parts is not None and self.resume_parts["trainer"].get("opt_stage") == index
         if self.resume_parts is not None:
             if resumed_mid_stage:
@@ -224,8 +280,11 @@ class Trainer:
                                       "trainable_params": int(trainable), "boundary": boundary,
                                       "cached_segments": boundary if self.use_cache else 0, "total_steps": total})
         self.log.write_json("stages.json", self.state.stages)
-        self._say(f"stage {stage.name}: {trainable:,} trainable parameters, boundary segment {boundary}/{num_segments(self.model)},"
-                  f" lr {stage.lr:g}, {total} steps{' (cap; ends on plateau)' if stage.until_plateau else ''}")
+        self._say(
+            f"stage {stage.name}: {trainable:,} trainable parameters, boundary segment "
+            f"{boundary}/{num_segments(self.model)},"
+            f" lr {stage.lr:g}, {total} steps{' (cap; ends on plateau)' if stage.until_plateau else ''}"
+        )
 
     # ------------------------------------------------------------------ data → features
     def _features(self, examples: list[tuple[int, Example]], epoch: int, boundary: int, dev: bool = False):
@@ -243,7 +302,16 @@ class Trainer:
             if ex.uid in self.bad_audio:
                 continue
             if cached is None:
-                jobs.append(partial(load_example_audio, ex, speed, snr, np.random.default_rng(noise_seed), 0.0 if dev else cfg.data.eq_db))
+                jobs.append(
+                    partial(
+                        load_example_audio,
+                        ex,
+                        speed,
+                        snr,
+                        np.random.default_rng(noise_seed),
+                        0.0 if dev else cfg.data.eq_db,
+                    )
+                )
             plan.append((ex, key, cached))
         results = self.loader.start(jobs)
         for ex, key, cached in plan:
@@ -269,18 +337,19 @@ class Trainer:
     # ------------------------------------------------------------------ eval
     @torch.no_grad()
     def evaluate(self) -> dict:
-        """Greedy dev CER/WER, loss, blank share and entropy (see :mod:`asr_transfer.training.devscore`); {} without dev."""
+        """Greedy dev CER/WER, loss, blank share and entropy (see :mod:`asr_transfer.training.devscore`); {} without
+        dev."""
         from ..model.forward import output_lengths
         from .devscore import DevScore
 
         if not self.dev_examples:
             return {}
-        if self.stage_opt is None:
+        if self.stage_run is None:
             # Resumed after the last stage had finished (killed before final/ was written): nothing trains any more.
             boundary = trainable_boundary(self.model)
             suffix = Suffix(self.model, boundary, MaskOptions())
         else:
-            _, _, suffix, boundary, _ = self.stage_opt
+            suffix, boundary = self.stage_run.suffix, self.stage_run.boundary
         inner = suffix.module if hasattr(suffix, "module") else suffix  # no DDP hooks outside training
         score = DevScore(self.vocab, self.blank_id)
         for start in range(0, len(self.dev_examples), 8):
@@ -298,39 +367,42 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save(self) -> None:
-        optimizer, scheduler, *_ = self.stage_opt
+        optimizer, scheduler = self.stage_run.optimizer, self.stage_run.scheduler
         if self.main:
             try:
-                ckpt.save_checkpoint(self.run_dir / "checkpoints", self.state.step, unwrap(self.model).state_dict(), optimizer,
-                                     scheduler, self.state.__dict__, np_rng=self.rng)
+                ckpt.save_checkpoint(
+                    self.run_dir / "checkpoints",
+                    self.state.step,
+                    unwrap(self.model).state_dict(),
+                    optimizer,
+                    scheduler,
+                    self.state.__dict__,
+                    np_rng=self.rng,
+                )
                 ckpt.prune(self.run_dir / "checkpoints", self.config.train.keep_last)
             except OSError as exc:
                 # The previous checkpoints are intact (writes are atomic); report and keep training.
-                self._say(f"warning: checkpoint at step {self.state.step} failed ({exc}); previous checkpoints are intact")
+                self._say(
+                    f"warning: checkpoint at step {self.state.step} failed ({exc}); previous checkpoints are intact"
+                )
                 self.log.log({"step": self.state.step, "split": "event", "checkpoint_failed": 1})
         self.acc.wait_for_everyone()
 
     def save_model(self, name: str, metrics: dict | None = None) -> Path | None:
         if not self.main:
             return None
-        from ..model.transfer import save_trained
+        from ..model.transfer import save_trained, trained_record
 
-        return save_trained(self.run_dir / name, unwrap(self.model), self.prepared.processor, self._record(),
+        record = trained_record(self.config, self.prepared.source, self.normalizer.name, self.vocab, self.state.step)
+        return save_trained(self.run_dir / name, unwrap(self.model), self.prepared.processor, record,
                             self._card(metrics), self.config)
 
-    def _record(self):
-        from ..model.record import ModelRecord
-
-        return ModelRecord(lang=self.config.model.lang, normalizer=self.normalizer.name, source_model=self.prepared.source,
-                           head_init="scratch" if self.config.model.from_scratch else self.config.model.head_init,
-                           vocab=self.vocab, adapter=None if self.config.model.adapter == "none" else self.config.model.adapter,
-                           extra={"train_manifest": str(self.config.data.train_manifest), "step": self.state.step})
-
     def _card(self, metrics: dict | None) -> dict:
-        minutes = sum(e.duration_s for e in self.train_examples) / 60
-        return {"data": {"train_manifest": self.config.data.train_manifest, "dev_manifest": self.config.data.dev_manifest,
-                         "train_minutes": round(minutes, 2), "utterances": len(self.train_examples), "skipped": self.skips.as_dict()},
-                "stages": self.state.stages, "metrics": metrics or {}}
+        """The model card's sections: the data trained on, the stages run and the dev metrics."""
+        data = {"train_manifest": self.config.data.train_manifest, "dev_manifest": self.config.data.dev_manifest,
+                "train_minutes": round(sum(e.duration_s for e in self.train_examples) / 60, 2),
+                "utterances": len(self.train_examples), "skipped": self.skips.as_dict()}
+        return {"data": data, "stages": self.state.stages, "metrics": metrics or {}}
 
     # ------------------------------------------------------------------ loop
     def run(self) -> Path:
@@ -354,12 +426,18 @@ class Trainer:
 
         world = self.acc.num_processes
         self._begin_stage(self.state.stage)
-        total = self.stage_opt[4]
+        total = self.stage_run.total_steps
         if self.state.step == 0 and self.dev_examples:
             # Step 0: the untrained (zero-shot) point of every learning curve.
             self.log.log({"step": 0, "stage": stage.name, "split": "dev", **self.evaluate()})
-        bar = tqdm(total=total, initial=self.state.stage_step, desc=f"stage {stage.name}", disable=not self.progress or None,
-                   unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=total,
+            initial=self.state.stage_step,
+            desc=f"stage {stage.name}",
+            disable=not self.progress or None,
+            unit="step",
+            dynamic_ncols=True,
+        )
         accum = Accum()
         stage_over = False
         while not stage_over:
@@ -385,7 +463,7 @@ class Trainer:
 
         cfg = self.config
         world, rank = self.acc.num_processes, self.acc.process_index
-        _, _, suffix, boundary, _ = self.stage_opt
+        suffix, boundary = self.stage_run.suffix, self.stage_run.boundary
         mine = [(i, self.train_examples[i]) for i in batch[rank::world]]
         feats, lengths = self._features(mine, self.state.epoch, boundary)
         mine = [m for m in mine if m[1].uid not in self.bad_audio]  # unusable audio: skipped, counted
@@ -403,8 +481,9 @@ class Trainer:
             if mine:  # empty when every utterance of this micro-batch had unusable audio
                 with self.acc.autocast():
                     logits = suffix(feats, lengths, self.rng, training=True)
-                per_utt = ctc_loss_per_utt(logits, output_lengths(self.model, boundary, lengths), [e.labels for _, e in mine],
-                                           self.blank_id)
+                per_utt = ctc_loss_per_utt(
+                    logits, output_lengths(self.model, boundary, lengths), [e.labels for _, e in mine], self.blank_id
+                )
                 # Mean over the GLOBAL batch: each rank divides by the global count; DDP averages over ranks.
                 loss = weight * per_utt.sum() / len(batch) * world / cfg.train.grad_accum
                 self.micro += 1
@@ -425,7 +504,7 @@ class Trainer:
     def _optimizer_step(self, accum: Accum, stage, bar) -> bool:
         """Clip and apply the accumulated gradients; False (step skipped and counted) on a NaN/inf loss or gradient."""
         cfg = self.config
-        optimizer, scheduler, *_ = self.stage_opt
+        optimizer, scheduler = self.stage_run.optimizer, self.stage_run.scheduler
         params = [p for g in optimizer.param_groups for p in g["params"]]
         if self.scaler:
             self.scaler.unscale_(optimizer)
@@ -474,13 +553,21 @@ class Trainer:
         if self.main:
             for name in ("final", "best"):
                 recover_folder_write(self.run_dir / name)
-        summary = {"steps": self.state.step, "wall_s": round(time.time() - self.t_start, 1), "skipped": self.skips.as_dict(),
-                   "dev_skipped": self.dev_skips.as_dict(), "nan_skipped": self.state.nan_skipped,
-                   "watchdog_events": self.state.watchdog_events, "best_" + cfg.train.selection_metric: self.state.best,
-                   "final_dev": final_metrics, "cache": self.cache.stats(),
-                   "train_utterances": sum(e.uid not in self.bad_audio for e in self.train_examples),
-                   "train_minutes": round(sum(e.duration_s for e in self.train_examples) / 60, 3),
-                   "device": str(self.acc.device), "processes": self.acc.num_processes}
+        summary = {
+            "steps": self.state.step,
+            "wall_s": round(time.time() - self.t_start, 1),
+            "skipped": self.skips.as_dict(),
+            "dev_skipped": self.dev_skips.as_dict(),
+            "nan_skipped": self.state.nan_skipped,
+            "watchdog_events": self.state.watchdog_events,
+            "best_" + cfg.train.selection_metric: self.state.best,
+            "final_dev": final_metrics,
+            "cache": self.cache.stats(),
+            "train_utterances": sum(e.uid not in self.bad_audio for e in self.train_examples),
+            "train_minutes": round(sum(e.duration_s for e in self.train_examples) / 60, 3),
+            "device": str(self.acc.device),
+            "processes": self.acc.num_processes,
+        }
         self.log.write_json("train_summary.json", summary)
         self.log.close()
         if self.main:  # provenance hook: wall time, status and metrics into run.json
@@ -504,7 +591,9 @@ class Trainer:
             if verdict.new_best:
                 self.save_model("best", {"dev": evaluated, "step": s.step})
             if verdict.plateaued:
-                self._say(f"stage {stage.name}: dev {cfg.train.selection_metric} plateaued after {s.bad_evals} evaluations")
+                self._say(
+                    f"stage {stage.name}: dev {cfg.train.selection_metric} plateaued after {s.bad_evals} evaluations"
+                )
                 ended = True
             if verdict.stop_run:
                 self._say(f"early stopping: no improvement in {s.run_bad_evals} evaluations")
@@ -528,22 +617,29 @@ class Trainer:
         cfg = self.config
         from .devscore import blank_collapse, watchdog_action
 
-        warm = stage.warmup_steps if stage.warmup_steps is not None else int(stage.warmup_ratio * self.stage_opt[4])
+        warm = stage.warmup_steps
+        if warm is None:
+            warm = int(stage.warmup_ratio * self.stage_run.total_steps)
         if self.state.stage_step <= warm or not blank_collapse(evaluated, cfg.train.watchdog_blank_share):
             return
         self.state.watchdog_events += 1
         msg = (f"watchdog: the model emits only blanks on dev ({evaluated['blank_share']:.1%} blank frames, entropy "
                f"{evaluated['entropy']:.2f}) at step {self.state.step}")
-        optimizer, scheduler, *_ = self.stage_opt
-        msg += "; " + watchdog_action(cfg.train.watchdog, optimizer, scheduler, unwrap(self.model), self.run_dir / "best")
+        optimizer, scheduler = self.stage_run.optimizer, self.stage_run.scheduler
+        msg += "; " + watchdog_action(
+            cfg.train.watchdog, optimizer, scheduler, unwrap(self.model), self.run_dir / "best"
+        )
         self._say(msg)
-        self.log.log({"step": self.state.step, "split": "event", "watchdog": 1, "blank_share": evaluated["blank_share"]})
+        self.log.log(
+            {"step": self.state.step, "split": "event", "watchdog": 1, "blank_share": evaluated["blank_share"]}
+        )
 
 
 def train(config: TrainConfig, resume: bool = False, allow_inexact_resume: bool = False, progress: bool = True,
           stop_after_steps: int | None = None, time_budget_s: float | None = None) -> Path:
     """Run staged transfer training; returns the ``final/`` model folder (or ``checkpoints/`` when paused early).
 
-    ``stop_after_steps`` / ``time_budget_s`` pause this invocation after a checkpoint; ``resume=True`` continues exactly.
+    ``stop_after_steps`` / ``time_budget_s`` pause this invocation after a checkpoint; ``resume=True`` continues
+    exactly.
     """
     return Trainer(config, resume, allow_inexact_resume, progress, stop_after_steps, time_budget_s).run()

@@ -154,8 +154,17 @@ def pretrain_source(options: PretrainOptions, resume: bool = False, time_budget_
 def _log_wall(runs_dir: Path, t0: float, what: str) -> None:
     runs_dir.mkdir(parents=True, exist_ok=True)
     with open(runs_dir / WALL_LOG, "a", encoding="utf-8") as f:
-        f.write(json.dumps({"what": what, "wall_s": round(time.time() - t0, 1), "end": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                            "hardware": hardware()}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "what": what,
+                    "wall_s": round(time.time() - t0, 1),
+                    "end": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "hardware": hardware(),
+                }
+            )
+            + "\n"
+        )
 
 
 def evaluate_model(model_dir: Path, manifests: dict, realspeech: str | None, out_dir: Path) -> dict:
@@ -167,8 +176,12 @@ def evaluate_model(model_dir: Path, manifests: dict, realspeech: str | None, out
         sets["realspeech_en"] = realspeech
     out = {}
     for name, manifest in sets.items():
-        s = evaluate(str(model_dir), manifest, decoder="greedy", out_dir=out_dir / name, lang="en", name=name, device="cpu")
-        out[name] = {k: s.get(k) for k in ("wer", "cer", "wer_ci", "cer_ci", "n_utterances", "audio_s", "rtf", "by_speaker")}
+        s = evaluate(
+            str(model_dir), manifest, decoder="greedy", out_dir=out_dir / name, lang="en", name=name, device="cpu"
+        )
+        out[name] = {
+            k: s.get(k) for k in ("wer", "cer", "wer_ci", "cer_ci", "n_utterances", "audio_s", "rtf", "by_speaker")
+        }
         out[name]["manifest"] = str(manifest)
     return out
 
@@ -185,10 +198,21 @@ def export_model(model_dir: Path, options: PretrainOptions, result: PretrainResu
     model, processor = loaded.model, loaded.processor
     vocab = {t: i for i, t in enumerate(loaded.vocab)}
     runs = [run_facts(r) for r in result.runs]
-    record = ModelRecord(lang="en", normalizer=get_normalizer("en").name, source_model="scratch", head_init="scratch",
-                         vocab=vocab, extra={"pretrain": {"config": options.config, "runs": [str(r) for r in result.runs],
-                                                          "steps": sum(r["steps"] for r in runs),
-                                                          "evaluations": result.evaluations}})
+    record = ModelRecord(
+        lang="en",
+        normalizer=get_normalizer("en").name,
+        source_model="scratch",
+        head_init="scratch",
+        vocab=vocab,
+        extra={
+            "pretrain": {
+                "config": options.config,
+                "runs": [str(r) for r in result.runs],
+                "steps": sum(r["steps"] for r in runs),
+                "evaluations": result.evaluations,
+            }
+        },
+    )
     card = model_card(model, options, result, runs, manifests)
 
     def write(tmp: Path) -> None:
@@ -196,7 +220,9 @@ def export_model(model_dir: Path, options: PretrainOptions, result: PretrainResu
         processor.save_pretrained(tmp)
         if not (tmp / "preprocessor_config.json").is_file():
             processor.feature_extractor.save_pretrained(tmp)  # transformers 5 may write only processor_config.json
-        (tmp / "asr_transfer.json").write_text(json.dumps(record.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        (tmp / "asr_transfer.json").write_text(
+            json.dumps(record.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
         (tmp / "README.md").write_text(card, encoding="utf-8")
         missing = [n for n in REQUIRED_FILES if not (tmp / n).is_file()]
         if missing:

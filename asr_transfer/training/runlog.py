@@ -14,7 +14,9 @@ from ..files import atomic_write_json
 class RunLog:
     """Appends metrics to ``metrics.jsonl`` and mirrors scalars to TensorBoard (and MLflow when asked)."""
 
-    def __init__(self, run_dir: str | Path, enabled: bool = True, tracking: str = "tensorboard", config: dict | None = None):
+    def __init__(
+        self, run_dir: str | Path, enabled: bool = True, tracking: str = "tensorboard", config: dict | None = None
+    ):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self._tb = None
@@ -51,7 +53,12 @@ class RunLog:
         step = int(record.get("step", 0))
         split = record.get("split", "train")
         for k, v in record.items():
-            if k in ("step", "time_s") or not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            if (
+                k in ("step", "time_s")
+                or not isinstance(v, (int, float))
+                or isinstance(v, bool)
+                or not math.isfinite(v)
+            ):
                 continue
             if self._tb is not None:
                 self._tb.add_scalar(f"{split}/{k}", v, step)

@@ -69,7 +69,10 @@ class Stage:
             (self.patience >= 1, f"patience must be >= 1, got {self.patience}"),
             (0 <= self.min_delta < math.inf, f"min_delta must be finite and >= 0, got {self.min_delta}"),
             (0 <= self.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}"),
-            (self.warmup_steps is None or self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}"),
+            (
+                self.warmup_steps is None or self.warmup_steps >= 0,
+                f"warmup_steps must be >= 0, got {self.warmup_steps}",
+            ),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
             (0 < self.layer_decay <= 1, f"layer_decay must be in (0, 1], got {self.layer_decay}"),
             (0 <= self.weight_decay < math.inf, f"weight_decay must be finite and >= 0, got {self.weight_decay}"),
@@ -133,7 +136,9 @@ def _check_type(stage: Stage, name: str, kind, where: str) -> None:
 GroupsLike = Union[nn.Module, Mapping[str, Any], int]
 
 
-def resolve_groups(model_or_groups: GroupsLike, patterns: Iterable[str], stable_layer_norm: bool | None = None) -> list[str]:
+def resolve_groups(
+    model_or_groups: GroupsLike, patterns: Iterable[str], stable_layer_norm: bool | None = None
+) -> list[str]:
     """Group names selected by ``patterns``, bottom to top, without duplicates.
 
     ``model_or_groups`` is a model, the dict of :func:`parameter_groups`, or a layer count. Patterns: a group name
@@ -159,8 +164,10 @@ def resolve_groups(model_or_groups: GroupsLike, patterns: Iterable[str], stable_
         layers = _layer_pattern(pattern, num_layers)
         if layers is None:
             if pattern not in names:
-                raise ConfigError(f"unknown group {pattern!r}; valid: {', '.join(n for n in names if not n.startswith('layers.'))}, "
-                                  f"layers, layers.N or layers.a:b (N in -{num_layers}..{num_layers - 1})")
+                raise ConfigError(
+                    f"unknown group {pattern!r}; valid: {', '.join(n for n in names if not n.startswith('layers.'))}, "
+                    f"layers, layers.N or layers.a:b (N in -{num_layers}..{num_layers - 1})"
+                )
             selected.add(pattern)
             continue
         selected.update(f"layers.{i}" for i in layers)
@@ -300,7 +307,8 @@ def lr_multiplier(step: int, total_steps: int | None, warmup: int, schedule: str
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, stage: Stage, total_steps: int | None):
-    """``LambdaLR`` applying :func:`lr_multiplier` to every param group's own peak lr; step it once per optimiser step."""
+    """``LambdaLR`` applying :func:`lr_multiplier` to every param group's own peak lr; step it once per optimiser
+    step."""
     warmup = warmup_steps(stage, total_steps)
     schedule = stage.schedule
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, total_steps, warmup, schedule))

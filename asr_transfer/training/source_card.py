@@ -84,64 +84,98 @@ def model_card(model, options: PretrainOptions, result: PretrainResult, runs: li
         "## Results (greedy CTC decoding, no LM)", "",
         "| set | utterances | WER | CER |", "|---|---|---|---|",
     ]
-    for name, label in (("synth_dev", "synthetic dev (held-out voices)"), ("synth_test", "synthetic test (held-out voices, unseen sentences)"),
-                        ("realspeech_en", "real English speech (`realspeech/en.jsonl`)")):
+    for name, label in (
+        ("synth_dev", "synthetic dev (held-out voices)"),
+        ("synth_test", "synthetic test (held-out voices, unseen sentences)"),
+        ("realspeech_en", "real English speech (`realspeech/en.jsonl`)"),
+    ):
         if name in ev:
             lines.append(f"| {label} | {ev[name]['n_utterances']} | {pct(name, 'wer')} | {pct(name, 'cer')} |")
     test = ev.get("synth_test")
     if test and test.get("cer") is not None and test["cer"] > TARGET_TEST_CER:
-        lines += ["", f"**Below target**: the project's target is a synthetic test CER of at most {100 * TARGET_TEST_CER:.0f} %. "
-                  + dev_trend_text(runs)]
-    lines += ["", "References and hypotheses are compared after the `en` text normaliser.", "", *voice_table(ev.get("synth_test")),
-              "## Data", "",
-              f"espeak-ng {corpus['espeak']['version']} (`{corpus['espeak']['voice']}`), sentences from the system's "
-              f"English text ({corpus['sentences_available']} usable sentences, {corpus['sentence_filter']['min_words']}-"
-              f"{corpus['sentence_filter']['max_words']} words).", "",
-              f"- train: {sp['train']['minutes']:.1f} min, {sp['train']['utterances']} utterances, "
-              f"{len(sp['train']['speakers'])} `source` voice variants ({', '.join(sp['train']['speakers'])})",
-              f"- dev: {sp['dev']['minutes']:.1f} min, {sp['dev']['utterances']} utterances; test: {sp['test']['minutes']:.1f} min, "
-              f"{sp['test']['utterances']} utterances — `held-out` voice variants ({', '.join(corpus['variants']['held-out'])}) "
-              "and sentences that never occur in train",
-              f"- per utterance: speed uniform {corpus['speed_wpm'][0]}-{corpus['speed_wpm'][1]} wpm, pitch uniform "
-              f"{corpus['pitch'][0]}-{corpus['pitch'][1]}, peak level {corpus['peak'][0]}-{corpus['peak'][1]}, "
-              + (f"white or pink noise at {corpus['noise']['snr_db']:g} dB SNR" if corpus.get("noise") else "no noise"),
-              f"- training-time augmentation: {augmentation_text(main_cfg)}",
-              "", "## Architecture", "",
-              f"wav2vec2 (`Wav2Vec2ForCTC`), **{params:,} parameters** ({params * 4 / 1e6:.1f} MB fp32), randomly initialised:",
-              "",
-              f"- feature encoder: 7 conv layers, channels {list(cfg.conv_dim)}, kernels {list(cfg.conv_kernel)}, strides "
-              f"{list(cfg.conv_stride)} (20 ms frames, 400-sample receptive field, as base), `feat_extract_norm=\"{cfg.feat_extract_norm}\"`",
-              f"- feature projection {cfg.conv_dim[-1]} → {cfg.hidden_size}; positional conv embedding kernel "
-              f"{cfg.num_conv_pos_embeddings}, {cfg.num_conv_pos_embedding_groups} groups",
-              f"- transformer: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads, "
-              f"FFN {cfg.intermediate_size}, `do_stable_layer_norm={cfg.do_stable_layer_norm}` (pre-LN: trains from scratch "
-              "without a long warm-up, and enables MMS adapters in transfer)",
-              f"- CTC head: {cfg.vocab_size} tokens (base-960h layout)", "",
-              "## Training", "",
-              f"Config `{options.config}` (architecture `{_architecture_path(options, runs)}`), "
-              "AdamW, gradient clipping at "
-              f"{main_cfg['train']['clip_norm']}, batches of at most {main_cfg['data']['max_batch_s']:g} s padded audio, "
-              f"all parameter groups trainable (CNN included), one training loop (`asr_transfer.training.loop`) in {len(runs)} runs: "
-              "a curriculum run on short utterances, then one run per later stage, each starting from the previous "
-              "run's final model with a fresh optimiser:", "",
-              "| run | utterances | audio min | stage | steps | peak lr | warm-up | schedule | precision | torch threads | wall min | hardware |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"**Below target**: the project's target is a synthetic test CER of at most {100 * TARGET_TEST_CER:.0f} %. "
+            + dev_trend_text(runs),
+        ]
+    lines += [
+        "",
+        "References and hypotheses are compared after the `en` text normaliser.",
+        "",
+        *voice_table(ev.get("synth_test")),
+        "## Data",
+        "",
+        f"espeak-ng {corpus['espeak']['version']} (`{corpus['espeak']['voice']}`), sentences from the system's "
+        f"English text ({corpus['sentences_available']} usable sentences, {corpus['sentence_filter']['min_words']}-"
+        f"{corpus['sentence_filter']['max_words']} words).",
+        "",
+        f"- train: {sp['train']['minutes']:.1f} min, {sp['train']['utterances']} utterances, "
+        f"{len(sp['train']['speakers'])} `source` voice variants ({', '.join(sp['train']['speakers'])})",
+        f"- dev: {sp['dev']['minutes']:.1f} min, {sp['dev']['utterances']} utterances; test: "
+        f"{sp['test']['minutes']:.1f} min, "
+        f"{sp['test']['utterances']} utterances — `held-out` voice variants "
+        f"({', '.join(corpus['variants']['held-out'])}) "
+        "and sentences that never occur in train",
+        f"- per utterance: speed uniform {corpus['speed_wpm'][0]}-{corpus['speed_wpm'][1]} wpm, pitch uniform "
+        f"{corpus['pitch'][0]}-{corpus['pitch'][1]}, peak level {corpus['peak'][0]}-{corpus['peak'][1]}, "
+        + (f"white or pink noise at {corpus['noise']['snr_db']:g} dB SNR" if corpus.get("noise") else "no noise"),
+        f"- training-time augmentation: {augmentation_text(main_cfg)}",
+        "",
+        "## Architecture",
+        "",
+        f"wav2vec2 (`Wav2Vec2ForCTC`), **{params:,} parameters** ({params * 4 / 1e6:.1f} MB fp32), randomly "
+        f"initialised:",
+        "",
+        f"- feature encoder: 7 conv layers, channels {list(cfg.conv_dim)}, kernels {list(cfg.conv_kernel)}, strides "
+        f"{list(cfg.conv_stride)} (20 ms frames, 400-sample receptive field, as base), "
+        f"`feat_extract_norm=\"{cfg.feat_extract_norm}\"`",
+        f"- feature projection {cfg.conv_dim[-1]} → {cfg.hidden_size}; positional conv embedding kernel "
+        f"{cfg.num_conv_pos_embeddings}, {cfg.num_conv_pos_embedding_groups} groups",
+        f"- transformer: {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads, "
+        f"FFN {cfg.intermediate_size}, `do_stable_layer_norm={cfg.do_stable_layer_norm}` (pre-LN: trains from scratch "
+        "without a long warm-up, and enables MMS adapters in transfer)",
+        f"- CTC head: {cfg.vocab_size} tokens (base-960h layout)",
+        "",
+        "## Training",
+        "",
+        f"Config `{options.config}` (architecture `{_architecture_path(options, runs)}`), "
+        "AdamW, gradient clipping at "
+        f"{main_cfg['train']['clip_norm']}, batches of at most {main_cfg['data']['max_batch_s']:g} s padded audio, "
+        f"all parameter groups trainable (CNN included), one training loop (`asr_transfer.training.loop`) in "
+        f"{len(runs)} runs: "
+        "a curriculum run on short utterances, then one run per later stage, each starting from the previous "
+        "run's final model with a fresh optimiser:",
+        "",
+        "| run | utterances | audio min | stage | steps | peak lr | warm-up | schedule | precision | torch threads | "
+        "wall min | hardware |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     machines = _hardware(Path(options.runs_dir))
     for r in runs:
         run_wall = wall.get(f"train {r['run']}")
         machine = machines.get(f"train {r['run']}", "")
         for st_cfg, st in zip(r["config"]["stages"], r["stages"]):
             steps = (st.get("end_step") or r["steps"]) - st["start_step"]
-            lines.append(f"| {r['run']} | {r['utterances']} | {r['train_minutes']:.1f} | {st['name']} | {steps} | {st_cfg['lr']:g} "
-                         f"| {st_cfg.get('warmup_steps')} | {st_cfg['schedule']} | {r['config']['train'].get('precision', 'fp32')} "
-                         f"| {r['config']['train'].get('num_threads')} "
-                         f"| {'' if run_wall is None else f'{run_wall / 60:.1f}'} | {machine} |")
+            lines.append(
+                f"| {r['run']} | {r['utterances']} | {r['train_minutes']:.1f} | {st['name']} | {steps} | "
+                f"{st_cfg['lr']:g} "
+                f"| {st_cfg.get('warmup_steps')} | {st_cfg['schedule']} | "
+                f"{r['config']['train'].get('precision', 'fp32')} "
+                f"| {r['config']['train'].get('num_threads')} "
+                f"| {'' if run_wall is None else f'{run_wall / 60:.1f}'} | {machine} |"
+            )
     trained_on = sorted(set(machines.values())) or [hardware()]
-    lines += ["", f"Total: {sum(r['steps'] for r in runs)} optimiser steps, training wall time "
-              f"{wall.get('train', 0) / 60:.1f} min on {' and '.join(trained_on)} (+ {wall.get('evaluate', 0) / 60:.1f} min "
-              f"evaluation on {hardware()}). Runs that shared the cores with other jobs took longer than they would alone.", "",
-              "Dev curve (greedy, synthetic dev set, held-out voices):", "",
-              "| run | step | dev CER | dev WER | dev loss | blank share |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Total: {sum(r['steps'] for r in runs)} optimiser steps, training wall time "
+        f"{wall.get('train', 0) / 60:.1f} min on {' and '.join(trained_on)} (+ {wall.get('evaluate', 0) / 60:.1f} min "
+        f"evaluation on {hardware()}). Runs that shared the cores with other jobs took longer than they would alone.",
+        "",
+        "Dev curve (greedy, synthetic dev set, held-out voices):",
+        "",
+        "| run | step | dev CER | dev WER | dev loss | blank share |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in runs:
         for step, cer, wer, loss, blank in r["dev_curve"]:
             lines.append(f"| {r['run']} | {step} | {100 * cer:.1f} % | {100 * wer:.1f} % | {loss:.2f} | "
@@ -206,13 +240,17 @@ def blank_plateau_notes(cfg, runs: list[dict]) -> str:
     batch_s = runs[-1]["config"]["data"]["max_batch_s"] if runs else None
     cnn = ("a CNN with one GroupNorm in its first layer (`feat_extract_norm=\"group\"`, as base-960h)"
            if cfg.feat_extract_norm == "group" else "a layer-normalised CNN (`feat_extract_norm=\"layer\"`)")
-    return ("Small CTC models trained from scratch first learn to emit only blanks (per-character loss ≈ 3.0, CER 1.0) "
-            f"and can stay there for hundreds of steps. The recipe used against it: pre-LN transformer "
-            f"(`do_stable_layer_norm={cfg.do_stable_layer_norm}`) with {cnn}; per-utterance zero-mean unit-variance input "
-            "normalisation; a linear warm-up to a high peak learning rate (AdamW"
-            + (f", {peak:g}" if peak else "") + ")"
-            + (f"; a curriculum whose first run sees only utterances of at most {short_s:g} s" if short_s else "")
-            + (f"; small batches ({batch_s:g} s of audio: many updates per CPU minute)" if batch_s else "") + ".")
+    return (
+        "Small CTC models trained from scratch first learn to emit only blanks (per-character loss ≈ 3.0, CER 1.0) "
+        f"and can stay there for hundreds of steps. The recipe used against it: pre-LN transformer "
+        f"(`do_stable_layer_norm={cfg.do_stable_layer_norm}`) with {cnn}; per-utterance zero-mean unit-variance input "
+        "normalisation; a linear warm-up to a high peak learning rate (AdamW"
+        + (f", {peak:g}" if peak else "")
+        + ")"
+        + (f"; a curriculum whose first run sees only utterances of at most {short_s:g} s" if short_s else "")
+        + (f"; small batches ({batch_s:g} s of audio: many updates per CPU minute)" if batch_s else "")
+        + "."
+    )
 
 
 def plateau_summary(runs: list[dict]) -> str:
@@ -221,8 +259,11 @@ def plateau_summary(runs: list[dict]) -> str:
     for r in runs:
         for step, cer, _, loss, blank in r["dev_curve"]:
             if blank is not None and blank < 0.95 and cer < 1.0:
-                return (f"On this run the dev blank share first fell below 95 % (dev CER {100 * cer:.1f} %, loss {loss:.2f}) "
-                        f"at step {offset + step} of {sum(x['steps'] for x in runs)} (run `{r['run']}`, step {step}).")
+                return (
+                    f"On this run the dev blank share first fell below 95 % (dev CER {100 * cer:.1f} %, loss "
+                    f"{loss:.2f}) "
+                    f"at step {offset + step} of {sum(x['steps'] for x in runs)} (run `{r['run']}`, step {step})."
+                )
         offset += r["steps"]
     return "On this run the dev output never left the all-blank plateau."
 

@@ -21,6 +21,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
+from . import __version__
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 SHIPPED_SOURCE = PACKAGE_DIR.parent / "models" / "en-synth-small"
 FIX = "run 'make install' again, or see README \"Dependencies\""
@@ -89,7 +91,6 @@ def debian_packages(names: tuple[str, ...] | None = None) -> dict[str, str | Non
 
 def environment_info() -> dict:
     """Versions that decide results (package, libraries, libsndfile, python, Debian) plus the git commit."""
-    from . import __version__
 
     versions = {"asr_transfer": __version__, "python": platform.python_version()}
     versions.update({name: distribution_version(name) for name in VERSIONED})
@@ -198,7 +199,6 @@ def _shipped_model_state() -> str:
 
 def doctor_lines() -> list[str]:
     """What ``asr-transfer doctor`` prints: one ``name: value`` line each, for pasting into bug reports."""
-    from . import __version__
 
     lines = [f"asr-transfer: {__version__} ({git_commit().get('commit') or 'no git checkout'})",
              f"python: {platform.python_version()} ({sys.executable})",

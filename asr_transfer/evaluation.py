@@ -15,17 +15,26 @@ import copy
 import dataclasses
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .audio import SAMPLE_RATE
+from .audio import SAMPLE_RATE, load_audio
+from .decode import DecodeOptions, load_lm_record
 from .environment import environment_info
 from .errors import AudioError, UserError
 from .files import atomic_write_bytes
+from .inference import InferenceOptions, as_recognizer
 from .manifest import Utterance, fingerprint, read_manifest
 from .metrics import Counts, UtteranceScore, bootstrap_ci, corpus_rate, rates_by_speaker, score_pairs
+from .model.head import swap_head
+from .model.record import make_processor
+from .outdir import check_output_dir
+from .provenance import begin_evaluation, record_baseline
+from .text import get_normalizer
+from .vocab import build_vocab, load_vocab
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -60,8 +69,6 @@ class LogProbItem:
 
 
 def _load(model, device: str, precision: str, batch_s: float | None = None, allow_pickle: bool = False):
-    from .inference import InferenceOptions, as_recognizer
-
     options = InferenceOptions(device=device, precision=precision)
     if batch_s is not None:
         options = dataclasses.replace(options, batch_s=float(batch_s))
@@ -88,8 +95,6 @@ def compute_log_probs(recognizer, utts: list[Utterance]) -> tuple[list[LogProbIt
     as configured on the recognizer) at a time, so memory stays bounded on large test sets.
     """
     from tqdm import tqdm
-
-    from .audio import load_audio
 
     items: list[LogProbItem] = []
     skipped: list[dict] = []
@@ -123,9 +128,6 @@ def compute_log_probs(recognizer, utts: list[Utterance]) -> tuple[list[LogProbIt
 def _normalizer_for(recognizer, lang: str | None, utts: list[Utterance] = ()):
     """``lang``'s normaliser, else the model's; warns when the manifest's ``lang`` field or the model's recorded
     normaliser version disagree with the choice (scores would then not mean what they seem to)."""
-    import warnings
-
-    from .text import get_normalizer
 
     loaded = recognizer.loaded
     record = getattr(loaded, "record", None)
@@ -150,7 +152,6 @@ def _normalizer_for(recognizer, lang: str | None, utts: list[Utterance] = ()):
 
 def decode_options(decoder: str, lm_dir=None, beam_size=None, lm_weight=None, word_score=None):
     """A :class:`~asr_transfer.decode.DecodeOptions`; ``None`` values keep its defaults."""
-    from .decode import DecodeOptions
 
     given = {"beam_size": beam_size, "lm_weight": lm_weight, "word_score": word_score}
     return DecodeOptions(kind=decoder, lm_dir=str(lm_dir) if lm_dir else None,
@@ -162,8 +163,6 @@ def _describe_decoder(options) -> dict:
     if options.kind == "greedy":  # beam settings do not apply; leaving them out avoids misleading summaries
         described = {"kind": "greedy"}
     elif options.lm_dir:
-        from .decode import load_lm_record
-
         described["lm_record"] = load_lm_record(options.lm_dir)
     return described
 
@@ -297,12 +296,8 @@ def evaluate(
     if not utts:
         raise UserError("manifest holds no utterances", path=manifest)
     if out_dir is not None:
-        from .outdir import check_output_dir
-
         check_output_dir(out_dir, files=("summary.json", "utterances.jsonl", "run.json"), key="--out")
     if out_dir is not None:  # provenance hook: run.json (options, code, env, manifest fingerprint) at start
-        from .provenance import begin_evaluation
-
         begin_evaluation(out_dir, model, manifest, dict(decoder=decoder, lm_dir=lm_dir, lang=lang, beam_size=beam_size,
                          lm_weight=lm_weight, word_score=word_score, device=device, precision=precision,
                          max_utts=max_utts, name=name, batch_s=batch_s, allow_pickle=allow_pickle))
@@ -366,10 +361,6 @@ def baseline(
     ``target_vocab``: a ``vocab.json`` path or ``{token: id}``; ``None`` builds it from the manifest's text (only the
     character inventory of the test text is used, never its audio). Writes ``out_dir/raw/`` and ``out_dir/zero-shot/``.
     """
-    from .model.head import swap_head
-    from .model.record import make_processor
-    from .text import get_normalizer
-    from .vocab import build_vocab, load_vocab
 
     if not lang:
         raise UserError("baseline needs the target language: pass --lang (e.g. --lang de)")
@@ -399,8 +390,6 @@ def baseline(
         zero_shot, manifest, out_dir=out / "zero-shot" if out else None, name="zero-shot", extra=extra, **common
     )
     if out is not None:  # provenance hook: one "baseline" run.json for out_dir; its parts point to it
-        from .provenance import record_baseline
-
         record_baseline(out, dict(model=model, manifest=manifest, target_vocab=target_vocab, **common), list(results))
     return results
 
@@ -430,8 +419,6 @@ def tune_lm(
     if not utts or not alphas or not betas:
         raise UserError("tune-lm needs utterances and at least one alpha and one beta", path=manifest)
     if out_dir is not None:  # before the grid search, whose result is written at the end
-        from .outdir import check_output_dir
-
         check_output_dir(out_dir, files=("tune.json",), key="--out")
     recognizer = _load(model, device, precision)
     normalizer = _normalizer_for(recognizer, lang, utts)

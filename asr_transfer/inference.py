@@ -31,6 +31,8 @@ import numpy as np
 from .audio import SAMPLE_RATE, frames_for_samples, normalize_wave
 from .environment import cpu_supports_bf16
 from .errors import UserError
+from .model.forward import group_norm_cnn, num_segments, run_segments, unwrap
+from .model.load import load_model, resolve_device
 
 PRECISIONS = ("fp32", "bf16", "int8")
 
@@ -54,24 +56,6 @@ class InferenceOptions:
             raise UserError(f"batch_s must be > 0 seconds (got {self.batch_s})")
         if self.num_threads is not None and self.num_threads < 1:
             raise UserError(f"num_threads must be >= 1 (got {self.num_threads})")
-
-
-def _resolve_device(name: str):
-    """``"auto"`` → cuda when available, else cpu; an unavailable CUDA request is a :class:`UserError`."""
-    try:
-        from .model.load import resolve_device  # the loader owns device policy when it exists
-    except ImportError:
-        resolve_device = None
-    if resolve_device is not None:
-        return resolve_device(name)
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return device
 
 
 def check_precision(precision: str, device_type: str) -> str:
@@ -127,7 +111,7 @@ class Recognizer:
 
         self.loaded = loaded
         self.options = options
-        self.device = _resolve_device(options.device)
+        self.device = resolve_device(options.device)
         self.precision = check_precision(options.precision, self.device.type)
         if options.num_threads is not None:
             torch.set_num_threads(options.num_threads)
@@ -231,8 +215,6 @@ class Recognizer:
         """
         import torch
 
-        from .model.forward import group_norm_cnn, num_segments, run_segments, unwrap
-
         base = unwrap(self.model)
         h, frames = group_norm_cnn(base, input_values, torch.tensor(lengths, device=input_values.device))
         return run_segments(base, h, 1, num_segments(base), frames)
@@ -246,9 +228,7 @@ def as_recognizer(model, options: InferenceOptions, allow_pickle: bool = False) 
     if isinstance(model, Recognizer):
         return model
     if isinstance(model, (str, Path)):
-        from .model.load import load_model
-
-        device = str(_resolve_device(options.device))
+        device = str(resolve_device(options.device))
         model = load_model(model, device=device, allow_pickle=allow_pickle)
     if not hasattr(model, "model") or not hasattr(model, "processor"):
         raise UserError(f"model must be a path, a model id or a loaded model, not {type(model).__name__}")

@@ -32,8 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from .decode import lexicon_lines
 from .errors import UserError
 from .files import atomic_open, sha256_file
+from .manifest import read_manifest
+from .text import get_normalizer
+from .vocab import SPECIALS, WORD_DELIMITER, load_vocab
 
 BOS, EOS, UNK = "<s>", "</s>", "<unk>"
 FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)  # lmplz --discount_fallback defaults
@@ -68,8 +72,6 @@ def read_raw_sentences(path: str | Path) -> Iterator[str]:
     """Sentences of a text file (``.txt``/``.gz``: running text, split per line) or a manifest (``.jsonl``: texts)."""
     path = Path(path)
     if path.suffix == ".jsonl":
-        from .manifest import read_manifest
-
         for u in read_manifest(path):
             yield u.text
         return
@@ -246,8 +248,6 @@ class _Exclusions:
 
     @classmethod
     def from_manifests(cls, manifests: Sequence[str | Path], normalize, min_words: int) -> "_Exclusions":
-        from .manifest import read_manifest
-
         exact: set[str] = set()
         for m in manifests:
             for u in read_manifest(m):
@@ -282,8 +282,6 @@ class _Exclusions:
 
 
 def _vocab_letters(vocab_path: str | Path) -> set[str]:
-    from .vocab import SPECIALS, WORD_DELIMITER, load_vocab
-
     tokens = load_vocab(vocab_path)
     return {t.lower() for t in tokens if t not in SPECIALS and t != WORD_DELIMITER and len(t) == 1}
 
@@ -307,8 +305,6 @@ def build_lm(
     warning. ``log`` receives the progress/summary lines.
     """
     from tqdm import tqdm
-
-    from .text import get_normalizer
 
     started = time.perf_counter()
     if not text_files:
@@ -357,7 +353,6 @@ def build_lm(
     model.write_arpa(out / "lm.arpa")
     ranked = sorted(word_counts, key=lambda w: (-word_counts[w], w))
     (out / "unigrams.txt").write_text("\n".join(ranked) + "\n", encoding="utf-8")
-    from .decode import lexicon_lines
 
     lines, _ = lexicon_lines(sorted(word_counts), set("".join(word_counts)))  # spelling checked again at decode
     (out / "lexicon.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -25,7 +25,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import __version__
+from .environment import environment_info, git_commit
+from .errors import UserError
 from .files import atomic_write_json, read_json_or, sha256_file
+from .manifest import fingerprint as fp
+from .training.runlog import read_metrics
 
 SCHEMA = 1
 RECORD = "run.json"
@@ -55,15 +60,12 @@ def _now() -> str:
 # ---------------------------------------------------------------------------------------------------------- facts
 def code_state() -> dict:
     """``{"package_version", "commit", "dirty"}``: ``git -C <this package>``; ``None`` values outside a checkout."""
-    from . import __version__
-    from .environment import git_commit
 
     return {"package_version": __version__, **git_commit(Path(__file__).resolve().parent)}
 
 
 def environment(device: str | None = None) -> dict:
     """Library versions (python, torch, transformers, …), platform and the device the run used."""
-    from .environment import environment_info
 
     info = environment_info()
     env = {"versions": info["versions"], "debian": info["debian"], "platform": info["platform"], "device": device,
@@ -84,8 +86,6 @@ def hash_audio_default() -> bool:
 
 def manifest_entry(path: str | Path, fingerprint: str | None = None, hash_audio: bool | None = None) -> dict:
     """``{"path", "fingerprint", "audio_content"}`` of one manifest; a missing manifest records ``None``s."""
-    from .errors import UserError
-    from .manifest import fingerprint as fp
 
     hash_audio = hash_audio_default() if hash_audio is None else hash_audio
     entry = {"path": str(Path(path).resolve()), "fingerprint": fingerprint, "audio_content": None}
@@ -186,8 +186,6 @@ def check_against(rec: dict, manifests: dict[str, str | None], source: dict | No
 
 # ---------------------------------------------------------------------------------------------------------- metrics
 def _best_dev(run_dir: Path) -> dict:
-    from .training.runlog import read_metrics
-
     try:
         rows = [r for r in read_metrics(run_dir) if r.get("split") == "dev"]
     except (OSError, ValueError):

@@ -28,11 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from . import __version__
 from .config import TrainConfig, load_config, one_of, option, read_config_data, to_dict
 from .errors import PARSE_ERRORS, ConfigError, UserError
 from .files import atomic_write_json, read_json_or, sha256_files
 from .inference import PRECISIONS
 from .recipe_stages import STAGES, StageSpec
+from .text import LANGUAGES
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 # Keys of the nested TrainConfig that the runner fills in from the recipe's own outputs.
@@ -157,8 +159,6 @@ class RecipeConfig:
     report: ReportSection = option("stage 6: report", factory=ReportSection)
 
     def __post_init__(self):
-        from .text import LANGUAGES
-
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"num_threads must be >= 1, got {self.num_threads}")
         if self.lang not in LANGUAGES:
@@ -406,8 +406,6 @@ class RecipeRunner:
         return "ran"
 
     def _write_marker(self, n, spec, inputs, digest, wall_s, result) -> None:
-        from . import __version__
-
         record = {"stage": n, "name": spec.name, "hash": digest, "inputs": inputs, "wall_s": round(wall_s, 2),
                   "finished": time.time(), "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
                   "package_version": __version__, "result": result}

@@ -15,12 +15,25 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .corpora.commonvoice import prepare_commonvoice
+from .corpora.synth import prepare_synth
+from .corpora.textsource import default_text_files, extract_sentences
 from .errors import UserError
+from .evaluation import baseline, evaluate, result_line, tune_lm
 from .files import read_json_or
+from .inference import InferenceOptions, as_recognizer
+from .lm import build_lm
+from .manifest import read_manifest, write_manifest
+from .report import build_report
+from .text import get_normalizer
+from .training.loop import train
+from .validate import validate_manifest
+from .vocab import build_vocab, save_vocab
 
 SPLITS = ("train", "dev", "test")
 
@@ -42,14 +55,10 @@ def stage_data(r, resume: bool = False) -> dict:
     cfg, d = r.config, r.config.data
     out = r.path("data")
     if d.kind == "synth":
-        from .corpora.synth import prepare_synth
-
         prepare_synth(cfg.lang, out, d.minutes, seed=d.seed, text_files=list(d.text_files) or None,
                       voice_set=d.voice_set, snr_db=d.snr_db, dev_minutes=d.dev_minutes, test_minutes=d.test_minutes,
                       jobs=d.jobs)
     else:
-        from .corpora.commonvoice import prepare_commonvoice
-
         cv_root = r.stage_inputs(0)["config"]["cv_root"]  # --cv-root, or the folder of the last import
         missing = [s for s in SPLITS if s not in d.cv_splits]
         if missing:
@@ -63,8 +72,6 @@ def stage_data(r, resume: bool = False) -> dict:
 
 
 def _split_facts(path: Path) -> dict:
-    from .manifest import read_manifest
-
     utts = read_manifest(path)
     return {"utterances": len(utts), "minutes": round(sum(u.duration for u in utts) / 60, 3),
             "speakers": len({u.speaker for u in utts if u.speaker})}
@@ -74,8 +81,6 @@ def _subset_train(path: Path, budget_s: float, seed: int, log) -> None:
     """Keep a seeded random subset of whole utterances about ``budget_s`` long; the full list stays in
     train_full.jsonl."""
     import numpy as np
-
-    from .manifest import read_manifest, write_manifest
 
     utts = read_manifest(path)
     path.replace(path.with_name("train_full.jsonl"))
@@ -93,8 +98,6 @@ def _subset_train(path: Path, budget_s: float, seed: int, log) -> None:
 
 # ------------------------------------------------------------------------------------------------- 1 validate
 def stage_validate(r, resume: bool = False) -> dict:
-    from .validate import validate_manifest
-
     source = Path(r.source)
     # The source's config.json gives the CTC frame rate; its English vocab.json must not be used for the OOV check.
     model_config = source / "config.json" if (source / "config.json").is_file() else None
@@ -120,9 +123,6 @@ def stage_validate(r, resume: bool = False) -> dict:
 
 # ------------------------------------------------------------------------------------------------- 2 vocab + LM
 def stage_lang(r, resume: bool = False) -> dict:
-    from .manifest import read_manifest
-    from .vocab import build_vocab, save_vocab
-
     cfg = r.config
     vocab = build_vocab([u.text for u in read_manifest(r.manifest("train"))], cfg.lang,
                         min_count=cfg.vocab.min_count, all_letters=cfg.vocab.all_letters)
@@ -133,9 +133,6 @@ def stage_lang(r, resume: bool = False) -> dict:
           + (f"; unseen in train: {''.join(vocab.unseen)}" if vocab.unseen else ""))
     result = {"vocab_size": len(vocab), "letters": letters, "unseen": "".join(vocab.unseen)}
     if cfg.lm.enabled:
-        from .corpora.textsource import default_text_files
-        from .lm import build_lm
-
         files = [Path(p) for p in cfg.lm.text_files] or default_text_files(cfg.lang)
         held_out = [r.manifest("dev"), r.manifest("test")]
         min_words = max(cfg.lm.order, 4)
@@ -162,9 +159,6 @@ def _text_without_pieces_of(files, manifests, lang: str, min_words: int, out: Pa
     from two short sentences) are dropped here by lookup in the set of all word runs of the dev/test transcripts
     (about n²/2 per n-word transcript). ``.jsonl`` files pass through. Returns ``(files for build_lm, dropped)``.
     """
-    from .corpora.textsource import extract_sentences
-    from .manifest import read_manifest
-    from .text import get_normalizer
 
     normalize = get_normalizer(lang)
     runs: set[str] = set()
@@ -182,8 +176,6 @@ def _text_without_pieces_of(files, manifests, lang: str, min_words: int, out: Pa
 
 # ------------------------------------------------------------------------------------------------- 3 baseline
 def stage_baseline(r, resume: bool = False) -> dict:
-    from .evaluation import baseline, result_line
-
     e = r.config.eval
     results = baseline(r.source, r.manifest("test"), target_vocab=r.path("lang", "vocab.json"),
                        lang=r.config.lang, out_dir=r.path("baseline"), device=e.device, precision=e.precision,
@@ -200,9 +192,6 @@ def _train_once(r, label: str, config, inputs: dict) -> dict:
     Stage 4 holds two runs; each keeps its own ``recipe-run.json`` so that changing only the control's settings
     does not retrain the transfer run (and vice versa).
     """
-    import shutil
-
-    from .training.loop import train
 
     run_dir = Path(config.train.output_dir)
     digest = r.digest(inputs)
@@ -273,9 +262,6 @@ def stage_evaluate(r, resume: bool = False) -> dict:
 
 
 def _evaluate_system(r, label: str, model_dir: Path) -> dict:
-    from .evaluation import evaluate, result_line, tune_lm
-    from .inference import InferenceOptions, as_recognizer
-
     cfg, e = r.config, r.config.eval
     rec = as_recognizer(str(model_dir), InferenceOptions(device=e.device, precision=e.precision))
     common = dict(lang=cfg.lang, max_utts=e.max_utts, extra={"recipe": r.name, "system": label})
@@ -325,8 +311,6 @@ def report_inputs(r) -> list[Path]:
 
 
 def stage_report(r, resume: bool = False) -> dict:
-    from .report import build_report
-
     inputs = report_inputs(r)
     names = [read_json_or(p / "summary.json", {}).get("name") for p in inputs if (p / "summary.json").is_file()]
     base = r.config.report.baseline if r.config.report.baseline in names else None

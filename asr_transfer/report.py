@@ -26,6 +26,7 @@ from pathlib import Path
 from . import report_plots as plots
 from .errors import PARSE_ERRORS, UserError
 from .metrics import char_errors, paired_bootstrap, wrap_alignment
+from .text import LETTERS
 
 PAIRED_RESAMPLES = 1000
 PAIRED_SEED = 0
@@ -241,7 +242,6 @@ def compare(evaluations: list[Evaluation], baseline: str | None = None) -> tuple
 
 def new_letters(lang: str | None) -> set[str]:
     """Letters of ``lang`` that English lacks (German: ä ö ü ß)."""
-    from .text import LETTERS
 
     if not lang or lang not in LETTERS:
         return set()

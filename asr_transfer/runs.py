@@ -6,6 +6,7 @@ the folder's files, so an evaluation added to ``RUN/eval/test`` later shows up a
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -404,7 +405,10 @@ def reproduce(run: str | Path, out: str | Path | None = None, overrides: Sequenc
 
 
 def _train_runner(info: RunInfo, out: Path, overrides: Sequence[str], cwd: str | None, progress: bool):
+    # Imported here, not at the top: listing and comparing runs stays torch-free (0.3 s instead of 3.5 s to start);
+    # only reproducing a run needs the trainer.
     from .config import TrainConfig, load_config
+    from .training.loop import train
 
     config_path = info.path / "config.resolved.json"
     if not config_path.is_file():
@@ -418,17 +422,13 @@ def _train_runner(info: RunInfo, out: Path, overrides: Sequence[str], cwd: str |
     source = provenance.source_identity(config.model.source, config.model.init_config)
 
     def runner():
-        from .training.loop import train
-
         train(config, progress=progress)
 
     return runner, manifests, source
 
 
 def _eval_runner(info: RunInfo, out: Path, overrides: Sequence[str], cwd: str | None):
-    import inspect
-
-    from . import evaluation as ev
+    from . import evaluation as ev  # here for the reason _train_runner gives
     from .config import parse_value
 
     options = dict(info.settings)

@@ -32,6 +32,7 @@ import numpy as np
 from .audio import RECEPTIVE_FIELD_SAMPLES, SAMPLE_RATE, AudioInfo, audio_info, frames_for_samples, load_audio
 from .errors import PARSE_ERRORS, AudioError, ConfigError, ManifestError, UserError
 from .manifest import Utterance, scan_manifest
+from .vocab import UNK, WORD_DELIMITER, ctc_min_frames, text_to_ids
 
 SILENCE_PEAK = 1e-4  # |x| peak below this (≈ -80 dBFS) is digital silence, not a quiet recording
 DEFAULT_CONV_KERNEL = (10, 3, 3, 3, 3, 2, 2)  # wav2vec2-base
@@ -223,7 +224,6 @@ def _model_settings(model_config) -> tuple[tuple[int, ...], tuple[int, ...], Pat
 
 def _label_ids(text: str, vocab: dict[str, int] | None) -> list[int]:
     """CTC label ids of normalised ``text``; without a vocabulary each character is its own label."""
-    from .vocab import WORD_DELIMITER, text_to_ids
 
     if vocab is not None:
         return text_to_ids(text, vocab)
@@ -236,7 +236,6 @@ def _oov_chars(text: str, vocab: dict[str, int]) -> list[str]:
     Uses :func:`asr_transfer.vocab.text_to_ids` itself, so "in the vocabulary" means exactly what training sees
     (case-insensitive lookup included).
     """
-    from .vocab import UNK, text_to_ids
 
     unk = vocab.get(UNK)
     return [c for c in dict.fromkeys(text) if not c.isspace() and text_to_ids(c, vocab) == [unk]]
@@ -323,7 +322,6 @@ class _Checker:
                      f"{usable_s * 1000:.1f} ms of audio is shorter than the CNN's receptive field "
                      f"({RECEPTIVE_FIELD_SAMPLES} samples = {RECEPTIVE_FIELD_SAMPLES / SAMPLE_RATE * 1000:.0f} ms)")
             return
-        from .vocab import ctc_min_frames
 
         ids = _label_ids(text, self.vocab)
         needed = ctc_min_frames(ids)

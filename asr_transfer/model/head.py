@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..text import BASE_LETTERS
 
 HEAD_MODES = ("mapped", "random", "keep")
 
@@ -73,8 +74,6 @@ def swap_head(model: nn.Module, source_vocab: dict[str, int], target_vocab: dict
     if len(source_vocab) != old.out_features:
         raise ConfigError(f"source vocabulary has {len(source_vocab)} tokens but the head has {old.out_features} rows")
     if base_letters is None and mode == "mapped":
-        from ..text import BASE_LETTERS
-
         base_letters = BASE_LETTERS.get(lang, {})
     new = nn.Linear(old.in_features, len(target_vocab), device=old.weight.device, dtype=old.weight.dtype)
     generator = torch.Generator().manual_seed(seed)

@@ -24,6 +24,9 @@ from torch import nn
 
 from ..errors import ModelError, UserError
 from ..files import atomic_folder_write, sha256_files
+from ..text import get_normalizer
+from ..vocab import load_vocab
+from .adapters import apply_saved_adapter
 from .checks import check_local_folder, non_finite_weights
 from .record import RECORD_FILE, ModelRecord, make_processor, processor_vocab
 
@@ -82,7 +85,6 @@ def _load_processor(source: str, folder: Path | None, config, local_only: bool):
     )
     if not has_feature_config:
         # Trainer checkpoints often carry only the tokenizer: the feature extractor is fully determined by the config.
-        from ..vocab import load_vocab
 
         return make_processor(load_vocab(folder / "vocab.json"), feat_extract_norm=config.feat_extract_norm)
     try:
@@ -180,8 +182,6 @@ def load_model(path_or_id: str | os.PathLike, device: str = "cpu", allow_pickle:
         record = ModelRecord.read(folder / RECORD_FILE)
     path = str(folder) if folder is not None else source
     if adapter is not None:
-        from .adapters import apply_saved_adapter
-
         processor, record = apply_saved_adapter(model, adapter)
         path = os.fspath(adapter)
     vocab = processor_vocab(processor)
@@ -198,8 +198,6 @@ def load_model(path_or_id: str | os.PathLike, device: str = "cpu", allow_pickle:
     if record is not None:
         normalizer_name = record.normalizer
     else:
-        from ..text import get_normalizer
-
         normalizer_name = get_normalizer(lang).name
     model.to(resolve_device(device)).eval()
     return LoadedModel(model=model, processor=processor, record=record, vocab=id_to_token, blank_id=int(blank_id),

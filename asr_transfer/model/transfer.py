@@ -6,6 +6,7 @@ control reuse exactly what ``train`` does.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,13 @@ import torch
 
 from ..config import AugmentArgs, ModelArgs
 from ..errors import UserError
-from .record import ModelRecord
+from ..manifest import read_manifest
+from ..vocab import build_vocab, load_vocab
+from .adapters import add_adapters, merge_adapters, save_adapter
+from .checks import check_architecture
+from .head import swap_head
+from .load import load_model, save_model
+from .record import ModelRecord, make_processor
 
 
 @dataclass
@@ -28,8 +35,6 @@ class PreparedModel:
 
 def target_vocab_for(args: ModelArgs, train_manifest: str | Path) -> dict[str, int]:
     """The target vocabulary: ``args.vocab`` if given, else built from the train manifest's normalised text."""
-    from ..manifest import read_manifest
-    from ..vocab import build_vocab, load_vocab
 
     if args.vocab:
         return dict(load_vocab(args.vocab))
@@ -41,9 +46,6 @@ def target_vocab_for(args: ModelArgs, train_manifest: str | Path) -> dict[str, i
 
 def prepare_model(args: ModelArgs, augment: AugmentArgs, train_manifest: str | Path, seed: int = 0) -> PreparedModel:
     """Load ``args.source``, swap its CTC head for the target vocabulary and apply dropout/adapter settings."""
-    from .head import swap_head
-    from .load import load_model
-    from .record import make_processor
 
     vocab = target_vocab_for(args, train_manifest)
     if args.init_config:
@@ -64,8 +66,6 @@ def prepare_model(args: ModelArgs, augment: AugmentArgs, train_manifest: str | P
         _set_dropout(model, augment.dropout)
     model.config.layerdrop = 0.0  # LayerDrop is applied by asr_transfer.model.forward, on trainable layers only
     if args.adapter != "none":
-        from .adapters import add_adapters
-
         add_adapters(model, mode=args.adapter, r=args.lora_r, alpha=args.lora_alpha)
     processor = make_processor(vocab, feat_extract_norm=model.config.feat_extract_norm)
     model.train()
@@ -74,11 +74,8 @@ def prepare_model(args: ModelArgs, augment: AugmentArgs, train_manifest: str | P
 
 def _random_model(args: ModelArgs, vocab: dict[str, int], seed: int):
     """A randomly initialised ``Wav2Vec2ForCTC`` from ``args.init_config`` whose head already fits ``vocab``."""
-    import json
 
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
-
-    from .checks import check_architecture
 
     path = Path(args.init_config)
     try:
@@ -114,18 +111,15 @@ def trained_record(config, source: str, normalizer_name: str, vocab: dict[str, i
 
 def save_trained(out_dir: Path, model: torch.nn.Module, processor, record, card: dict, config) -> Path:
     """Save a trained model: adapter + head weights only when nothing else trained, else the whole (merged) model."""
-    from .load import save_model
 
     if config.model.adapter != "none":
         if all(p in ("adapters", "head") for st in config.stages for p in st.train):
             # Only adapter + head weights changed: save those (a few MB); load_model(base, adapter=DIR) restores them.
-            from .adapters import save_adapter
 
             return save_adapter(out_dir, model, record, processor)
         # Base weights trained too: fold LoRA into a copy and save the whole model.
         import copy
 
-        from .adapters import merge_adapters
 
         model = merge_adapters(copy.deepcopy(model))
     return save_model(out_dir, model, processor, record, card)

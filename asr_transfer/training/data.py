@@ -16,9 +16,11 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..audio import SAMPLE_RATE, audio_info, frames_for_samples, load_audio, resample
+from ..audio import normalize_wave as _normalize
 from ..errors import AudioError, UserError
 from ..manifest import Utterance, read_manifest
 from ..validate import SILENCE_PEAK  # the same threshold `validate` reports as "silent"
+from ..vocab import ctc_min_frames, text_to_ids
 
 DURATION_TOLERANCE_S = 0.1  # s; manifest duration may exceed the file's by this much (validate's default)
 
@@ -62,7 +64,6 @@ def build_examples(
     max_items: int | None = None,
 ) -> list[Example]:
     """Read, normalise and filter a manifest into :class:`Example` objects (audio is not decoded here)."""
-    from ..vocab import ctc_min_frames, text_to_ids
 
     skips = skips if skips is not None else SkipCounter()
     unk = vocab.get("<unk>")
@@ -203,7 +204,6 @@ def audio_skip_reason(exc: AudioError) -> str:
 
 def normalize_wave(wave: np.ndarray, do_normalize: bool = True) -> np.ndarray:
     """Zero-mean unit-variance per utterance, as ``Wav2Vec2FeatureExtractor(do_normalize=True)`` does."""
-    from ..audio import normalize_wave as _normalize
 
     return _normalize(wave) if do_normalize else wave
 

@@ -7,14 +7,17 @@ the blank, and the mean per-frame entropy (nats). A model that has collapsed ont
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
+
+from ..decode import GreedyDecoder
+from ..metrics import error_rates
 
 
 class DevScore:
     def __init__(self, vocab: dict[str, int], blank_id: int):
-        from ..decode import GreedyDecoder
-
         id2tok = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
         self.decoder = GreedyDecoder(id2tok, blank_id=blank_id)
         self.blank_id = blank_id
@@ -38,8 +41,6 @@ class DevScore:
             self.entropy += float(-(row.exp() * row).sum())
 
     def result(self) -> dict:
-        from ..metrics import error_rates
-
         rates = error_rates(self.refs, self.hyps)
         return {"loss": float(np.mean(self.losses)) if self.losses else float("nan"), "cer": rates["cer"],
                 "wer": rates["wer"], "blank_share": self.blank_frames / max(1, self.frames),
@@ -53,7 +54,6 @@ def blank_collapse(evaluated: dict, blank_share_threshold: float) -> bool:
 
 def watchdog_action(action: str, optimizer, scheduler, model, best_dir) -> str:
     """Act on a blank collapse as configured (``train.watchdog``); returns what was done, for the warning line."""
-    from pathlib import Path
 
     if action == "lower-lr":
         scheduler.base_lrs = [lr * 0.5 for lr in scheduler.base_lrs]

@@ -29,6 +29,7 @@ import torch
 from ..config import TrainConfig, save_config, to_dict
 from ..errors import AudioError, ConfigError, UserError
 from ..files import recover_folder_write
+from ..manifest import fingerprint
 from ..model.forward import (
     PAD_QUANTUM_FRAMES,
     PAD_QUANTUM_SAMPLES,
@@ -36,13 +37,17 @@ from ..model.forward import (
     Suffix,
     ctc_loss_per_utt,
     num_segments,
+    output_lengths,
     pad_features,
     prefix_features,
     trainable_boundary,
     unwrap,
 )
 from ..model.load import model_fingerprint
+from ..model.transfer import prepare_model, save_trained, trained_record
 from ..outdir import check_output_dir
+from ..provenance import finish
+from ..text import get_normalizer
 from . import checkpoint as ckpt
 from .cache import FeatureCache
 from .data import (
@@ -56,7 +61,9 @@ from .data import (
     load_example_audio,
     normalize_wave,
 )
+from .devscore import DevScore, blank_collapse, watchdog_action
 from .runlog import RunLog
+from .schedule import apply_stage, make_scheduler, optimizer_param_groups, validate_schedule
 from .state import Accum, State, config_hash, end_stage, record_evaluation, resume_problems, stage_total_steps
 
 _NAN_ENV = "ASR_TRANSFER_INJECT_NAN_EVERY"  # test hook: make every k-th micro-batch loss NaN
@@ -80,7 +87,6 @@ class StageRun:
 
 
 class Trainer:
-
     def __init__(
         self,
         config: TrainConfig,
@@ -124,11 +130,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
-        from ..manifest import fingerprint
-        from ..model.transfer import prepare_model
-        from ..text import get_normalizer
-        from .schedule import validate_schedule
-
         cfg = self.config
         if not cfg.data.train_manifest:
             raise ConfigError("data.train_manifest is required")
@@ -247,8 +248,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ stage
     def _begin_stage(self, index: int) -> None:
-        from .schedule import apply_stage, make_scheduler, optimizer_param_groups
-
         stage = self.config.stages[index]
         trainable = apply_stage(unwrap(self.model), stage)
         boundary = trainable_boundary(self.model)
@@ -339,8 +338,6 @@ class Trainer:
     def evaluate(self) -> dict:
         """Greedy dev CER/WER, loss, blank share and entropy (see :mod:`asr_transfer.training.devscore`); {} without
         dev."""
-        from ..model.forward import output_lengths
-        from .devscore import DevScore
 
         if not self.dev_examples:
             return {}
@@ -391,7 +388,6 @@ class Trainer:
     def save_model(self, name: str, metrics: dict | None = None) -> Path | None:
         if not self.main:
             return None
-        from ..model.transfer import save_trained, trained_record
 
         record = trained_record(self.config, self.prepared.source, self.normalizer.name, self.vocab, self.state.step)
         return save_trained(self.run_dir / name, unwrap(self.model), self.prepared.processor, record,
@@ -414,8 +410,6 @@ class Trainer:
             if self.paused:
                 self.log.close()
                 if self.main:  # provenance hook: close this invocation of run.json as paused
-                    from ..provenance import finish
-
                     finish(self.run_dir, status="paused")
                 return self.run_dir / "checkpoints"
         return self._finish()
@@ -459,7 +453,6 @@ class Trainer:
 
     def _micro_batch(self, batch: list[int], accum: Accum) -> None:
         """Forward + backward of this rank's share of one global batch; gradients accumulate until the step."""
-        from ..model.forward import output_lengths
 
         cfg = self.config
         world, rank = self.acc.num_processes, self.acc.process_index
@@ -571,8 +564,6 @@ class Trainer:
         self.log.write_json("train_summary.json", summary)
         self.log.close()
         if self.main:  # provenance hook: wall time, status and metrics into run.json
-            from ..provenance import finish
-
             finish(self.run_dir, status="finished")
         return out or self.run_dir / "final"
 
@@ -615,7 +606,6 @@ class Trainer:
     def _watchdog(self, evaluated: dict, stage) -> None:
         """Blank collapse: the model emits (almost) only blanks on dev after warm-up."""
         cfg = self.config
-        from .devscore import blank_collapse, watchdog_action
 
         warm = stage.warmup_steps
         if warm is None:

@@ -26,8 +26,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
+from ..config import TrainConfig, load_config
+from ..corpora.synth import prepare_synth
 from ..environment import hardware
 from ..errors import ConfigError, UserError
+from ..evaluation import evaluate
+from ..files import atomic_folder_write
+from ..model.load import load_model
+from ..model.record import ModelRecord
+from ..text import get_normalizer
+from ..vocab import english_source_vocab, save_vocab
+from .loop import train
 from .source_card import WALL_LOG, model_card, run_facts
 
 MAX_MODEL_MB = 25.0  # the issue's size budget for the shipped folder
@@ -78,7 +87,6 @@ def run_configs(options: PretrainOptions, manifests: dict, vocab_path: Path) -> 
     with a fresh optimiser. One run per stage lets a longer schedule be added later without invalidating the finished
     runs before it.
     """
-    from ..config import TrainConfig, load_config
 
     base = load_config(TrainConfig, options.config, options.overrides)
     if not base.model.init_config:
@@ -114,9 +122,6 @@ def pretrain_source(options: PretrainOptions, resume: bool = False, time_budget_
     ``time_budget_s`` bounds the training time of this invocation (over both runs); when it runs out the current run
     is checkpointed and ``out`` is None: continue with ``resume=True``.
     """
-    from ..corpora.synth import prepare_synth
-    from ..vocab import english_source_vocab, save_vocab
-    from .loop import train
 
     started = time.time()
     runs_dir = Path(options.runs_dir)
@@ -169,7 +174,6 @@ def _log_wall(runs_dir: Path, t0: float, what: str) -> None:
 
 def evaluate_model(model_dir: Path, manifests: dict, realspeech: str | None, out_dir: Path) -> dict:
     """Greedy WER/CER on the synthetic dev and test sets (held-out voices) and on real English, if given."""
-    from ..evaluation import evaluate
 
     sets = {"synth_dev": manifests["dev"], "synth_test": manifests["test"]}
     if realspeech and Path(realspeech).is_file():
@@ -189,10 +193,6 @@ def evaluate_model(model_dir: Path, manifests: dict, realspeech: str | None, out
 # ------------------------------------------------------------------------------------------------------ export
 def export_model(model_dir: Path, options: PretrainOptions, result: PretrainResult, manifests: dict) -> Path:
     """Write ``options.out`` (HF form + ``asr_transfer.json`` + card) from the trained ``model_dir``; check its size."""
-    from ..files import atomic_folder_write
-    from ..model.load import load_model
-    from ..model.record import ModelRecord
-    from ..text import get_normalizer
 
     loaded = load_model(model_dir, device="cpu")
     model, processor = loaded.model, loaded.processor

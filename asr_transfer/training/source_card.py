@@ -11,8 +11,12 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..config import TrainConfig, load_config
 from ..environment import hardware
 from ..errors import ConfigError, UserError
+from ..model.groups import count_parameters
+from .data import EQ_BANDS
+from .runlog import read_metrics
 
 if TYPE_CHECKING:  # the pipeline imports this module, not the other way round
     from .pretrain import PretrainOptions, PretrainResult
@@ -22,8 +26,6 @@ WALL_LOG = "pretrain_wall.jsonl"  # one line per invocation: the card's wall tim
 
 
 def run_facts(run_dir: Path) -> dict:
-    from .runlog import read_metrics
-
     summary = json.loads((run_dir / "train_summary.json").read_text(encoding="utf-8"))
     stages = json.loads((run_dir / "stages.json").read_text(encoding="utf-8"))
     config = json.loads((run_dir / "config.resolved.json").read_text(encoding="utf-8"))
@@ -58,7 +60,6 @@ def _wall(runs_dir: Path) -> dict[str, float]:
 
 def model_card(model, options: PretrainOptions, result: PretrainResult, runs: list[dict], manifests: dict) -> str:
     """The README.md of the exported folder: data, architecture, training, results, reproduction."""
-    from ..model.groups import count_parameters
 
     cfg = model.config
     corpus = json.loads(Path(manifests["corpus"]).read_text(encoding="utf-8"))
@@ -194,7 +195,6 @@ def model_card(model, options: PretrainOptions, result: PretrainResult, runs: li
 
 def _architecture_path(options: PretrainOptions, runs: list[dict]) -> str:
     """The Wav2Vec2Config JSON the recipe names (the first run's record when the recipe file cannot be read)."""
-    from ..config import TrainConfig, load_config
 
     try:
         named = load_config(TrainConfig, options.config, options.overrides).model.init_config
@@ -218,7 +218,6 @@ def voice_table(test: dict | None) -> list[str]:
 
 def augmentation_text(run_config: dict) -> str:
     """The trainer-side augmentation of a run's resolved config, in words ("none" when all is off)."""
-    from .data import EQ_BANDS
 
     data, aug = run_config["data"], run_config["augment"]
     parts = []

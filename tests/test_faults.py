@@ -461,7 +461,7 @@ def test_failing_checkpoint_write_is_reported_and_training_continues(tmp_path, p
 def test_inf_and_nan_losses_mid_accumulation_are_skipped(tmp_path, corpus, monkeypatch):
     """Every 3rd micro-batch's loss is inf (or NaN) with grad_accum=2, so bad micro-batches fall on both the first
     and the second half of optimiser steps; those steps are skipped and counted and the weights stay finite.
-    (tests/test_train.py covers plain NaN injection with grad_accum=1.)"""
+    (tests/training/test_loop.py covers plain NaN injection with grad_accum=1.)"""
     import asr_transfer.training.loop as train_module
 
     real = train_module.ctc_loss_per_utt

@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import BASE960H_CONFIG, TINY_STABLE_CONFIG
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODEL_DIR = ROOT / "models" / "en-synth-small"
 REQUIRED = ("config.json", "model.safetensors", "vocab.json", "preprocessor_config.json", "tokenizer_config.json",
             "asr_transfer.json", "README.md")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "models" / "en-synth-small"
 pytestmark = pytest.mark.skipif(not (SOURCE / "model.safetensors").is_file(), reason="models/en-synth-small not present")
 

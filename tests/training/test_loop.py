@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from train_fixtures import make_corpus, make_source_model, tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

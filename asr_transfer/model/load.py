@@ -1,9 +1,9 @@
-"""Source models: loading (local folder or hub id), the record, the processor, saving.
+"""Loading and saving models: a local folder or a hub id in, an HF ``save_pretrained`` folder out.
 
 A model folder is HF ``save_pretrained`` form (``config.json``, ``model.safetensors``, tokenizer + feature extractor
-files) plus ``asr_transfer.json`` (:class:`ModelRecord`: language, normaliser, source, head init) and a model card
-``README.md``. Weights are read only from safetensors unless the caller passes ``allow_pickle=True``: a pickled
-``pytorch_model.bin`` can run arbitrary code when loaded.
+files) plus ``asr_transfer.json`` (:class:`~asr_transfer.model.record.ModelRecord`: language, normaliser, source,
+head init) and a model card ``README.md``. Before transformers reads a folder it passes the checks in
+:mod:`asr_transfer.model.checks` (no custom code, no pickles unless ``allow_pickle=True``, a possible architecture).
 
 Adapters (LoRA / MMS-style) live in :mod:`asr_transfer.model.adapters`; ``load_model(base, adapter=DIR)`` applies one.
 The CTC head swap is :mod:`asr_transfer.model.head`; named parameter groups are :mod:`asr_transfer.model.groups`.

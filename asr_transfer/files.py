@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TextIO
+from typing import IO, Any, Callable, Iterable, Iterator
 
 from .errors import PARSE_ERRORS
 
@@ -21,31 +21,18 @@ HASH_BLOCK_BYTES = 1 << 20  # read size when hashing: large files never sit in m
 
 
 # ------------------------------------------------------------------------------------------------------------ files
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder (fsync, rename); returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, errors: str = "strict") -> Iterator[TextIO]:
-    """A UTF-8 text file to stream into; it replaces ``path`` only when the ``with`` block ends without an error."""
+def atomic_open(path: str | os.PathLike, mode: str = "w", errors: str = "strict") -> Iterator[IO]:
+    """A file to stream into (``mode`` "w": UTF-8 text, "wb": bytes) that replaces ``path`` only when the ``with``
+    block ends without an error; until then readers see the old file."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes whole files: mode 'w' or 'wb', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    text = {"encoding": "utf-8", "errors": errors, "newline": "\n"} if mode == "w" else {}
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", errors=errors, newline="\n") as fh:
+        with os.fdopen(fd, mode, **text) as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
@@ -53,6 +40,13 @@ def atomic_open(path: str | os.PathLike, errors: str = "strict") -> Iterator[Tex
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder (fsync, rename); returns ``path``."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, errors: str = "strict") -> Path:

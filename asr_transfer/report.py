@@ -206,16 +206,27 @@ def _errors(row: dict, unit: str) -> tuple[float, float]:
     return row["char_errors"], row["char_ref_len"]
 
 
+def best_zero_shot(evaluations: list[Evaluation]) -> str | None:
+    """The name of the zero-shot system (summary ``"zero_shot": true``: no target audio used, written by
+    ``baseline``) with the lowest WER, ties broken by CER; None when there is none. A trained system has to beat the
+    best that needs no target audio, not the weakest."""
+    scored = [e for e in evaluations if e.summary.get("zero_shot") is True and _is_number(e.summary.get("wer"))]
+    if not scored:
+        return None
+    cer = [e.summary["cer"] if _is_number(e.summary.get("cer")) else float("inf") for e in scored]
+    return min(zip(scored, cer), key=lambda ec: (ec[0].summary["wer"], ec[1]))[0].name
+
+
 def compare(evaluations: list[Evaluation], baseline: str | None = None) -> tuple[str | None, list[dict]]:
     """One row per system with WER/CER, CIs and paired-bootstrap p-values against the baseline.
 
-    Baseline: ``baseline`` if given, else the system named ``raw``, else the first. Only utterances present in both
-    systems (by id) are paired; ``n_paired`` says how many.
+    Baseline: ``baseline`` if given, else the best zero-shot system (:func:`best_zero_shot`), else the system named
+    ``raw``, else the first. Only utterances present in both systems (by id) are paired; ``n_paired`` says how many.
     """
     names = [e.name for e in evaluations]
     if baseline is not None and baseline not in names:
         raise UserError(f"--baseline {baseline!r} is not one of the systems: {', '.join(names)}")
-    base_name = baseline or ("raw" if "raw" in names else (names[0] if names else None))
+    base_name = baseline or best_zero_shot(evaluations) or ("raw" if "raw" in names else (names[0] if names else None))
     base = next((e for e in evaluations if e.name == base_name), None)
     rows = []
     for ev in evaluations:

@@ -140,9 +140,16 @@ def test_whole_pipeline_mechanics_on_a_tiny_random_source(tmp_path, capsys):
             "--set", "train.stages.0.steps=2", "--set", "train.stages.1.steps=2", "--set", "train.train.eval_every=2",
             "--set", 'train.stages.1.train=["head", "layers.-1:"]',  # the default top 4 layers; this source has 2
             "--set", "train.data.max_batch_s=20", "--set", "eval.beam_size=4", "--set", "eval.tune_lm=true",
-            "--set", "eval.alphas=[0.5]", "--set", "eval.betas=[0.0, 1.0]", "--set", "control.enabled=true"]
+            "--set", "eval.alphas=[0.5]", "--set", "eval.betas=[0.0, 1.0]", "--set", "control.enabled=true",
+            "--set", "baseline.alphas=[2.0]", "--set", "baseline.betas=[0.0, 1.0]"]
     rc, stdout, stderr = recipe(capsys, *args)
     assert rc == 0, stderr
+    stage3 = markers(out)[3]["inputs"]["config"]  # the LM is on: zero-shot + LM's settings are stage 3's too
+    assert stage3["baseline.alphas"] == [2.0] and stage3["eval.beam_size"] == 4 and stage3["lm.enabled"] is True
+    tuned = json.loads((out / "baseline" / "zero-shot-lm-tune" / "tune.json").read_text())
+    assert tuned["select"] == "cer" and len(tuned["grid"]) == 2 and "dev.jsonl" in tuned["manifest"]
+    zs_lm = json.loads((out / "baseline" / "zero-shot-lm" / "summary.json").read_text())
+    assert zs_lm["decoder"]["lm_weight"] == 2.0 and zs_lm["decoder"]["word_score"] == tuned["best"]["word_score"]
     assert [m["name"] for _, m in sorted(markers(out).items())] == ["data", "validate", "vocab + LM", "baseline", "train",
                                                                       "evaluate", "report"]
     vocab = json.loads((out / "lang" / "vocab.json").read_text())
@@ -160,7 +167,7 @@ def test_whole_pipeline_mechanics_on_a_tiny_random_source(tmp_path, capsys):
     assert control_config["data"] == transfer_config["data"]  # same data, same batching
     assert (out / "eval" / "adapted-tune" / "tune.json").is_file()
 
-    systems = ["raw", "zero-shot", "adapted (greedy)", "adapted + LM", "control (greedy)", "control + LM"]
+    systems = ["raw", "zero-shot + LM", "adapted (greedy)", "adapted + LM", "control (greedy)", "control + LM"]
     table = stdout[stdout.index("system"):]
     assert [line.split("  ")[0] for line in table.splitlines()[2:2 + len(systems)]] == systems
     for line in table.splitlines()[2:2 + len(systems)]:
@@ -179,6 +186,21 @@ def test_whole_pipeline_mechanics_on_a_tiny_random_source(tmp_path, capsys):
     assert "transfer: finished earlier with the same inputs; reusing" in stdout
     assert json.loads((out / "control" / "train_summary.json").read_text())["steps"] == 1
     assert "stage 3 (baseline): done" in stdout and "stage 5 (evaluate): a stage it reads from ran again" in stdout
+
+    # Only zero-shot + LM's grid changed: stage 3 reruns (and the report), training and evaluation do not.
+    rc, stdout, stderr = recipe(capsys, *args, "--set", "control.steps=1", "--set", "baseline.betas=[1.0]")
+    assert rc == 0, stderr
+    assert "stage 3 (baseline): its config changed since it ran (baseline.betas)" in stdout
+    assert "stage 4 (train): done" in stdout and "stage 5 (evaluate): done" in stdout
+
+
+def test_stage3_keys_hold_the_lm_settings_only_when_the_lm_is_on(tmp_path):
+    from asr_transfer.recipe import RecipeRunner, load_recipe
+
+    for lm_on in (True, False):
+        name, config, _ = load_recipe("de-synth", [f"lm.enabled={str(lm_on).lower()}"])
+        keys = RecipeRunner(name, config, tmp_path / str(lm_on)).stage_inputs(3)["config"]
+        assert ("baseline.alphas" in keys and "eval.beam_size" in keys) is lm_on, keys
 
 
 @pytest.mark.slow

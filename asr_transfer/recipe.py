@@ -54,11 +54,15 @@ class DataSection:
     min_duration_s: float = option("commonvoice: skip clips shorter than this", 0.5)
     max_duration_s: float = option("commonvoice: skip clips longer than this", 20.0)
     train_minutes: float | None = option("commonvoice: keep a seeded random subset of train this long (None: all)", None)
+    source_test: str | None = option("source-language (English) test manifest for retention (unset: synth makes one "
+                                     "in stage 0; commonvoice measures no retention)", None)
+    source_test_minutes: float | None = option("synth: minutes of English speech by held-out voices made in stage 0 "
+                                               "for retention when source_test is unset (None: none)", 2.5)
 
     def __post_init__(self):
         one_of("data.kind", self.kind, ("synth", "commonvoice"))
         one_of("data.voice_set", self.voice_set, ("target", "source", "held-out"))
-        for key in ("minutes", "dev_minutes", "test_minutes", "train_minutes", "max_duration_s"):
+        for key in ("minutes", "dev_minutes", "test_minutes", "train_minutes", "max_duration_s", "source_test_minutes"):
             value = getattr(self, key)
             if value is not None and not value > 0:
                 raise ConfigError(f"data.{key} must be > 0, got {value}")

@@ -22,7 +22,10 @@ from typing import Callable
 from .errors import PARSE_ERRORS, UserError
 from .evaluation import tune_lm
 from .inference import InferenceOptions, as_recognizer
+from .retention import SYNTH_SOURCE_DIR, SYNTH_UNUSED_MINUTES, UNADAPTED, source_eval_name, source_summary_extra
+from .retention import is_source_eval, retention_rows, synth_source_test
 from .zeroshot import FOLDER as ZERO_SHOT_LM_FOLDER
+from .zeroshot import SOURCE_LANG
 from .zeroshot import write_spelled_lexicon
 
 SPLITS = ("train", "dev", "test")
@@ -45,12 +48,22 @@ class StageSpec:
 def stage_data(r, resume: bool = False) -> dict:
     cfg, d = r.config, r.config.data
     out = r.path("data")
+    source_test = source_test_manifest(r)
+    if d.source_test and not source_test.is_file():  # before minutes of synthesis or import
+        raise UserError("data.source_test: manifest not found", path=source_test)
     if d.kind == "synth":
         from .corpora.synth import prepare_synth
 
         prepare_synth(cfg.lang, out, d.minutes, seed=d.seed, text_files=list(d.text_files) or None,
                       voice_set=d.voice_set, snr_db=d.snr_db, dev_minutes=d.dev_minutes, test_minutes=d.test_minutes,
                       jobs=d.jobs)
+        if d.source_test is None and d.source_test_minutes:
+            # English by the held-out voices, for retention. Test sentences are dealt out first from the shuffled
+            # default text; with the shipped source's text and seed (0) they should fall among its own held-out test
+            # sentences (not checked here: the source's corpus is not shipped).
+            prepare_synth(SOURCE_LANG, r.path(*SYNTH_SOURCE_DIR), SYNTH_UNUSED_MINUTES, seed=d.seed,
+                          voice_set="source", snr_db=d.snr_db, dev_minutes=SYNTH_UNUSED_MINUTES,
+                          test_minutes=d.source_test_minutes, jobs=d.jobs)
     else:
         from .corpora.commonvoice import prepare_commonvoice
 
@@ -63,7 +76,35 @@ def stage_data(r, resume: bool = False) -> dict:
         r.log(summary.format())
         if d.train_minutes is not None:
             _subset_train(r.manifest("train"), d.train_minutes * 60, d.seed, r.log)
-    return {split: _split_facts(r.manifest(split)) for split in SPLITS}
+    facts = {split: _split_facts(r.manifest(split)) for split in SPLITS}
+    if source_test is not None:
+        facts["source_test"] = _split_facts(source_test)
+    return facts
+
+
+def source_test_manifest(r) -> Path | None:
+    """The source-language test manifest: data.source_test, else the synthetic one of stage 0, else None."""
+    d = r.config.data
+    if d.source_test:
+        return Path(d.source_test).expanduser().resolve()
+    if d.kind == "synth" and d.source_test_minutes:
+        return synth_source_test(r.out)
+    return None
+
+
+def _score_source_test(r, model, system: str, out_dir: Path) -> dict | None:
+    """``model`` (its own head) on the source test, English text through the source normaliser; None without one."""
+    from .evaluation import evaluate, result_line
+
+    manifest = source_test_manifest(r)
+    if manifest is None:
+        return None
+    e = r.config.eval
+    s = evaluate(model, manifest, out_dir=out_dir, name=source_eval_name(system), lang=SOURCE_LANG,
+                 max_utts=e.max_utts, device=e.device, precision=e.precision,
+                 extra={"recipe": r.name, **source_summary_extra(system)})
+    r.log(result_line(s))
+    return {"wer": s["wer"], "cer": s["cer"]}
 
 
 def _split_facts(path: Path) -> dict:
@@ -208,7 +249,11 @@ def stage_baseline(r, resume: bool = False) -> dict:
                        out_dir=r.path("baseline"), device=e.device, precision=e.precision, max_utts=e.max_utts, **lm)
     for summary in results.values():
         r.log(result_line(summary))
-    return {s["name"]: {"wer": s["wer"], "cer": s["cer"]} for s in results.values()}
+    out = {s["name"]: {"wer": s["wer"], "cer": s["cer"]} for s in results.values()}
+    source = _score_source_test(r, r.source, UNADAPTED, r.path("baseline", "source-test"))
+    if source is not None:
+        out[source_eval_name(UNADAPTED)] = source
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- 4 train
@@ -301,6 +346,10 @@ def _evaluate_system(r, label: str, model_dir: Path) -> dict:
     s = evaluate(rec, r.manifest("test"), out_dir=r.path("eval", f"{label}-greedy"), name=f"{label} (greedy)", **common)
     r.log(result_line(s))
     out[s["name"]] = {"wer": s["wer"], "cer": s["cer"]}
+    # Retention is a property of the acoustic model and its head: scored greedy (the target LM knows no English).
+    source = _score_source_test(r, rec, s["name"], r.path("eval", f"{label}-source-test"))
+    if source is not None:
+        out[source_eval_name(s["name"])] = source
     if not e.beam:
         return out
     lm_dir = r.path("lm") if cfg.lm.enabled else None
@@ -327,6 +376,9 @@ def report_inputs(r) -> list[Path]:
     evals = [r.path("baseline", n) for n in ("raw", ZERO_SHOT_LM_FOLDER)] if r.config.baseline.enabled else []
     for label in labels:
         evals += [r.path("eval", f"{label}-{kind}") for kind in ("greedy", "lm", "beam")]
+    # Source-test evaluations (retention) go last; the report shows them in their own table, not among the systems.
+    evals += [r.path("baseline", "source-test")] if r.config.baseline.enabled else []
+    evals += [r.path("eval", f"{label}-source-test") for label in labels]
     runs = [r.path("train"), r.path("control")][: len(labels)]
     return [p for p in evals if (p / "summary.json").is_file()] + [p for p in runs if (p / "metrics.jsonl").is_file()]
 
@@ -357,12 +409,23 @@ def results_table(r) -> str:
             return "n/a"
         return f"{100 * value:6.2f} " + (f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "")
 
-    rows = [(s.get("name", p.name), cell(s, "wer"), cell(s, "cer"), str(s.get("n_utterances", "")))
-            for p in report_inputs(r) if (s := _read_json(p / "summary.json"))]
-    header = ("system", "WER % [95% CI]", "CER % [95% CI]", "utts")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    def text_table(header: tuple, rows: list[tuple]) -> list[str]:
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+        lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return lines
+
+    summaries = [s for p in report_inputs(r) if (s := _read_json(p / "summary.json"))]
+    rows = [(s.get("name", "?"), cell(s, "wer"), cell(s, "cer"), str(s.get("n_utterances", "")))
+            for s in summaries if not is_source_eval(s)]
+    lines = text_table(("system", "WER % [95% CI]", "CER % [95% CI]", "utts"), rows)
+    kept = retention_rows(summaries)
+    if kept:
+        rows = [(row.system, cell(row.source, "wer"), cell(row.source, "cer"),
+                 "n/a" if row.retention is None else f"{row.retention:.2f}") for row in kept]
+        lines += ["", f"source language ({SOURCE_LANG}) test, each model's own head, greedy; retention = source CER "
+                  "of the unadapted source / the system's"]
+        lines += text_table(("system", "source WER % [95% CI]", "source CER % [95% CI]", "retention"), rows)
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from . import report_plots as plots
 from .errors import PARSE_ERRORS, UserError
 from .metrics import char_errors, paired_bootstrap, wrap_alignment
+from .retention import is_source_eval, retention_rows
 
 PAIRED_RESAMPLES = 1000
 PAIRED_SEED = 0
@@ -341,12 +342,18 @@ pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:13px}img{max-width:
 def build_report(inputs, out_dir, baseline: str | None = None, worst: int = 10) -> Path:
     """Write ``out_dir/report.md``, ``out_dir/report.html`` and ``out_dir/figures/*.png``; returns the HTML path."""
     evaluations, runs = collect(inputs)
+    # Source-language test evaluations (retention) are not systems of the target test: their own table.
+    source_evals = [e for e in evaluations if is_source_eval(e.summary)]
+    evaluations = [e for e in evaluations if not is_source_eval(e.summary)]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     doc = _Doc(out)
     doc.heading("asr-transfer report", 1)
     if evaluations:
         _systems_section(doc, evaluations, baseline)
+    if source_evals:
+        _retention_section(doc, evaluations + source_evals)
+    if evaluations:
         _char_section(doc, evaluations)
     for i, run in enumerate(runs):
         _run_section(doc, run, i)
@@ -387,6 +394,28 @@ def _systems_section(doc: _Doc, evaluations: list[Evaluation], baseline: str | N
         png = plots.systems_png([r["name"] for r in ok], [r["wer"] for r in ok], [r["wer_ci95"] for r in ok],
                                 [r["cer"] for r in ok], [r["cer_ci95"] for r in ok])
         doc.figure(png, "systems", "WER and CER per system")
+
+
+def _retention_section(doc: _Doc, evaluations: list[Evaluation]) -> None:
+    rows = retention_rows([e.summary for e in evaluations])
+    doc.heading("Source language (retention)")
+    doc.para("Each model on the source-language test with its own head (greedy), the reference through the source "
+             "language's normaliser; letters the head lacks count as errors. Retention = source CER of the unadapted "
+             "source model / source CER of the system (1: nothing forgotten). WER/CER in %, bootstrap 95% intervals.")
+    table = []
+    for row in rows:
+        c = row.cells()
+
+        def cell(metric):
+            return (_pct(c[metric]), {"data-system": row.system, "data-metric": metric, "data-value": repr(c[metric])})
+
+        table.append([row.system, cell("target_wer"), _ci(c["target_wer_ci95"]), cell("target_cer"),
+                      _ci(c["target_cer_ci95"]), cell("source_wer"), _ci(c["source_wer_ci95"]), cell("source_cer"),
+                      _ci(c["source_cer_ci95"]),
+                      ("n/a" if row.retention is None else f"{row.retention:.2f}",
+                       {"data-system": row.system, "data-metric": "retention", "data-value": repr(row.retention)})])
+    doc.table(["system", "target WER %", "95% CI", "target CER %", "95% CI", "source WER %", "95% CI",
+               "source CER %", "95% CI", "retention"], table, cls="retention")
 
 
 def _char_section(doc: _Doc, evaluations: list[Evaluation], max_systems: int = 4) -> None:

@@ -17,7 +17,8 @@ from asr_transfer.recipe import RECIPES_DIR, list_recipes, load_recipe
 
 SYNTH = ["de-synth", "nl-synth", "es-synth", "fr-synth"]
 COMMONVOICE = ["de", "nl", "es", "fr"]
-TINY_SYNTH = ["--set", "data.minutes=0.2", "--set", "data.dev_minutes=0.05", "--set", "data.test_minutes=0.05"]
+TINY_SYNTH = ["--set", "data.minutes=0.2", "--set", "data.dev_minutes=0.05", "--set", "data.test_minutes=0.05",
+              "--set", "data.source_test_minutes=0.1"]
 SHIPPED = RECIPES_DIR.parent / "models" / "en-synth-small"
 
 
@@ -93,6 +94,13 @@ def test_unknown_or_bad_key_is_exit_1_one_line(override, tmp_path, capsys):
     assert not (tmp_path / "exp").exists()  # nothing ran
 
 
+def test_missing_source_test_manifest_is_one_line_before_any_synthesis(tmp_path, capsys):
+    rc, _, stderr = recipe(capsys, "de-synth", "--out", tmp_path / "exp", "--set", f"data.source_test={tmp_path}/no.jsonl",
+                           "--stop-stage", "0")
+    assert rc == 1 and stderr.count("\n") == 1 and "data.source_test" in stderr and "no.jsonl" in stderr
+    assert not (tmp_path / "exp" / "data" / "train.jsonl").exists()
+
+
 def test_unknown_recipe_lists_the_known_ones(capsys):
     rc, _, stderr = recipe(capsys, "xx-synth")
     assert rc == 1 and "de-synth" in stderr
@@ -150,6 +158,19 @@ def test_whole_pipeline_mechanics_on_a_tiny_random_source(tmp_path, capsys):
     assert tuned["select"] == "cer" and len(tuned["grid"]) == 2 and "dev.jsonl" in tuned["manifest"]
     zs_lm = json.loads((out / "baseline" / "zero-shot-lm" / "summary.json").read_text())
     assert zs_lm["decoder"]["lm_weight"] == 2.0 and zs_lm["decoder"]["word_score"] == tuned["best"]["word_score"]
+    # Retention: the English test (held-out voices, stage 0) scored by the source (stage 3) and each adapted model's
+    # own head (stage 5), with the English normaliser.
+    assert markers(out)[0]["result"]["source_test"]["utterances"] >= 1
+    for folder, system in (("baseline/source-test", "raw"), ("eval/adapted-source-test", "adapted (greedy)"),
+                           ("eval/control-source-test", "control (greedy)")):
+        s = json.loads((out / folder / "summary.json").read_text())
+        assert s["test_set"] == "source" and s["system"] == system and s["normalizer"] == "en-v1", folder
+        assert s["manifest"] == str((out / "data" / "source" / "test.jsonl").resolve())
+    retained = stdout[stdout.index("retention = source CER"):]
+    assert [line.split("  ")[0] for line in retained.splitlines()[3:6]] == ["raw", "adapted (greedy)",
+                                                                             "control (greedy)"]
+    assert retained.splitlines()[3].rstrip().endswith("1.00")  # the unadapted source against itself
+    assert 'data-metric="retention"' in (out / "report" / "report.html").read_text()
     assert [m["name"] for _, m in sorted(markers(out).items())] == ["data", "validate", "vocab + LM", "baseline", "train",
                                                                       "evaluate", "report"]
     vocab = json.loads((out / "lang" / "vocab.json").read_text())

@@ -22,8 +22,8 @@ from typing import Callable
 from .errors import PARSE_ERRORS, UserError
 from .evaluation import tune_lm
 from .inference import InferenceOptions, as_recognizer
-from .retention import SYNTH_SOURCE_DIR, SYNTH_UNUSED_MINUTES, UNADAPTED, source_eval_name, source_summary_extra
-from .retention import is_source_eval, retention_rows, synth_source_test
+from .retention import SOURCE_TEST_FOLDER, SYNTH_SOURCE_DIR, SYNTH_UNUSED_MINUTES, UNADAPTED, source_eval_name
+from .retention import is_source_eval, retention_rows, score_source_test, synth_source_test
 from .zeroshot import FOLDER as ZERO_SHOT_LM_FOLDER
 from .zeroshot import SOURCE_LANG
 from .zeroshot import write_spelled_lexicon
@@ -94,15 +94,14 @@ def source_test_manifest(r) -> Path | None:
 
 def _score_source_test(r, model, system: str, out_dir: Path) -> dict | None:
     """``model`` (its own head) on the source test, English text through the source normaliser; None without one."""
-    from .evaluation import evaluate, result_line
+    from .evaluation import result_line
 
     manifest = source_test_manifest(r)
     if manifest is None:
         return None
     e = r.config.eval
-    s = evaluate(model, manifest, out_dir=out_dir, name=source_eval_name(system), lang=SOURCE_LANG,
-                 max_utts=e.max_utts, device=e.device, precision=e.precision,
-                 extra={"recipe": r.name, **source_summary_extra(system)})
+    s = score_source_test(model, manifest, system, out_dir, max_utts=e.max_utts, device=e.device,
+                          precision=e.precision, extra={"recipe": r.name})
     r.log(result_line(s))
     return {"wer": s["wer"], "cer": s["cer"]}
 
@@ -250,7 +249,7 @@ def stage_baseline(r, resume: bool = False) -> dict:
     for summary in results.values():
         r.log(result_line(summary))
     out = {s["name"]: {"wer": s["wer"], "cer": s["cer"]} for s in results.values()}
-    source = _score_source_test(r, r.source, UNADAPTED, r.path("baseline", "source-test"))
+    source = _score_source_test(r, r.source, UNADAPTED, r.path("baseline", SOURCE_TEST_FOLDER))
     if source is not None:
         out[source_eval_name(UNADAPTED)] = source
     return out
@@ -347,7 +346,7 @@ def _evaluate_system(r, label: str, model_dir: Path) -> dict:
     r.log(result_line(s))
     out[s["name"]] = {"wer": s["wer"], "cer": s["cer"]}
     # Retention is a property of the acoustic model and its head: scored greedy (the target LM knows no English).
-    source = _score_source_test(r, rec, s["name"], r.path("eval", f"{label}-source-test"))
+    source = _score_source_test(r, rec, s["name"], r.path("eval", f"{label}-{SOURCE_TEST_FOLDER}"))
     if source is not None:
         out[source_eval_name(s["name"])] = source
     if not e.beam:

@@ -26,7 +26,7 @@ from pathlib import Path
 from . import report_plots as plots
 from .errors import PARSE_ERRORS, UserError
 from .metrics import char_errors, paired_bootstrap, wrap_alignment
-from .retention import is_source_eval, retention_rows
+from .retention import SOURCE_TEST_FOLDER, is_source_eval, retention_rows
 
 PAIRED_RESAMPLES = 1000
 PAIRED_SEED = 0
@@ -174,6 +174,8 @@ def collect(inputs) -> tuple[list[Evaluation], list[Run]]:
             raise UserError("not a folder (expected an evaluation, baseline or run folder)", path=folder)
         if (folder / "summary.json").is_file():
             evaluations.append(load_evaluation(folder))
+            if (folder / SOURCE_TEST_FOLDER / "summary.json").is_file():  # evaluate --source-test: its retention
+                evaluations.append(load_evaluation(folder / SOURCE_TEST_FOLDER))
             continue
         is_run = (folder / "metrics.jsonl").is_file() or (folder / "stages.json").is_file()
         below = _summaries_below(folder)

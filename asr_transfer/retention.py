@@ -15,6 +15,10 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .evaluation import evaluate
+from .zeroshot import SOURCE_LANG
+
+SOURCE_TEST_FOLDER = "source-test"  # a source-test evaluation's folder inside an evaluate/baseline --out
 SOURCE_TEST_SET = "source"  # summary["test_set"] of a source-test evaluation
 UNADAPTED = "raw"  # summary["system"] of the unadapted source model's source-test evaluation
 SYNTH_SOURCE_DIR = ("data", "source")  # under a recipe's out folder: the synthetic source corpus (test.jsonl is used)
@@ -29,6 +33,14 @@ def source_summary_extra(system: str) -> dict:
 
 def source_eval_name(system: str) -> str:
     return f"{system} [source test]"
+
+
+def score_source_test(model, manifest, system: str, out_dir=None, lang: str = SOURCE_LANG, extra: dict | None = None,
+                      **options) -> dict:
+    """``model`` with its own head, greedy, on the source-language ``manifest`` (text through ``lang``'s normaliser);
+    the summary names ``system`` (the target-test evaluation it belongs to). ``options`` go to :func:`evaluate`."""
+    return evaluate(model, manifest, out_dir=out_dir, name=source_eval_name(system), lang=lang,
+                    extra={**(extra or {}), **source_summary_extra(system)}, **options)
 
 
 def is_source_eval(summary: dict) -> bool:

@@ -253,7 +253,7 @@ def test_reduced_demo_on_the_shipped_source_beats_zero_shot(tmp_path, capsys):
 REDUCED_DEMO = ["--set", "num_threads=1", "--set", "data.minutes=8", "--set", "data.dev_minutes=0.5",
                 "--set", "data.test_minutes=1.0", "--set", "train.data.max_batch_s=30",
                 "--set", "train.stages.0.steps=80", "--set", "train.stages.1.steps=160", "--set", "lm.order=3",
-                "--set", "eval.beam=false"]
+                "--set", "eval.beam=false", "--set", "baseline.lm=false"]  # no beam decodes, zero-shot + LM's neither
 
 def test_missing_local_source_fails_before_any_stage(tmp_path, capsys):
     rc, _, stderr = recipe(capsys, "de-synth", "--out", tmp_path / "exp", "--set", f"source={tmp_path}/nope/model")

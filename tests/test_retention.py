@@ -5,6 +5,7 @@ import json
 import math
 
 import pytest
+from test_evaluate import de_model, en_model, sine_manifest  # noqa: F401  (fixtures)
 from test_report import REFS, _write_eval
 
 from asr_transfer.report import build_report
@@ -53,3 +54,23 @@ def test_report_shows_retention_and_keeps_source_scores_out_of_the_systems_table
     assert 0 < expected < 1  # "don't" -> "dont" costs both; the adapted one forgot more
     assert f'data-system="adapted (greedy)" data-metric="retention" data-value="{expected!r}"' in html
     assert f"{expected:.2f}" in md[md.index("## Source language"):]
+
+
+def test_cli_baseline_evaluate_and_report_give_retention(en_model, de_model, sine_manifest, tmp_path, capsys):
+    """baseline --source-test scores the unadapted model, evaluate --source-test a "trained" one; report pairs them."""
+    from asr_transfer.cli import main
+
+    common = ["--manifest", str(sine_manifest), "--device", "cpu", "--source-test", str(sine_manifest)]
+    assert main(["baseline", "--model", str(en_model), "--lang", "de", "--out", str(tmp_path / "b"), *common]) == 0
+    assert main(["evaluate", "--model", str(de_model), "--lang", "de", "--name", "adapted", "--out",
+                 str(tmp_path / "e"), *common]) == 0
+    out = capsys.readouterr().out
+    assert "raw [source test]: WER" in out and "adapted [source test]: WER" in out
+    src = json.loads((tmp_path / "e" / "source-test" / "summary.json").read_text())
+    assert src["normalizer"] == "en-v1" and src["system"] == "adapted" and src["test_set"] == "source"
+    ref = json.loads((tmp_path / "b" / "source-test" / "summary.json").read_text())
+    assert main(["report", str(tmp_path / "b"), str(tmp_path / "e"), "--out", str(tmp_path / "r")]) == 0
+    md = (tmp_path / "r" / "report.md").read_text()
+    section = md[md.index("## Source language"):].split("\n## ")[0]
+    row = next(line for line in section.splitlines() if line.startswith("| adapted |"))
+    assert row.rstrip(" |").endswith(f"{retention(ref['cer'], src['cer']):.2f}")

@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lm-weight", type=float, default=None, help="LM weight alpha (default: 2.0); tune on dev")
     parser.add_argument("--word-score", type=float, default=None, help="word bonus beta (default: 0.0); tune on dev")
     parser.add_argument("--out", required=True, help="folder for raw/, zero-shot/ (and zero-shot-lm/) evaluations")
+    parser.add_argument("--source-test", default=None, metavar="MANIFEST",
+                        help="also score the source (its own head, greedy) on this source-language test manifest, "
+                             "into OUT/source-test: the reference of retention (evaluate --source-test)")
+    parser.add_argument("--source-lang", default="en", help="the source test's language (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,4 +41,13 @@ def run(args: argparse.Namespace) -> int:
                        beam_size=args.beam_size, lm_weight=args.lm_weight, word_score=args.word_score)
     for name, summary in results.items():
         print(f"{result_line(summary)} -> {args.out}/{name}")
+    if args.source_test:
+        from pathlib import Path
+
+        from ..retention import SOURCE_TEST_FOLDER, UNADAPTED, score_source_test
+
+        out = Path(args.out) / SOURCE_TEST_FOLDER
+        source = score_source_test(args.model, args.source_test, UNADAPTED, out, lang=args.source_lang,
+                                   device=args.device, precision=args.precision, max_utts=args.max_utts)
+        print(f"{result_line(source)} -> {out}")
     return 0

@@ -74,3 +74,19 @@ def test_cli_baseline_evaluate_and_report_give_retention(en_model, de_model, sin
     section = md[md.index("## Source language"):].split("\n## ")[0]
     row = next(line for line in section.splitlines() if line.startswith("| adapted |"))
     assert row.rstrip(" |").endswith(f"{retention(ref['cer'], src['cer']):.2f}")
+
+
+def test_runs_compare_shows_retention(en_model, de_model, sine_manifest, tmp_path, capsys):
+    from asr_transfer.cli import main
+
+    common = ["--manifest", str(sine_manifest), "--device", "cpu", "--lang", "de", "--source-test", str(sine_manifest)]
+    assert main(["baseline", "--model", str(en_model), "--out", str(tmp_path / "b"), *common]) == 0
+    assert main(["evaluate", "--model", str(de_model), "--out", str(tmp_path / "e"), *common]) == 0
+    capsys.readouterr()
+    assert main(["runs", "compare", str(tmp_path / "b"), str(tmp_path / "e")]) == 0
+    out = capsys.readouterr().out
+    ref = json.loads((tmp_path / "b" / "source-test" / "summary.json").read_text())["cer"]
+    cer = json.loads((tmp_path / "e" / "source-test" / "summary.json").read_text())["cer"]
+    row = next(line for line in out.splitlines() if line.startswith("retention"))
+    assert row.split()[1:3] == ["1", f"{retention(ref, cer):.6g}"], row
+    assert any(line.startswith("source_cer") for line in out.splitlines())

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from .environment import environment_info
 from .errors import AudioError, UserError
 from .manifest import Utterance, fingerprint, read_manifest
 from .metrics import Counts, UtteranceScore, bootstrap_ci, corpus_rate, rates_by_speaker, score_pairs
+from .outdir import check_output_dir
 from .zeroshot import FOLDER as ZERO_SHOT_LM_FOLDER
 from .zeroshot import SYSTEM_NAME as ZERO_SHOT_LM
 from .zeroshot import write_spelled_lexicon
@@ -435,14 +437,10 @@ def zero_shot_lm(model, manifest, lm_dir, out_dir=None, lang: str | None = None,
     ``options`` go to :func:`evaluate` (``beam_size``, ``lm_weight``, ``word_score``, ``device`` ...). The summary
     records the lexicon's counts (``zero_shot_lexicon``: words, respelled, unspellable).
     """
-    import tempfile
-
     recognizer = _load(model, options.get("device", "auto"), options.get("precision", "fp32"))
     with tempfile.TemporaryDirectory(prefix="asr-transfer-zs-") as tmp:
         path = Path(out_dir) / "lexicon.txt" if out_dir is not None else Path(tmp) / "lexicon.txt"
         if out_dir is not None:
-            from .outdir import check_output_dir
-
             check_output_dir(out_dir, files=("lexicon.txt",), key="--out")
         lexicon = write_spelled_lexicon(lm_dir, recognizer.vocab, path)
         extra = {"zero_shot": True, "zero_shot_lexicon": {"path": str(path) if out_dir else None, **lexicon.to_dict()}}
@@ -470,8 +468,8 @@ def tune_lm(
     The model runs once; every grid point re-decodes the cached log-probs. Returns (and writes ``out_dir/tune.json``)
     ``{"grid": [{"lm_weight", "word_score", "wer", "cer"}...], "best": {...}, "greedy": {...}}``. ``lexicon``: as
     for :func:`evaluate`. ``select``: ``"wer"`` picks the lowest WER (ties: CER); ``"cer"`` the lowest CER among the
-    points whose WER is no worse than greedy decoding's (all points if none is) — for a weak acoustic model, where
-    the lowest-WER point wins words by deleting them and loses letters.
+    points whose WER is no worse than greedy decoding's (all points if none is) — for a weak acoustic model, whose
+    lowest-WER point can cost letters (zero-shot + LM on de-synth dev: CER above greedy's).
     """
     if select not in TUNE_SELECT:
         raise UserError(f"unknown tune-lm selection {select!r}: use {' or '.join(TUNE_SELECT)}")

@@ -109,3 +109,13 @@ def test_spelled_lexicon_needs_a_spellable_word(tmp_path):
     with pytest.raises(UserError, match="no word of the LM"):
         write_spelled_lexicon(lm, EN_UPPER_VOCAB, tmp_path / "lexicon.txt")
     assert not (tmp_path / "lexicon.txt").exists()
+
+
+def test_cli_tune_lm_zero_shot_uses_the_respelled_lexicon(en_model, sine_manifest, ueber_lm, tmp_path, capsys):
+    rc = main(["tune-lm", "--model", str(en_model), "--manifest", str(sine_manifest), "--lang", "de", "--device", "cpu",
+               "--lm", str(ueber_lm), "--alphas", "1,2", "--betas", "0", "--beam-size", "4", "--zero-shot",
+               "--out", str(tmp_path / "t")])
+    assert rc == 0 and "chosen by CER; best: --lm-weight" in capsys.readouterr().out
+    result = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert result["select"] == "cer" and result["decoder"]["lexicon"] == str(tmp_path / "t" / "lexicon.txt")
+    assert "über u b e r" in (tmp_path / "t" / "lexicon.txt").read_text(encoding="utf-8").splitlines()

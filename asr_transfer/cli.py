@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "staged transfer training from a config file"),
     "pretrain-source": ("pretrain_source", "train the English source model from scratch on synthetic speech"),
     "evaluate": ("evaluate", "WER/CER of a model on a manifest (summary.json + utterances.jsonl)"),
-    "baseline": ("baseline", "source-only baselines (raw English head and zero-shot mapped head)"),
+    "baseline": ("baseline", "source-only baselines (raw English head, zero-shot mapped head, zero-shot + LM)"),
     "report": ("report", "markdown + HTML report comparing evaluations and runs"),
     "transcribe": ("transcribe", "transcribe audio files (txt/json/srt/vtt/tsv)"),
     "recipe": ("recipe", "run a per-language recipe stage by stage"),

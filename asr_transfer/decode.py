@@ -405,14 +405,27 @@ class BeamDecoder:
         return path
 
     def _checked_lexicon(self, path: Path) -> Path:
-        """Keep only entries whose spelling the model can emit (flashlight would abort on an unknown token)."""
-        words = []
+        """Keep only entries whose spelling the model can emit (flashlight would abort on an unknown token).
+
+        A line is ``word t o k e n s``; the spelling is kept as given (lower-cased, like the token names), so a word
+        may be spelled in other letters than its own (``über u b e r``: the zero-shot lexicon of
+        :mod:`asr_transfer.zeroshot`). A line with only a word is spelled by its own letters.
+        """
+        letters = {s for s, k in zip(self.symbols, self.kinds) if k == "letter"}
+        lines = set()
         with open(path, encoding="utf-8") as f:
             for line in f:
-                parts = line.split()
-                if parts:
-                    words.append(parts[0].lower())
-        return self._write_lexicon(sorted(set(words)), "lexicon.txt")
+                parts = line.lower().split()
+                if not parts:
+                    continue
+                spelling = [t for t in parts[1:] if t != WORD_DELIMITER] or list(parts[0])
+                if all(t in letters for t in spelling):
+                    lines.add(f"{parts[0]} {' '.join(spelling)}")
+        if not lines:
+            raise UserError("no lexicon word can be spelled with the model's vocabulary (wrong language?)", path=path)
+        out = Path(self._tempdir.name) / "lexicon.txt"
+        out.write_text("\n".join(sorted(lines)) + "\n", encoding="utf-8")
+        return out
 
     def _emissions(self, x: np.ndarray) -> np.ndarray:
         x = x.copy()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -35,9 +36,13 @@ from .outdir import check_output_dir
 from .provenance import begin_evaluation, record_baseline
 from .text import get_normalizer
 from .vocab import build_vocab, load_vocab
+from .zeroshot import FOLDER as ZERO_SHOT_LM_FOLDER
+from .zeroshot import SYSTEM_NAME as ZERO_SHOT_LM
+from .zeroshot import write_spelled_lexicon
 
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
+TUNE_SELECT = ("wer", "cer")  # what tune_lm minimises: WER (ties: CER), or CER among points no worse in WER than greedy
 DURATION_TOLERANCE_S = 0.1  # s of audio a file may lack against its manifest duration before it counts as truncated
 
 
@@ -150,10 +155,11 @@ def _normalizer_for(recognizer, lang: str | None, utts: list[Utterance] = ()):
     return normalizer
 
 
-def decode_options(decoder: str, lm_dir=None, beam_size=None, lm_weight=None, word_score=None):
+def decode_options(decoder: str, lm_dir=None, beam_size=None, lm_weight=None, word_score=None, lexicon=None):
     """A :class:`~asr_transfer.decode.DecodeOptions`; ``None`` values keep its defaults."""
 
-    given = {"beam_size": beam_size, "lm_weight": lm_weight, "word_score": word_score}
+    given = {"beam_size": beam_size, "lm_weight": lm_weight, "word_score": word_score,
+             "lexicon": str(lexicon) if lexicon is not None else None}
     return DecodeOptions(kind=decoder, lm_dir=str(lm_dir) if lm_dir else None,
                          **{k: v for k, v in given.items() if v is not None})
 
@@ -278,6 +284,7 @@ def evaluate(
     extra: dict | None = None,
     batch_s: float | None = None,
     allow_pickle: bool = False,
+    lexicon=None,
 ) -> dict:
     """Run ``model`` (path, id, loaded model or Recognizer) over ``manifest``, decode, score; return the summary.
 
@@ -288,7 +295,8 @@ def evaluate(
     as base-960h too: :meth:`asr_transfer.inference.Recognizer._exact_group_norm_batch`). ``allow_pickle`` permits
     pickled ``pytorch_model.bin``
     weights (pickle can run code: trusted files only). Audio that cannot be read, or that holds less than the
-    manifest's duration (a truncated copy), is skipped and listed in ``skipped``.
+    manifest's duration (a truncated copy), is skipped and listed in ``skipped``. ``lexicon``: a flashlight lexicon
+    file for the beam decoder instead of ``lm_dir/lexicon.txt`` (the zero-shot + LM system's respelled one).
     """
     utts = read_manifest(manifest)
     if max_utts is not None:
@@ -300,10 +308,11 @@ def evaluate(
     if out_dir is not None:  # provenance hook: run.json (options, code, env, manifest fingerprint) at start
         begin_evaluation(out_dir, model, manifest, dict(decoder=decoder, lm_dir=lm_dir, lang=lang, beam_size=beam_size,
                          lm_weight=lm_weight, word_score=word_score, device=device, precision=precision,
-                         max_utts=max_utts, name=name, batch_s=batch_s, allow_pickle=allow_pickle))
+                         max_utts=max_utts, name=name, batch_s=batch_s, allow_pickle=allow_pickle,
+                         **({"lexicon": str(lexicon)} if lexicon is not None else {})))
     recognizer = _load(model, device, precision, batch_s, allow_pickle)
     normalizer = _normalizer_for(recognizer, lang, utts)
-    options = decode_options(decoder, lm_dir, beam_size, lm_weight, word_score)
+    options = decode_options(decoder, lm_dir, beam_size, lm_weight, word_score, lexicon)
     dec = options.build(recognizer.vocab, blank_id=recognizer.blank_id)
     items, skipped = compute_log_probs(recognizer, utts)
     if not items:
@@ -354,12 +363,20 @@ def baseline(
     device: str = "auto",
     precision: str = "fp32",
     max_utts: int | None = None,
+    lm_dir=None,
+    beam_size: int | None = None,
+    lm_weight: float | None = None,
+    word_score: float | None = None,
 ) -> dict[str, dict]:
-    """Source-only baselines on ``manifest``: ``raw`` (the source head, output through the target normaliser) and
-    ``zero-shot`` (the head mapped to the target vocabulary with ``swap_head(mode="mapped")``, no training).
+    """Source-only baselines on ``manifest``: ``raw`` (the source head, output through the target normaliser),
+    ``zero-shot`` (the head mapped to the target vocabulary with ``swap_head(mode="mapped")``, no training) and, with
+    ``lm_dir``, ``zero-shot-lm`` (the source head beam-decoded with the target LM through a lexicon that spells each
+    target word in the source letters: :mod:`asr_transfer.zeroshot`). Every summary carries ``"zero_shot": true``.
 
     ``target_vocab``: a ``vocab.json`` path or ``{token: id}``; ``None`` builds it from the manifest's text (only the
-    character inventory of the test text is used, never its audio). Writes ``out_dir/raw/`` and ``out_dir/zero-shot/``.
+    character inventory of the test text is used, never its audio). Writes ``out_dir/raw/``, ``out_dir/zero-shot/``
+    (+ ``out_dir/zero-shot-lm/`` with its ``lexicon.txt``). ``beam_size``/``lm_weight``/``word_score``: the LM
+    system's decoder (``None``: the decoder defaults); tune them on dev with :func:`tune_lm` and ``lexicon``.
     """
 
     if not lang:
@@ -367,7 +384,9 @@ def baseline(
     recognizer = _load(model, device, precision)
     out = Path(out_dir) if out_dir is not None else None
     common = dict(lang=lang, device=device, precision=precision, max_utts=max_utts)
-    results = {"raw": evaluate(recognizer, manifest, out_dir=out / "raw" if out else None, name="raw", **common)}
+    tag = {"zero_shot": True}  # no target audio was used: report.compare picks its reference among these
+    results = {"raw": evaluate(recognizer, manifest, out_dir=out / "raw" if out else None, name="raw", extra=tag,
+                               **common)}
 
     if target_vocab is None:
         target_vocab = build_vocab([u.text for u in read_manifest(manifest)], lang)
@@ -385,13 +404,38 @@ def baseline(
         lang=lang,
         normalizer_name=get_normalizer(lang).name,
     )
-    extra = {"head_swap": report.to_dict(), "target_vocab": target}
+    extra = {"head_swap": report.to_dict(), "target_vocab": target, **tag}
     results["zero-shot"] = evaluate(
         zero_shot, manifest, out_dir=out / "zero-shot" if out else None, name="zero-shot", extra=extra, **common
     )
+    lm_opts = dict(beam_size=beam_size, lm_weight=lm_weight, word_score=word_score)
+    if lm_dir is not None:
+        results[ZERO_SHOT_LM_FOLDER] = zero_shot_lm(recognizer, manifest, lm_dir, out_dir=out / ZERO_SHOT_LM_FOLDER
+                                                    if out else None, **lm_opts, **common)
     if out is not None:  # provenance hook: one "baseline" run.json for out_dir; its parts point to it
-        record_baseline(out, dict(model=model, manifest=manifest, target_vocab=target_vocab, **common), list(results))
+        options = dict(model=model, manifest=manifest, target_vocab=target_vocab, **common)
+        if lm_dir is not None:
+            options.update(lm_dir=str(lm_dir), **lm_opts)
+        record_baseline(out, options, list(results))
     return results
+
+
+def zero_shot_lm(model, manifest, lm_dir, out_dir=None, lang: str | None = None, **options) -> dict:
+    """The ``zero-shot + LM`` system: ``model``'s own head beam-decoded with the LM in ``lm_dir`` through a lexicon
+    spelling each LM word in the head's letters (written to ``out_dir/lexicon.txt``, else a temporary file).
+
+    ``options`` go to :func:`evaluate` (``beam_size``, ``lm_weight``, ``word_score``, ``device`` ...). The summary
+    records the lexicon's counts (``zero_shot_lexicon``: words, respelled, unspellable).
+    """
+    recognizer = _load(model, options.get("device", "auto"), options.get("precision", "fp32"))
+    with tempfile.TemporaryDirectory(prefix="asr-transfer-zs-") as tmp:
+        path = Path(out_dir) / "lexicon.txt" if out_dir is not None else Path(tmp) / "lexicon.txt"
+        if out_dir is not None:
+            check_output_dir(out_dir, files=("lexicon.txt",), key="--out")
+        lexicon = write_spelled_lexicon(lm_dir, recognizer.vocab, path)
+        extra = {"zero_shot": True, "zero_shot_lexicon": {"path": str(path) if out_dir else None, **lexicon.to_dict()}}
+        return evaluate(recognizer, manifest, decoder="beam", lm_dir=lm_dir, lexicon=path, out_dir=out_dir,
+                        name=ZERO_SHOT_LM, lang=lang, extra=extra, **options)
 
 
 def tune_lm(
@@ -406,12 +450,19 @@ def tune_lm(
     device: str = "auto",
     precision: str = "fp32",
     max_utts: int | None = None,
+    lexicon=None,
+    select: str = "wer",
 ) -> dict:
     """Grid-search ``lm_weight`` (alpha) × ``word_score`` (beta) by WER on a dev ``manifest``.
 
     The model runs once; every grid point re-decodes the cached log-probs. Returns (and writes ``out_dir/tune.json``)
-    ``{"grid": [{"lm_weight", "word_score", "wer", "cer"}...], "best": {...}, "greedy": {...}}``.
+    ``{"grid": [{"lm_weight", "word_score", "wer", "cer"}...], "best": {...}, "greedy": {...}}``. ``lexicon``: as
+    for :func:`evaluate`. ``select``: ``"wer"`` picks the lowest WER (ties: CER); ``"cer"`` the lowest CER among the
+    points whose WER is no worse than greedy decoding's (all points if none is) — for a weak acoustic model, whose
+    lowest-WER point can cost letters (zero-shot + LM on de-synth dev: CER above greedy's).
     """
+    if select not in TUNE_SELECT:
+        raise UserError(f"unknown tune-lm selection {select!r}: use {' or '.join(TUNE_SELECT)}")
     utts = read_manifest(manifest)
     if max_utts is not None:
         utts = utts[: max(0, int(max_utts))]
@@ -436,18 +487,24 @@ def tune_lm(
     grid = []
     for alpha in alphas:
         for beta in betas:
-            options = decode_options("beam", lm_dir, beam_size=beam_size, lm_weight=alpha, word_score=beta)
+            options = decode_options("beam", lm_dir, beam_size=beam_size, lm_weight=alpha, word_score=beta,
+                                     lexicon=lexicon)
             grid.append({"lm_weight": alpha, "word_score": beta, **score(options.build(vocab, blank_id=blank_id))})
-    best = min(grid, key=lambda g: (g["wer"], g["cer"]))
+    if select == "cer":
+        candidates = [g for g in grid if g["wer"] <= greedy["wer"]] or grid
+        best = min(candidates, key=lambda g: (g["cer"], g["wer"]))
+    else:
+        best = min(grid, key=lambda g: (g["wer"], g["cer"]))
     result = {
         "manifest": str(Path(manifest).resolve()),
         "manifest_fingerprint": fingerprint(manifest),
         "lm_dir": str(lm_dir),
         "normalizer": normalizer.name,
-        "decoder": _describe_decoder(decode_options("beam", lm_dir, beam_size=beam_size)),
+        "decoder": _describe_decoder(decode_options("beam", lm_dir, beam_size=beam_size, lexicon=lexicon)),
         "n_utterances": len(items),
         "n_skipped": len(skipped),
         "greedy": greedy,
+        "select": select,
         "grid": grid,
         "best": best,
         "environment": environment_info(),

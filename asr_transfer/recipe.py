@@ -8,7 +8,7 @@ The stages (implemented in :mod:`asr_transfer.recipe_stages`) are
  0    data        synthetic corpus (espeak-ng) or a Common Voice import (``--cv-root``)
  1    validate    every split checked against the language's normaliser and the source's CTC frame rate
  2    lang        vocab.json from the train text; n-gram LM with the dev/test sentences excluded
- 3    baseline    source-only: the raw English head and the zero-shot mapped head, on test
+ 3    baseline    source-only: the raw English head and the zero-shot mapped head, on test (+ zero-shot + LM)
  4    train       staged transfer training, then the from-scratch control (same data, same step budget)
  5    evaluate    the adapted model (and the control) on test: greedy and beam + LM
  6    report      report.html + report.md over every system and both training runs; the final table
@@ -68,11 +68,15 @@ class DataSection:
     train_minutes: float | None = option(
         "commonvoice: keep a seeded random subset of train this long (None: all)", None
     )
+    source_test: str | None = option("source-language (English) test manifest for retention (unset: synth makes one "
+                                     "in stage 0; commonvoice measures no retention)", None)
+    source_test_minutes: float | None = option("synth: minutes of English speech by held-out voices made in stage 0 "
+                                               "for retention when source_test is unset (None: none)", 2.5)
 
     def __post_init__(self):
         one_of("data.kind", self.kind, ("synth", "commonvoice"))
         one_of("data.voice_set", self.voice_set, ("target", "source", "held-out"))
-        for key in ("minutes", "dev_minutes", "test_minutes", "train_minutes", "max_duration_s"):
+        for key in ("minutes", "dev_minutes", "test_minutes", "train_minutes", "max_duration_s", "source_test_minutes"):
             value = getattr(self, key)
             if value is not None and not value > 0:
                 raise ConfigError(f"data.{key} must be > 0, got {value}")
@@ -98,6 +102,16 @@ class LmSection:
 @dataclass(frozen=True)
 class BaselineSection:
     enabled: bool = option("score the source model before training: raw English head and zero-shot mapped head", True)
+    lm: bool = option("with lm.enabled, also zero-shot + LM: the English head, the target LM and a lexicon spelling "
+                      "each word in English letters", True)
+    # Chosen on de-synth dev (docs/decoding.md): the English head's output needs a stronger LM than an adapted one.
+    alphas: tuple[float, ...] = option("zero-shot + LM: LM weights tried on dev", (2.0, 3.0, 4.0))
+    betas: tuple[float, ...] = option("zero-shot + LM: word bonuses tried on dev (the lowest dev CER wins among "
+                                      "points no worse in WER than greedy)", (-1.0, 0.0, 1.0, 2.0))
+
+    def __post_init__(self):
+        if not self.alphas or not self.betas:
+            raise ConfigError("baseline.alphas and baseline.betas need at least one value each")
 
 
 @dataclass(frozen=True)
@@ -135,7 +149,8 @@ class EvalSection:
 
 @dataclass(frozen=True)
 class ReportSection:
-    baseline: str | None = option("system the p-values compare against (raw, zero-shot, ...)", "zero-shot")
+    baseline: str | None = option("system the p-values compare against (raw, zero-shot + LM, ...; default: the "
+                                  "best zero-shot system)", None)
     worst: int = option("worst utterances shown per system", 10)
 
 
@@ -296,8 +311,9 @@ class RecipeRunner:
     def stage_inputs(self, n: int) -> dict:
         """What stage ``n``'s outputs depend on: its config keys and the markers of the stages it reads."""
         spec = self.stages[n]
-        config = {k: _lookup(self.data, k) for k in spec.keys}
-        if "source" in spec.keys:
+        keys = spec.keys + spec.keys_when(self.config)
+        config = {k: _lookup(self.data, k) for k in keys}
+        if "source" in keys:
             config["source_weights"] = self.source_digest()
         if n == 0 and self.config.data.kind == "commonvoice":
             config["cv_root"] = self.cv_root or (self.marker(0) or {}).get("inputs", {}).get("config", {}).get(

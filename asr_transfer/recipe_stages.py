@@ -6,7 +6,7 @@ owns under ``<out>``::
     data/      0  train/dev/test.jsonl (+ wavs/ for synthetic speech)
     validate/  1  <split>.json per split (ValidationReport.to_dict)
     lang/      2  vocab.json            lm/  2  lm.arpa, lexicon.txt, lm.json
-    baseline/  3  raw/, zero-shot/ evaluations
+    baseline/  3  raw/, zero-shot/ (+ zero-shot-lm/, zero-shot-lm-tune/ with the LM) evaluations
     train/     4  the transfer run folder   control/  4  the from-scratch control's run folder
     eval/      5  adapted-greedy/, adapted-lm/, control-greedy/, control-lm/ (+ adapted-tune/ with eval.tune_lm)
     report/    6  report.html, report.md, figures/
@@ -30,10 +30,23 @@ from .inference import InferenceOptions, as_recognizer
 from .lm import build_lm
 from .manifest import read_manifest, write_manifest
 from .report import build_report
+from .retention import (
+    SOURCE_TEST_FOLDER,
+    SYNTH_SOURCE_DIR,
+    SYNTH_UNUSED_MINUTES,
+    UNADAPTED,
+    is_source_eval,
+    retention_rows,
+    score_source_test,
+    source_eval_name,
+    synth_source_test,
+)
 from .text import get_normalizer
 from .training.loop import train
 from .validate import validate_manifest
 from .vocab import build_vocab, save_vocab
+from .zeroshot import FOLDER as ZERO_SHOT_LM_FOLDER
+from .zeroshot import SOURCE_LANG, write_spelled_lexicon
 
 SPLITS = ("train", "dev", "test")
 
@@ -48,16 +61,27 @@ class StageSpec:
     fn: Callable
     enabled: Callable = field(default=lambda cfg: True)
     needs_source: bool = False  # loads the source model (checked before any stage runs)
+    keys_when: Callable = field(default=lambda cfg: ())  # more config keys, depending on the config (cfg -> tuple)
 
 
 # ------------------------------------------------------------------------------------------------- 0 data
 def stage_data(r, resume: bool = False) -> dict:
     cfg, d = r.config, r.config.data
     out = r.path("data")
+    source_test = source_test_manifest(r)
+    if d.source_test and not source_test.is_file():  # before minutes of synthesis or import
+        raise UserError("data.source_test: manifest not found", path=source_test)
     if d.kind == "synth":
         prepare_synth(cfg.lang, out, d.minutes, seed=d.seed, text_files=list(d.text_files) or None,
                       voice_set=d.voice_set, snr_db=d.snr_db, dev_minutes=d.dev_minutes, test_minutes=d.test_minutes,
                       jobs=d.jobs)
+        if d.source_test is None and d.source_test_minutes:
+            # English by the held-out voices, for retention. Test sentences are dealt out first from the shuffled
+            # default text; with the shipped source's text and seed (0) they should fall among its own held-out test
+            # sentences (not checked here: the source's corpus is not shipped).
+            prepare_synth(SOURCE_LANG, r.path(*SYNTH_SOURCE_DIR), SYNTH_UNUSED_MINUTES, seed=d.seed,
+                          voice_set="source", snr_db=d.snr_db, dev_minutes=SYNTH_UNUSED_MINUTES,
+                          test_minutes=d.source_test_minutes, jobs=d.jobs)
     else:
         cv_root = r.stage_inputs(0)["config"]["cv_root"]  # --cv-root, or the folder of the last import
         missing = [s for s in SPLITS if s not in d.cv_splits]
@@ -68,7 +92,34 @@ def stage_data(r, resume: bool = False) -> dict:
         r.log(summary.format())
         if d.train_minutes is not None:
             _subset_train(r.manifest("train"), d.train_minutes * 60, d.seed, r.log)
-    return {split: _split_facts(r.manifest(split)) for split in SPLITS}
+    facts = {split: _split_facts(r.manifest(split)) for split in SPLITS}
+    if source_test is not None:
+        facts["source_test"] = _split_facts(source_test)
+    return facts
+
+
+def source_test_manifest(r) -> Path | None:
+    """The source-language test manifest: data.source_test, else the synthetic one of stage 0, else None."""
+    d = r.config.data
+    if d.source_test:
+        return Path(d.source_test).expanduser().resolve()
+    if d.kind == "synth" and d.source_test_minutes:
+        return synth_source_test(r.out)
+    return None
+
+
+def _score_source_test(r, model, system: str, out_dir: Path) -> dict | None:
+    """``model`` (its own head) on the source test, English text through the source normaliser; None without one."""
+    from .evaluation import result_line
+
+    manifest = source_test_manifest(r)
+    if manifest is None:
+        return None
+    e = r.config.eval
+    s = score_source_test(model, manifest, system, out_dir, max_utts=e.max_utts, device=e.device,
+                          precision=e.precision, extra={"recipe": r.name})
+    r.log(result_line(s))
+    return {"wer": s["wer"], "cer": s["cer"]}
 
 
 def _split_facts(path: Path) -> dict:
@@ -175,14 +226,37 @@ def _text_without_pieces_of(files, manifests, lang: str, min_words: int, out: Pa
 
 
 # ------------------------------------------------------------------------------------------------- 3 baseline
+def _zero_shot_lm_on(cfg) -> bool:
+    return cfg.lm.enabled and cfg.baseline.lm
+
+
 def stage_baseline(r, resume: bool = False) -> dict:
-    e = r.config.eval
-    results = baseline(r.source, r.manifest("test"), target_vocab=r.path("lang", "vocab.json"),
-                       lang=r.config.lang, out_dir=r.path("baseline"), device=e.device, precision=e.precision,
-                       max_utts=e.max_utts)
+    cfg, e, b = r.config, r.config.eval, r.config.baseline
+    lm = {}
+    if _zero_shot_lm_on(cfg):
+        # LM weight and word bonus for the English head are chosen on dev, never on test (the test decode then
+        # builds the same lexicon again in baseline/zero-shot-lm/).
+        rec = as_recognizer(r.source, InferenceOptions(device=e.device, precision=e.precision))
+        tune_dir = r.path("baseline", f"{ZERO_SHOT_LM_FOLDER}-tune")
+        lexicon = write_spelled_lexicon(r.path("lm"), rec.vocab, tune_dir / "lexicon.txt")
+        tuned = tune_lm(rec, r.manifest("dev"), r.path("lm"), b.alphas, b.betas, out_dir=tune_dir, lang=cfg.lang,
+                        beam_size=e.beam_size, lexicon=tune_dir / "lexicon.txt", select="cer")
+        best = tuned["best"]
+        r.log(f"zero-shot + LM: lexicon of {len(lexicon.lines)} words ({lexicon.respelled} respelled, "
+              f"{len(lexicon.unspellable)} unspellable); tuned on dev: lm_weight {best['lm_weight']:g}, word_score "
+              f"{best['word_score']:g} (dev CER {100 * best['cer']:.1f}%, WER {100 * best['wer']:.1f}%)")
+        lm = dict(lm_dir=r.path("lm"), beam_size=e.beam_size, lm_weight=best["lm_weight"],
+                  word_score=best["word_score"])
+    # The source as a path (not the recognizer above) keeps the baseline's run.json reproducible.
+    results = baseline(r.source, r.manifest("test"), target_vocab=r.path("lang", "vocab.json"), lang=cfg.lang,
+                       out_dir=r.path("baseline"), device=e.device, precision=e.precision, max_utts=e.max_utts, **lm)
     for summary in results.values():
         r.log(result_line(summary))
-    return {name: {"wer": s["wer"], "cer": s["cer"]} for name, s in results.items()}
+    out = {s["name"]: {"wer": s["wer"], "cer": s["cer"]} for s in results.values()}
+    source = _score_source_test(r, r.source, UNADAPTED, r.path("baseline", SOURCE_TEST_FOLDER))
+    if source is not None:
+        out[source_eval_name(UNADAPTED)] = source
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- 4 train
@@ -269,6 +343,10 @@ def _evaluate_system(r, label: str, model_dir: Path) -> dict:
     s = evaluate(rec, r.manifest("test"), out_dir=r.path("eval", f"{label}-greedy"), name=f"{label} (greedy)", **common)
     r.log(result_line(s))
     out[s["name"]] = {"wer": s["wer"], "cer": s["cer"]}
+    # Retention is a property of the acoustic model and its head: scored greedy (the target LM knows no English).
+    source = _score_source_test(r, rec, s["name"], r.path("eval", f"{label}-{SOURCE_TEST_FOLDER}"))
+    if source is not None:
+        out[source_eval_name(s["name"])] = source
     if not e.beam:
         return out
     lm_dir = r.path("lm") if cfg.lm.enabled else None
@@ -303,9 +381,14 @@ def _evaluate_system(r, label: str, model_dir: Path) -> dict:
 def report_inputs(r) -> list[Path]:
     """Evaluation folders in table order, then the training run folders."""
     labels = ("adapted", "control") if r.config.control.enabled else ("adapted",)
-    evals = [r.path("baseline", "raw"), r.path("baseline", "zero-shot")] if r.config.baseline.enabled else []
+    # The mapped zero-shot head is left out: untrained, it decodes like the English head (1 of 44 de-synth test
+    # hypotheses differ), so its row repeated raw's. It stays on disk as the fine-tuning's starting point.
+    evals = [r.path("baseline", n) for n in ("raw", ZERO_SHOT_LM_FOLDER)] if r.config.baseline.enabled else []
     for label in labels:
         evals += [r.path("eval", f"{label}-{kind}") for kind in ("greedy", "lm", "beam")]
+    # Source-test evaluations (retention) go last; the report shows them in their own table, not among the systems.
+    evals += [r.path("baseline", "source-test")] if r.config.baseline.enabled else []
+    evals += [r.path("eval", f"{label}-source-test") for label in labels]
     runs = [r.path("train"), r.path("control")][: len(labels)]
     return [p for p in evals if (p / "summary.json").is_file()] + [p for p in runs if (p / "metrics.jsonl").is_file()]
 
@@ -327,12 +410,23 @@ def results_table(r) -> str:
             return "n/a"
         return f"{100 * value:6.2f} " + (f"[{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]" if ci else "")
 
-    rows = [(s.get("name", p.name), cell(s, "wer"), cell(s, "cer"), str(s.get("n_utterances", "")))
-            for p in report_inputs(r) if (s := read_json_or(p / "summary.json", {}))]
-    header = ("system", "WER % [95% CI]", "CER % [95% CI]", "utts")
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    def text_table(header: tuple, rows: list[tuple]) -> list[str]:
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+        lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return lines
+
+    summaries = [s for p in report_inputs(r) if (s := read_json_or(p / "summary.json", {}))]
+    rows = [(s.get("name", "?"), cell(s, "wer"), cell(s, "cer"), str(s.get("n_utterances", "")))
+            for s in summaries if not is_source_eval(s)]
+    lines = text_table(("system", "WER % [95% CI]", "CER % [95% CI]", "utts"), rows)
+    kept = retention_rows(summaries)
+    if kept:
+        rows = [(row.system, cell(row.source, "wer"), cell(row.source, "cer"),
+                 "n/a" if row.retention is None else f"{row.retention:.2f}") for row in kept]
+        lines += ["", f"source language ({SOURCE_LANG}) test, each model's own head, greedy; retention = source CER "
+                  "of the unadapted source / the system's"]
+        lines += text_table(("system", "source WER % [95% CI]", "source CER % [95% CI]", "retention"), rows)
     return "\n".join(lines)
 
 
@@ -341,7 +435,9 @@ STAGES = (
     StageSpec(1, "validate", (0,), ("lang", "source"), ("validate",), stage_validate),
     StageSpec(2, "vocab + LM", (1,), ("lang", "vocab", "lm"), ("lang", "lm"), stage_lang),
     StageSpec(3, "baseline", (2,), ("lang", "source", "eval.device", "eval.precision", "eval.max_utts"), ("baseline",),
-              stage_baseline, enabled=lambda cfg: cfg.baseline.enabled, needs_source=True),
+              stage_baseline, enabled=lambda cfg: cfg.baseline.enabled, needs_source=True,
+              keys_when=lambda cfg: ("lm.enabled", "baseline.lm", "baseline.alphas", "baseline.betas",
+                                     "eval.beam_size") if _zero_shot_lm_on(cfg) else ()),
     StageSpec(4, "train", (2,), ("lang", "source", "train", "control"), (), stage_train, needs_source=True),
     StageSpec(5, "evaluate", (2, 4), ("lang", "eval"), ("eval",), stage_evaluate),
     StageSpec(6, "report", (3, 5), ("report",), ("report",), stage_report),

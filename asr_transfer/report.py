@@ -26,6 +26,7 @@ from pathlib import Path
 from . import report_plots as plots
 from .errors import PARSE_ERRORS, UserError
 from .metrics import char_errors, paired_bootstrap, wrap_alignment
+from .retention import SOURCE_TEST_FOLDER, is_source_eval, retention_rows
 from .text import LETTERS
 
 PAIRED_RESAMPLES = 1000
@@ -174,6 +175,8 @@ def collect(inputs) -> tuple[list[Evaluation], list[Run]]:
             raise UserError("not a folder (expected an evaluation, baseline or run folder)", path=folder)
         if (folder / "summary.json").is_file():
             evaluations.append(load_evaluation(folder))
+            if (folder / SOURCE_TEST_FOLDER / "summary.json").is_file():  # evaluate --source-test: its retention
+                evaluations.append(load_evaluation(folder / SOURCE_TEST_FOLDER))
             continue
         is_run = (folder / "metrics.jsonl").is_file() or (folder / "stages.json").is_file()
         below = _summaries_below(folder)
@@ -207,16 +210,27 @@ def _errors(row: dict, unit: str) -> tuple[float, float]:
     return row["char_errors"], row["char_ref_len"]
 
 
+def best_zero_shot(evaluations: list[Evaluation]) -> str | None:
+    """The name of the zero-shot system (summary ``"zero_shot": true``: no target audio used, written by
+    ``baseline``) with the lowest WER, ties broken by CER; None when there is none. A trained system has to beat the
+    best that needs no target audio, not the weakest."""
+    scored = [e for e in evaluations if e.summary.get("zero_shot") is True and _is_number(e.summary.get("wer"))]
+    if not scored:
+        return None
+    cer = [e.summary["cer"] if _is_number(e.summary.get("cer")) else float("inf") for e in scored]
+    return min(zip(scored, cer), key=lambda ec: (ec[0].summary["wer"], ec[1]))[0].name
+
+
 def compare(evaluations: list[Evaluation], baseline: str | None = None) -> tuple[str | None, list[dict]]:
     """One row per system with WER/CER, CIs and paired-bootstrap p-values against the baseline.
 
-    Baseline: ``baseline`` if given, else the system named ``raw``, else the first. Only utterances present in both
-    systems (by id) are paired; ``n_paired`` says how many.
+    Baseline: ``baseline`` if given, else the best zero-shot system (:func:`best_zero_shot`), else the system named
+    ``raw``, else the first. Only utterances present in both systems (by id) are paired; ``n_paired`` says how many.
     """
     names = [e.name for e in evaluations]
     if baseline is not None and baseline not in names:
         raise UserError(f"--baseline {baseline!r} is not one of the systems: {', '.join(names)}")
-    base_name = baseline or ("raw" if "raw" in names else (names[0] if names else None))
+    base_name = baseline or best_zero_shot(evaluations) or ("raw" if "raw" in names else (names[0] if names else None))
     base = next((e for e in evaluations if e.name == base_name), None)
     rows = []
     for ev in evaluations:
@@ -333,12 +347,18 @@ pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:13px}img{max-width:
 def build_report(inputs, out_dir, baseline: str | None = None, worst: int = 10) -> Path:
     """Write ``out_dir/report.md``, ``out_dir/report.html`` and ``out_dir/figures/*.png``; returns the HTML path."""
     evaluations, runs = collect(inputs)
+    # Source-language test evaluations (retention) are not systems of the target test: their own table.
+    source_evals = [e for e in evaluations if is_source_eval(e.summary)]
+    evaluations = [e for e in evaluations if not is_source_eval(e.summary)]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     doc = _Doc(out)
     doc.heading("asr-transfer report", 1)
     if evaluations:
         _systems_section(doc, evaluations, baseline)
+    if source_evals:
+        _retention_section(doc, evaluations + source_evals)
+    if evaluations:
         _char_section(doc, evaluations)
     for i, run in enumerate(runs):
         _run_section(doc, run, i)
@@ -391,6 +411,28 @@ def _systems_section(doc: _Doc, evaluations: list[Evaluation], baseline: str | N
         png = plots.systems_png([r["name"] for r in ok], [r["wer"] for r in ok], [r["wer_ci95"] for r in ok],
                                 [r["cer"] for r in ok], [r["cer_ci95"] for r in ok])
         doc.figure(png, "systems", "WER and CER per system")
+
+
+def _retention_section(doc: _Doc, evaluations: list[Evaluation]) -> None:
+    rows = retention_rows([e.summary for e in evaluations])
+    doc.heading("Source language (retention)")
+    doc.para("Each model on the source-language test with its own head (greedy), the reference through the source "
+             "language's normaliser; letters the head lacks count as errors. Retention = source CER of the unadapted "
+             "source model / source CER of the system (1: nothing forgotten). WER/CER in %, bootstrap 95% intervals.")
+    table = []
+    for row in rows:
+        c = row.cells()
+
+        def cell(metric):
+            return (_pct(c[metric]), {"data-system": row.system, "data-metric": metric, "data-value": repr(c[metric])})
+
+        table.append([row.system, cell("target_wer"), _ci(c["target_wer_ci95"]), cell("target_cer"),
+                      _ci(c["target_cer_ci95"]), cell("source_wer"), _ci(c["source_wer_ci95"]), cell("source_cer"),
+                      _ci(c["source_cer_ci95"]),
+                      ("n/a" if row.retention is None else f"{row.retention:.2f}",
+                       {"data-system": row.system, "data-metric": "retention", "data-value": repr(row.retention)})])
+    doc.table(["system", "target WER %", "95% CI", "target CER %", "95% CI", "source WER %", "95% CI",
+               "source CER %", "95% CI", "retention"], table, cls="retention")
 
 
 def _char_section(doc: _Doc, evaluations: list[Evaluation], max_systems: int = 4) -> None:

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import provenance
-from .errors import UserError
+from .errors import PARSE_ERRORS, UserError
 from .files import read_json_or
+from .retention import SOURCE_TEST_FOLDER, UNADAPTED, retention
 
 DEFAULT_ROOTS = ("runs", "exp")
 COLUMNS = ("name", "date", "kind", "source", "lang", "minutes", "stages", "dev_cer", "dev_wer", "test_wer", "wall",
@@ -291,15 +292,42 @@ def compare_runs(folders: Sequence[str | Path]) -> dict:
     metric_keys: list[str] = []
     for i in infos:
         metric_keys += [k for k, v in i.metrics.items() if k not in metric_keys and _number(v) is not None]
+    extra = _retention_metrics(infos)
+    metric_keys += [k for k in extra if k not in metric_keys]
     metrics = []
     for k in metric_keys:
-        values = [i.metrics.get(k) for i in infos]
+        values = [i.metrics.get(k, extra.get(k, {}).get(n)) for n, i in enumerate(infos)]
         ref = _number(values[0]) if values[0] is not None else None
         deltas = [(_number(v) - ref) if (v is not None and ref is not None) else None for v in values]
         metrics.append((k, values, deltas))
     return {"runs": [i.name for i in infos], "kinds": [i.kind for i in infos],
             "config": _differing([flatten(i.settings) for i in infos]),
             "provenance": _differing([_provenance_view(i) for i in infos]), "metrics": metrics}
+
+
+def _retention_metrics(infos) -> dict[str, dict[int, float]]:
+    """``source_wer``/``source_cer`` per run from its ``source-test/`` evaluation (``evaluate``/``baseline``
+    ``--source-test``, recipe folders) and ``retention`` = the unadapted source's source CER / the run's, when one of
+    the runs holds the unadapted source's score (a baseline's). Keys map run index -> value."""
+    scores: dict[int, dict] = {}
+    for n, info in enumerate(infos):
+        path = Path(info.path) / SOURCE_TEST_FOLDER / "summary.json"
+        try:
+            s = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, *PARSE_ERRORS):
+            continue
+        if isinstance(s, dict):
+            scores[n] = s
+    out: dict[str, dict[int, float]] = {}
+    for key in ("wer", "cer"):
+        values = {n: s[key] for n, s in scores.items() if _number(s.get(key)) is not None}
+        if values:
+            out[f"source_{key}"] = values
+    ref = next((s.get("cer") for s in scores.values() if s.get("system") == UNADAPTED), None)
+    kept = {n: r for n, s in scores.items() if (r := retention(ref, s.get("cer"))) is not None}
+    if kept:
+        out["retention"] = kept
+    return out
 
 
 def _value(v: Any) -> str:

@@ -17,7 +17,8 @@ from asr_transfer.recipe import RECIPES_DIR, list_recipes, load_recipe
 
 SYNTH = ["de-synth", "nl-synth", "es-synth", "fr-synth"]
 COMMONVOICE = ["de", "nl", "es", "fr"]
-TINY_SYNTH = ["--set", "data.minutes=0.2", "--set", "data.dev_minutes=0.05", "--set", "data.test_minutes=0.05"]
+TINY_SYNTH = ["--set", "data.minutes=0.2", "--set", "data.dev_minutes=0.05", "--set", "data.test_minutes=0.05",
+              "--set", "data.source_test_minutes=0.1"]
 SHIPPED = RECIPES_DIR.parent / "models" / "en-synth-small"
 
 
@@ -93,6 +94,13 @@ def test_unknown_or_bad_key_is_exit_1_one_line(override, tmp_path, capsys):
     assert not (tmp_path / "exp").exists()  # nothing ran
 
 
+def test_missing_source_test_manifest_is_one_line_before_any_synthesis(tmp_path, capsys):
+    rc, _, stderr = recipe(capsys, "de-synth", "--out", tmp_path / "exp", "--set", f"data.source_test={tmp_path}/no.jsonl",
+                           "--stop-stage", "0")
+    assert rc == 1 and stderr.count("\n") == 1 and "data.source_test" in stderr and "no.jsonl" in stderr
+    assert not (tmp_path / "exp" / "data" / "train.jsonl").exists()
+
+
 def test_unknown_recipe_lists_the_known_ones(capsys):
     rc, _, stderr = recipe(capsys, "xx-synth")
     assert rc == 1 and "de-synth" in stderr
@@ -140,9 +148,29 @@ def test_whole_pipeline_mechanics_on_a_tiny_random_source(tmp_path, capsys):
             "--set", "train.stages.0.steps=2", "--set", "train.stages.1.steps=2", "--set", "train.train.eval_every=2",
             "--set", 'train.stages.1.train=["head", "layers.-1:"]',  # the default top 4 layers; this source has 2
             "--set", "train.data.max_batch_s=20", "--set", "eval.beam_size=4", "--set", "eval.tune_lm=true",
-            "--set", "eval.alphas=[0.5]", "--set", "eval.betas=[0.0, 1.0]", "--set", "control.enabled=true"]
+            "--set", "eval.alphas=[0.5]", "--set", "eval.betas=[0.0, 1.0]", "--set", "control.enabled=true",
+            "--set", "baseline.alphas=[2.0]", "--set", "baseline.betas=[0.0, 1.0]"]
     rc, stdout, stderr = recipe(capsys, *args)
     assert rc == 0, stderr
+    stage3 = markers(out)[3]["inputs"]["config"]  # the LM is on: zero-shot + LM's settings are stage 3's too
+    assert stage3["baseline.alphas"] == [2.0] and stage3["eval.beam_size"] == 4 and stage3["lm.enabled"] is True
+    tuned = json.loads((out / "baseline" / "zero-shot-lm-tune" / "tune.json").read_text())
+    assert tuned["select"] == "cer" and len(tuned["grid"]) == 2 and "dev.jsonl" in tuned["manifest"]
+    zs_lm = json.loads((out / "baseline" / "zero-shot-lm" / "summary.json").read_text())
+    assert zs_lm["decoder"]["lm_weight"] == 2.0 and zs_lm["decoder"]["word_score"] == tuned["best"]["word_score"]
+    # Retention: the English test (held-out voices, stage 0) scored by the source (stage 3) and each adapted model's
+    # own head (stage 5), with the English normaliser.
+    assert markers(out)[0]["result"]["source_test"]["utterances"] >= 1
+    for folder, system in (("baseline/source-test", "raw"), ("eval/adapted-source-test", "adapted (greedy)"),
+                           ("eval/control-source-test", "control (greedy)")):
+        s = json.loads((out / folder / "summary.json").read_text())
+        assert s["test_set"] == "source" and s["system"] == system and s["normalizer"] == "en-v1", folder
+        assert s["manifest"] == str((out / "data" / "source" / "test.jsonl").resolve())
+    retained = stdout[stdout.index("retention = source CER"):]
+    assert [line.split("  ")[0] for line in retained.splitlines()[3:6]] == ["raw", "adapted (greedy)",
+                                                                             "control (greedy)"]
+    assert retained.splitlines()[3].rstrip().endswith("1.00")  # the unadapted source against itself
+    assert 'data-metric="retention"' in (out / "report" / "report.html").read_text()
     assert [m["name"] for _, m in sorted(markers(out).items())] == ["data", "validate", "vocab + LM", "baseline", "train",
                                                                       "evaluate", "report"]
     vocab = json.loads((out / "lang" / "vocab.json").read_text())
@@ -160,7 +188,7 @@ def test_whole_pipeline_mechanics_on_a_tiny_random_source(tmp_path, capsys):
     assert control_config["data"] == transfer_config["data"]  # same data, same batching
     assert (out / "eval" / "adapted-tune" / "tune.json").is_file()
 
-    systems = ["raw", "zero-shot", "adapted (greedy)", "adapted + LM", "control (greedy)", "control + LM"]
+    systems = ["raw", "zero-shot + LM", "adapted (greedy)", "adapted + LM", "control (greedy)", "control + LM"]
     table = stdout[stdout.index("system"):]
     assert [line.split("  ")[0] for line in table.splitlines()[2:2 + len(systems)]] == systems
     for line in table.splitlines()[2:2 + len(systems)]:
@@ -179,6 +207,21 @@ def test_whole_pipeline_mechanics_on_a_tiny_random_source(tmp_path, capsys):
     assert "transfer: finished earlier with the same inputs; reusing" in stdout
     assert json.loads((out / "control" / "train_summary.json").read_text())["steps"] == 1
     assert "stage 3 (baseline): done" in stdout and "stage 5 (evaluate): a stage it reads from ran again" in stdout
+
+    # Only zero-shot + LM's grid changed: stage 3 reruns (and the report), training and evaluation do not.
+    rc, stdout, stderr = recipe(capsys, *args, "--set", "control.steps=1", "--set", "baseline.betas=[1.0]")
+    assert rc == 0, stderr
+    assert "stage 3 (baseline): its config changed since it ran (baseline.betas)" in stdout
+    assert "stage 4 (train): done" in stdout and "stage 5 (evaluate): done" in stdout
+
+
+def test_stage3_keys_hold_the_lm_settings_only_when_the_lm_is_on(tmp_path):
+    from asr_transfer.recipe import RecipeRunner, load_recipe
+
+    for lm_on in (True, False):
+        name, config, _ = load_recipe("de-synth", [f"lm.enabled={str(lm_on).lower()}"])
+        keys = RecipeRunner(name, config, tmp_path / str(lm_on)).stage_inputs(3)["config"]
+        assert ("baseline.alphas" in keys and "eval.beam_size" in keys) is lm_on, keys
 
 
 @pytest.mark.slow
@@ -210,7 +253,7 @@ def test_reduced_demo_on_the_shipped_source_beats_zero_shot(tmp_path, capsys):
 REDUCED_DEMO = ["--set", "num_threads=1", "--set", "data.minutes=8", "--set", "data.dev_minutes=0.5",
                 "--set", "data.test_minutes=1.0", "--set", "train.data.max_batch_s=30",
                 "--set", "train.stages.0.steps=80", "--set", "train.stages.1.steps=160", "--set", "lm.order=3",
-                "--set", "eval.beam=false"]
+                "--set", "eval.beam=false", "--set", "baseline.lm=false"]  # no beam decodes, zero-shot + LM's neither
 
 def test_missing_local_source_fails_before_any_stage(tmp_path, capsys):
     rc, _, stderr = recipe(capsys, "de-synth", "--out", tmp_path / "exp", "--set", f"source={tmp_path}/nope/model")

@@ -159,3 +159,25 @@ def test_report_errors(tmp_path):
     (tmp_path / "a" / "utterances.jsonl").write_text('{"id": "x", "ref": "a"}\n')
     with pytest.raises(UserError, match="lacks hyp"):
         build_report([tmp_path / "a"], tmp_path / "r")
+
+
+def test_p_values_compare_against_the_best_zero_shot_system(tmp_path):
+    """Without --baseline the reference is the zero-shot system (no target audio) with the lowest WER, not raw."""
+    from asr_transfer.report import best_zero_shot, collect, compare
+
+    hyps_zs_lm = ["das ist ein haus", "grüße aus köln", "die strase ist gros", "über den fluss", "halo welt", "schon",
+                  "das mädchen"]
+    for name, hyps, zero_shot in (("raw", HYPS_RAW, True), ("zero-shot + LM", hyps_zs_lm, True),
+                                  ("adapted", HYPS_ADAPTED, False)):
+        summary = _write_eval(tmp_path / name, name, REFS, hyps)
+        (tmp_path / name / "summary.json").write_text(json.dumps({**summary, "zero_shot": zero_shot}))
+    evaluations, _ = collect([tmp_path / n for n in ("raw", "zero-shot + LM", "adapted")])
+    assert best_zero_shot(evaluations) == "zero-shot + LM"  # adapted is better still, but it used target audio
+    base, rows = compare(evaluations)
+    assert base == "zero-shot + LM" and rows[1]["p_wer"] is None and rows[0]["p_wer"] is not None
+    assert compare(evaluations, "raw")[0] == "raw"  # an explicit --baseline still wins
+    for n in ("raw", "zero-shot + LM"):  # summaries from before the flag: raw, as before
+        summary = json.loads((tmp_path / n / "summary.json").read_text())
+        del summary["zero_shot"]
+        (tmp_path / n / "summary.json").write_text(json.dumps(summary))
+    assert compare(collect([tmp_path / n for n in ("zero-shot + LM", "raw")])[0])[0] == "raw"

@@ -34,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "only for models from a source you trust (convert them to safetensors instead)")
     parser.add_argument("--name", default=None, help="system name in reports (default: the --out folder name)")
     parser.add_argument("--out", required=True, help="output folder for summary.json and utterances.jsonl")
+    parser.add_argument("--source-test", default=None, metavar="MANIFEST",
+                        help="also score the model (its own head, greedy) on this source-language test manifest, "
+                             "into OUT/source-test: the report's retention table (docs/recipes.md)")
+    parser.add_argument("--source-lang", default="en", help="the source test's language (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,4 +52,14 @@ def run(args: argparse.Namespace) -> int:
     print(f"{result_line(summary)} -> {args.out}")
     for item in summary.get("skipped", [])[:5]:
         print(f"  skipped {item['id']}: {item['reason']}")
+    if args.source_test:
+        from pathlib import Path
+
+        from ..retention import SOURCE_TEST_FOLDER, score_source_test
+
+        out = Path(args.out) / SOURCE_TEST_FOLDER
+        source = score_source_test(args.model, args.source_test, summary["name"], out, lang=args.source_lang,
+                                   device=args.device, precision=args.precision, max_utts=args.max_utts,
+                                   allow_pickle=args.allow_pickle)
+        print(f"{result_line(source)} -> {out}")
     return 0

@@ -28,8 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--alphas", type=_floats, default=[0.0, 0.5, 1.0, 1.5, 2.0], help="LM weights (default: 0,0.5,1,1.5,2)"
     )
-    parser.add_argument("--betas", type=_floats, default=[-1.0, 0.0, 1.0, 2.0], help="word scores (default: -1,0,1,2)")
+    parser.add_argument("--betas", type=_floats, default=[-1.0, 0.0, 1.0, 2.0],
+                        help="word scores (default: -1,0,1,2)")
     parser.add_argument("--beam-size", type=int, default=None, help="beam width (default: the decoder's, 50)")
+    parser.add_argument("--zero-shot", action="store_true",
+                        help="tune zero-shot + LM: the model's own (source) head, the LM's words spelled in its "
+                             "letters (OUT/lexicon.txt); picks the lowest CER among points no worse in WER than "
+                             "greedy (docs/decoding.md); then pass the pair to `baseline --lm`")
     parser.add_argument("--out", required=True, help="folder for tune.json")
 
 
@@ -50,15 +55,28 @@ def format_grid(result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from ..evaluation import tune_lm
+    from ..inference import InferenceOptions, as_recognizer
+    from ..outdir import check_output_dir
+    from ..zeroshot import write_spelled_lexicon
 
     if args.beam_size is not None and args.beam_size < 1:
         raise UserError(f"--beam-size must be >= 1, got {args.beam_size}")
-    result = tune_lm(args.model, args.manifest, args.lm, args.alphas, args.betas, out_dir=args.out, lang=args.lang,
-                     beam_size=args.beam_size, device=args.device, precision=args.precision, max_utts=args.max_utts)
+    model, zero_shot = args.model, {}
+    if args.zero_shot:
+        model = as_recognizer(args.model, InferenceOptions(device=args.device, precision=args.precision))
+        lexicon = Path(check_output_dir(args.out, files=("lexicon.txt",), key="--out")) / "lexicon.txt"
+        write_spelled_lexicon(args.lm, model.vocab, lexicon)
+        zero_shot = {"lexicon": lexicon, "select": "cer"}
+    result = tune_lm(model, args.manifest, args.lm, args.alphas, args.betas, out_dir=args.out, lang=args.lang,
+                     beam_size=args.beam_size, device=args.device, precision=args.precision, max_utts=args.max_utts,
+                     **zero_shot)
     print(f"WER (%) on {result['n_utterances']} utterances; greedy (no LM): {100 * result['greedy']['wer']:.2f}%")
     print(format_grid(result))
     best = result["best"]
-    print(f"best: --lm-weight {best['lm_weight']:g} --word-score {best['word_score']:g} "
+    chosen = "chosen by CER; " if result["select"] == "cer" else ""
+    print(f"{chosen}best: --lm-weight {best['lm_weight']:g} --word-score {best['word_score']:g} "
           f"(WER {100 * best['wer']:.2f}%, CER {100 * best['cer']:.2f}%) -> {args.out}/tune.json")
     return 0

@@ -20,6 +20,12 @@ from .errors import PARSE_ERRORS, ManifestError
 
 REQUIRED = ("audio_filepath", "duration", "text")
 OPTIONAL = ("offset", "lang", "speaker", "id")
+ALIGN_FLAG = "align_flag"  # set by `asr-transfer align` on segments whose alignment is suspect
+
+
+def is_marked(utt: "Utterance") -> bool:
+    """True for a segment ``align`` marked (``align_flag`` present and non-empty): train and validate skip it."""
+    return bool(utt.extra.get(ALIGN_FLAG))
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ best path, per frame) and MMS's aligner (a ``<star>`` token that may swallow any
    Of the path, words that end before the last ``overlap_s`` of the window are committed, up to the last
    *confident* word (mean per-frame log-prob no more than :data:`ANCHOR_GAP_NATS` below the model's best path),
    leaving the window text's last :data:`HOLD_WORDS` for the next window; the next window starts right after it.
-   A window with no confident word commits no text, counts its hop as unaligned audio and moves on.
+   A window with no confident word is retried with twice the text and cheap skipping
+   (:data:`SEARCH_SKIP_NATS_PER_CHAR`), up to :data:`MAX_TEXT_GROWTH` × (a passage the reader left out); if even
+   that anchors nothing, its hop is audio the text does not cover, and the search moves on.
 3. **A garbage state between words.** The state between two words emits the best of blank, the word delimiter,
    and "star": any frame at the model's best log-prob minus :data:`STAR_PENALTY_NATS`. Audio with no text
    (an unread introduction in the audio, a deleted passage, a reading past the end) is absorbed there at a bounded
@@ -56,13 +58,16 @@ INITIAL_CHARS_PER_S = 12.0  # letters per second of audio assumed until MIN_RATE
 MIN_RATE_S = 20.0  # s of committed audio before the measured reading rate replaces the initial one
 TEXT_FILL = 0.5  # a window's text should fill this share of it at the reading rate; the rest is free audio
 FINAL_TEXT_CAP = 3.0  # the last window takes the remaining text up to this many times its reading-rate share
+MAX_TEXT_GROWTH = 8  # after windows that anchor nothing, the text window grows up to this many times ...
+SEARCH_SKIP_NATS_PER_CHAR = 1.0  # ... and skipping text gets this cheap: the reader may have left a passage out
 HOLD_WORDS = 2  # the last words of a window's text are never anchors (they may be squeezed)
 STAR_PENALTY_NATS = 4.0  # star frame score = best log-prob minus this: the price of calling audio "not in the text"
 SKIP_NATS_PER_CHAR = 10.0  # price per letter of text the path skips (text that was not read): above a letter's
 # cost when it is there (the English model on German text: ~3.5 nats per letter)
 FREE_TAIL_NATS = 1.0  # price per letter frame of the speech after a window's text (the next window's)
 LEAVE_NATS_PER_CHAR = 6.0  # price per letter of a window's text left for the next window (see align_window)
-ANCHOR_GAP_NATS = 3.0  # a word anchors the next window if its mean per-frame gap to the best path is above -this
+ANCHOR_GAP_NATS = 6.0  # a word anchors the next window if its letter confidence (see align_window) is above -this
+# (English source on German text: median -2.9, 5th percentile -6.2; a letter forced onto other speech: about -9)
 AUTO_SCORE_MARGIN = 0.8  # nats/frame: by default a segment is low_score this far below the recording's median
 # (English source on German: good segments -0.7 to -1.7, median -1.06; text that was not said scores lower)
 UNALIGNED_MERGE_S = 1.0  # s: letters the model hears between aligned words, this close, form one region ...
@@ -71,7 +76,6 @@ UNALIGNED_NEAR_S = 0.5  # s: a segment this close to such a region is marked (it
 PAD_S = 0.1  # s of context added before and after a segment's first/last letter, at most half the pause
 SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'»«“”)\]]*\s+|\n\s*\n")  # a sentence end, or a blank line
 _NEG = np.float32(-1e30)
-_DEBUG = False
 
 FLAG_LOW_SCORE = "low_score"
 FLAG_UNALIGNED_AUDIO = "unaligned_audio"
@@ -329,11 +333,15 @@ def _emissions(lp: np.ndarray, win: _Window, blank_id: int, delim_id: int | None
 
 
 def align_window(lp: np.ndarray, words: Sequence[Word], blank_id: int, delim_id: int | None, options: AlignOptions,
-                 final: bool) -> tuple[list[tuple[int, int, int]], int, np.ndarray, np.ndarray]:
+                 final: bool, skip_per_char: float | None = None
+                 ) -> tuple[list[tuple[int, int, int, float]], int, np.ndarray, np.ndarray]:
     """Align ``words`` (a text window) to ``(T, V)`` log-probs ``lp``.
 
-    Returns ``(placed, first_word, gap, star)``: ``placed`` = ``(local word, start frame, end frame)`` of the
-    words on the path in order, ``first_word`` = the local index the path starts at (earlier ones were skipped),
+    Returns ``(placed, first_word, gap, star)``: ``placed`` = ``(local word, start frame, end frame, confidence)``
+    of the words on the path in order (confidence: the mean over the word's letters of the best per-frame gap
+    while on that letter, nats; a letter the model hears somewhere in its span scores near 0, a letter forced onto
+    audio that does not hold it scores far below, however long the word is stretched), ``first_word`` = the
+    local index the path starts at (earlier ones were skipped),
     ``gap`` ``(T,)`` = path log-prob minus best log-prob per frame, ``star`` ``(T,)`` bool = a frame between
     words where the model hears a letter: speech the text does not cover. (Counting frames the star won would miss
     most of it: CTC puts blank on most frames even in speech, and the between-word state takes blank too.)
@@ -342,7 +350,8 @@ def align_window(lp: np.ndarray, words: Sequence[Word], blank_id: int, delim_id:
     emit, _ = _emissions(lp, win, blank_id, delim_id, options.star_penalty)
     num_states = len(win.labels)
     init = np.full(num_states, _NEG, dtype=np.float32)
-    skip_cost = -options.skip_per_char * win.chars_before[:-1].astype(np.float32)
+    skip = options.skip_per_char if skip_per_char is None else skip_per_char
+    skip_cost = -skip * win.chars_before[:-1].astype(np.float32)
     init[win.word_start] = skip_cost  # start in word k's leading gap ...
     init[win.word_start + 1] = skip_cost  # ... or on its first letter
     end_cost = np.full(num_states, _NEG, dtype=np.float32)
@@ -369,13 +378,16 @@ def align_window(lp: np.ndarray, words: Sequence[Word], blank_id: int, delim_id:
     letter = (heard != blank_id) & (heard != (delim_id if delim_id is not None else blank_id))
     star = win.is_gap[path] & letter
     owner = win.word[path]
-    placed: list[tuple[int, int, int]] = []
+    placed: list[tuple[int, int, int, float]] = []
     letters = np.flatnonzero(owner >= 0)
     if len(letters):
         w = owner[letters]
         cuts = np.flatnonzero(np.diff(w)) + 1
         for a, b in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(w)]])):
-            placed.append((int(w[a]), int(letters[a]), int(letters[b - 1])))
+            frames_on = letters[a:b]
+            states = path[frames_on]
+            per_letter = [float(gap[frames_on[states == st]].max()) for st in np.unique(states)]
+            placed.append((int(w[a]), int(letters[a]), int(letters[b - 1]), float(np.mean(per_letter))))
     first_state = int(path[0])
     first_word = int(np.searchsorted(win.word_start, first_state, side="right") - 1)
     return placed, max(0, first_word), gap.astype(np.float32), star
@@ -398,6 +410,7 @@ def align_emissions(blocks: Iterable[np.ndarray], words: Sequence[Word], blank_i
     offset = 0  # file frame of buffer[0]
     next_word = 0
     committed_chars, committed_frames = 0, 0  # for the reading rate
+    growth = 1  # text window multiplier: doubles with each window that anchors nothing (searching for the text)
     result = Alignment(aligned, np.zeros(0, np.float32), np.zeros(0, bool), frame_s)
     stream = iter(blocks)
     exhausted = False
@@ -420,7 +433,6 @@ def align_emissions(blocks: Iterable[np.ndarray], words: Sequence[Word], blank_i
         lp = buffer if final else buffer[:window]
         result.windows += 1
         if next_word >= len(words):  # text used up: the rest of the audio has no text
-            best = lp.max(axis=1)
             heard = lp.argmax(axis=1)
             record(np.full(len(lp), -options.star_penalty, np.float32),
                    (heard != blank_id) & (heard != (delim_id if delim_id is not None else blank_id)))
@@ -430,27 +442,29 @@ def align_emissions(blocks: Iterable[np.ndarray], words: Sequence[Word], blank_i
             # of the window it should fill; all the rest of the text in the last window (up to a cap).
             rate = committed_chars / (committed_frames * frame_s) if committed_frames * frame_s >= MIN_RATE_S \
                 else INITIAL_CHARS_PER_S
-            budget = rate * len(lp) * frame_s * (FINAL_TEXT_CAP if final else TEXT_FILL)
+            budget = rate * len(lp) * frame_s * (FINAL_TEXT_CAP if final else TEXT_FILL) * growth
             end_word, chars = next_word, 0
             while end_word < len(words) and (chars < budget or end_word == next_word):
                 chars += len(words[end_word].ids)
                 end_word += 1
-            placed, first, gap, star = align_window(lp, words[next_word:end_word], blank_id, delim_id, options,
-                                                    final=final)
+            placed, first, gap, star = align_window(
+                lp, words[next_word:end_word], blank_id, delim_id, options, final=final,
+                skip_per_char=SEARCH_SKIP_NATS_PER_CHAR if growth > 1 else None)
             if final:
                 take, commit = len(lp), len(placed)
             else:
                 # Anchor on the last confident word that ends before the overlap and is not one of the last few
                 # of the window's text (those may be squeezed when the text ran past the audio).
                 limit = len(lp) - overlap
+                last_anchor = end_word - next_word - HOLD_WORDS
                 commit = 0
-                for k, (w, s0, e) in enumerate(placed[:max(0, len(placed) - HOLD_WORDS)]):
-                    if e >= limit:
+                for k, (w, s0, e, confidence) in enumerate(placed):
+                    if e >= limit or w >= last_anchor:
                         break
-                    if gap[s0:e + 1].mean() > -options.anchor_gap:
+                    if confidence > -options.anchor_gap:
                         commit = k + 1
                 take = placed[commit - 1][2] + 1 if commit else hop
-            for w, s0, e in placed[:commit]:
+            for w, s0, e, _ in placed[:commit]:
                 aligned[next_word + w].start = offset + s0
                 aligned[next_word + w].end = offset + e
                 committed_chars += len(words[next_word + w].ids)
@@ -461,17 +475,22 @@ def align_emissions(blocks: Iterable[np.ndarray], words: Sequence[Word], blank_i
                     if aligned[k].start < 0:  # the path started after it, or skipped it
                         aligned[k].skipped = True
                 record(gap[:take], star[:take])
+                growth = 1
+            elif growth < MAX_TEXT_GROWTH and not final:
+                # Nothing anchored: search before giving up on this audio. The same window again, with twice the
+                # text and cheap skipping, finds the place when the reader left a passage of the text out.
+                done, take = next_word, 0
+                growth *= 2
+                result.stalls += 1
             else:
+                # Still nothing at the largest text window: audio the text does not cover (an introduction, a
+                # passage missing from the text, music). Move on by a hop, still searching.
                 done = next_word
-                # No text anchored here: the whole stretch is audio the text does not cover (or not yet found).
                 record(gap[:take], np.ones(take, dtype=bool))
                 result.stalls += 1
             if final:
                 done = end_word  # what the last path did not place was not heard
             next_word = done
-        if _DEBUG:
-            print(f"win off={offset} T={len(lp)} words={next_word}:{end_word} placed={len(placed)} "
-                  f"commit={commit} take={take} final={final}")
         offset += take
         buffer = buffer[take:]
         if progress is not None:
@@ -654,7 +673,7 @@ def read_text_file(path: str | Path) -> str:
 
 
 def find_recordings(source: str | Path) -> list[Recording]:
-    """``name.<audio>`` + ``name.txt`` pairs in a folder, or the rows of a TSV ``audio<TAB>text`` (paths relative to it).
+    """``name.<audio>`` + ``name.txt`` pairs in a folder, or a TSV's rows ``audio<TAB>text`` (paths relative to it).
 
     Audio without a ``.txt`` beside it (and a ``.txt`` without audio) is an error naming the file: aligning half a
     folder silently would look like success.

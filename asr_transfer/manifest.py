@@ -21,6 +21,7 @@ from .errors import PARSE_ERRORS, ManifestError
 REQUIRED = ("audio_filepath", "duration", "text")
 OPTIONAL = ("offset", "lang", "speaker", "id")
 ALIGN_FLAG = "align_flag"  # set by `asr-transfer align` on segments whose alignment is suspect
+ALIGN_SCORE = "align_score"  # on every `align` segment: a slice of a long file, even at offset 0
 
 
 def is_marked(utt: "Utterance") -> bool:

@@ -34,7 +34,7 @@ import numpy as np
 
 from .audio import RECEPTIVE_FIELD_SAMPLES, SAMPLE_RATE, AudioInfo, audio_info, frames_for_samples, load_audio
 from .errors import PARSE_ERRORS, AudioError, ConfigError, ManifestError, UserError
-from .manifest import Utterance, is_marked, scan_manifest
+from .manifest import ALIGN_SCORE, Utterance, is_marked, scan_manifest
 
 SILENCE_PEAK = 1e-4  # |x| peak below this (≈ -80 dBFS) is digital silence, not a quiet recording
 DEFAULT_CONV_KERNEL = (10, 3, 3, 3, 3, 2, 2)  # wav2vec2-base
@@ -297,7 +297,8 @@ class _Checker:
         if u.offset > 0 and u.offset + u.duration > file_s + self.tolerance_s:
             self.add(line, u.uid, "past_end",
                      f"offset {u.offset:.3f}s + duration {u.duration:.3f}s runs past the end of {path} ({file_s:.3f}s)")
-        elif u.offset == 0 and abs(u.duration - file_s) > self.tolerance_s and not truncated:
+        elif u.offset == 0 and abs(u.duration - file_s) > self.tolerance_s and not truncated \
+                and ALIGN_SCORE not in u.extra:  # an aligned segment at the start of a long file is a slice
             self.add(line, u.uid, "duration_mismatch",
                      f"manifest says {u.duration:.3f}s, {path} holds {file_s:.3f}s (re-run prepare or fix 'duration')")
         usable_s = min(u.duration, file_s - u.offset)

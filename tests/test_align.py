@@ -210,6 +210,13 @@ def test_inputs_pairs_tsv_and_one_line_errors(tmp_path):
     tsv = tmp_path / "list.tsv"
     tsv.write_text("audio\ttext\nrec/a.wav\trec/missing.txt\n", encoding="utf-8")
     assert find_recordings(tsv)[0].text == str(tmp_path / "rec" / "missing.txt")
+    tsv.write_text("rec/a.wav\trec/a.txt\nother/a.wav\tother/a.txt\n", encoding="utf-8")
+    with pytest.raises(UserError, match="two recordings are named 'a'"):
+        find_recordings(tsv)
+    tsv.write_text("rec/a.wav\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"list\.tsv:1: expected 2 tab-separated columns"):
+        find_recordings(tsv)
+    tsv.write_text("audio\ttext\nrec/a.wav\trec/missing.txt\n", encoding="utf-8")
     rc_out = tmp_path / "out"
     assert main(["align", str(tsv), "--model", str(SOURCE_MODEL), "--lang", "de", "--out", str(rc_out)]) == 1
 

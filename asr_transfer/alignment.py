@@ -19,9 +19,10 @@ best path, per frame) and MMS's aligner (a ``<star>`` token that may swallow any
    Of the path, words that end before the last ``overlap_s`` of the window are committed, up to the last
    *confident* word (mean per-frame log-prob no more than :data:`ANCHOR_GAP_NATS` below the model's best path),
    leaving the window text's last :data:`HOLD_WORDS` for the next window; the next window starts right after it.
-   A window with no confident word is retried with twice the text and cheap skipping
-   (:data:`SEARCH_SKIP_NATS_PER_CHAR`), up to :data:`MAX_TEXT_GROWTH` × (a passage the reader left out); if even
-   that anchors nothing, its hop is audio the text does not cover, and the search moves on.
+   A window with no confident word is retried as a search: twice the text (up to :data:`MAX_TEXT_GROWTH` ×),
+   a fixed price (:data:`SEARCH_JUMP_NATS`) for starting at any word, no price for text left after the find, the
+   full star price for speech without text; a find counts only if it looks like the text aligned so far
+   (:func:`_trusted`). If nothing is found, the hop is audio the text does not cover, and the search moves on.
 3. **A garbage state between words.** The state between two words emits the best of blank, the word delimiter,
    and "star": any frame at the model's best log-prob minus :data:`STAR_PENALTY_NATS`. Audio with no text
    (an unread introduction in the audio, a deleted passage, a reading past the end) is absorbed there at a bounded
@@ -59,11 +60,14 @@ MIN_RATE_S = 20.0  # s of committed audio before the measured reading rate repla
 TEXT_FILL = 0.5  # a window's text should fill this share of it at the reading rate; the rest is free audio
 FINAL_TEXT_CAP = 3.0  # the last window takes the remaining text up to this many times its reading-rate share
 MAX_TEXT_GROWTH = 8  # after windows that anchor nothing, the text window grows up to this many times ...
-SEARCH_SKIP_NATS_PER_CHAR = 1.0  # ... and skipping text gets this cheap: the reader may have left a passage out
+SEARCH_JUMP_NATS = 20.0  # ... and skipping text costs this once, whatever its length: the reader may have left a
+# passage out (see align_window's search)
 INNER_BLANK_NATS = 0.2  # per blank frame inside a word: a pause belongs between words, not inside the first one
 # (without it, a first letter the model half-hears in the noise of the pause before pulls the word's start back
 # through the pause: 14 of 279 sentence starts in the 20-min book were > 0.2 s early; 3 with it)
 LONG_LETTER_FRAMES = 10  # frames (0.2 s): a word's first/last letter held longer is cut back to its spike
+SEARCH_MIN_WORDS = 8  # a search's find needs this many words in a row ...
+SEARCH_CONFIDENCE_MARGIN = 1.0  # ... with a mean letter confidence no more than this below the recording's median
 HOLD_WORDS = 2  # the last words of a window's text are never anchors (they may be squeezed)
 STAR_PENALTY_NATS = 4.0  # star frame score = best log-prob minus this: the price of calling audio "not in the text"
 SKIP_NATS_PER_CHAR = 10.0  # price per letter of text the path skips (text that was not read): above a letter's
@@ -323,7 +327,7 @@ def _build_window(words: Sequence[Word], blank_id: int, free_end: bool = False) 
 
 
 def _emissions(lp: np.ndarray, win: _Window, blank_id: int, delim_id: int | None,
-               star_penalty: float) -> tuple[np.ndarray, np.ndarray]:
+               star_penalty: float, search: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(T, S)`` state scores and ``(T,)`` star scores of a window; gap states take max(blank, delimiter, star)."""
     best = lp.max(axis=1)
     star = best - np.float32(star_penalty)
@@ -334,7 +338,7 @@ def _emissions(lp: np.ndarray, win: _Window, blank_id: int, delim_id: int | None
     inner_blank = (win.labels == blank_id) & ~win.is_gap
     emit[:, inner_blank] -= np.float32(INNER_BLANK_NATS)
     if win.free_end:
-        emit[:, -1] = np.maximum(gap_score, best - np.float32(FREE_TAIL_NATS))
+        emit[:, -1] = gap_score if search else np.maximum(gap_score, best - np.float32(FREE_TAIL_NATS))
     return emit.astype(np.float32, copy=False), star
 
 
@@ -353,7 +357,7 @@ def _heard(lp: np.ndarray, frames: np.ndarray, label: int, first: bool) -> int:
 
 
 def align_window(lp: np.ndarray, words: Sequence[Word], blank_id: int, delim_id: int | None, options: AlignOptions,
-                 final: bool, skip_per_char: float | None = None
+                 final: bool, search: bool = False
                  ) -> tuple[list[tuple[int, int, int, float]], int, np.ndarray, np.ndarray]:
     """Align ``words`` (a text window) to ``(T, V)`` log-probs ``lp``.
 
@@ -362,16 +366,22 @@ def align_window(lp: np.ndarray, words: Sequence[Word], blank_id: int, delim_id:
     while on that letter, nats; a letter the model hears somewhere in its span scores near 0, a letter forced onto
     audio that does not hold it scores far below, however long the word is stretched), ``first_word`` = the
     local index the path starts at (earlier ones were skipped),
+    ``search``: find where in a long text the audio is: starting at any word costs a fixed
+    :data:`SEARCH_JUMP_NATS`, leaving text after the find costs nothing, and speech after it costs the full star
+    price (else placing no text at all would be the cheapest path).
     ``gap`` ``(T,)`` = path log-prob minus best log-prob per frame, ``star`` ``(T,)`` bool = a frame between
     words where the model hears a letter: speech the text does not cover. (Counting frames the star won would miss
     most of it: CTC puts blank on most frames even in speech, and the between-word state takes blank too.)
     """
     win = _build_window(words, blank_id, free_end=not final)
-    emit, _ = _emissions(lp, win, blank_id, delim_id, options.star_penalty)
+    emit, _ = _emissions(lp, win, blank_id, delim_id, options.star_penalty, search)
     num_states = len(win.labels)
     init = np.full(num_states, _NEG, dtype=np.float32)
-    skip = options.skip_per_char if skip_per_char is None else skip_per_char
-    skip_cost = -skip * win.chars_before[:-1].astype(np.float32)
+    if search:
+        skip_cost = np.full(len(win.word_start), -SEARCH_JUMP_NATS, dtype=np.float32)
+        skip_cost[0] = 0
+    else:
+        skip_cost = -options.skip_per_char * win.chars_before[:-1].astype(np.float32)
     init[win.word_start] = skip_cost  # start in word k's leading gap ...
     init[win.word_start + 1] = skip_cost  # ... or on its first letter
     end_cost = np.full(num_states, _NEG, dtype=np.float32)
@@ -388,7 +398,8 @@ def align_window(lp: np.ndarray, words: Sequence[Word], blank_id: int, delim_id:
         # that is there.
         end_cost[-1] = 0
         exits = win.word_start  # in word k's leading gap: words k, k+1, ... are left
-        exit_cost = (-LEAVE_NATS_PER_CHAR * (win.chars_before[-1] - win.chars_before[:-1])).astype(np.float32)
+        leave = 0.0 if search else LEAVE_NATS_PER_CHAR
+        exit_cost = (-leave * (win.chars_before[-1] - win.chars_before[:-1])).astype(np.float32)
     exits_args = () if final else (exits, exit_cost)
     path, _ = ctc_viterbi(emit, win.labels, win.skip_ok, init, end_cost, *exits_args)
     frames = np.arange(len(path))
@@ -415,6 +426,19 @@ def align_window(lp: np.ndarray, words: Sequence[Word], blank_id: int, delim_id:
     return placed, max(0, first_word), gap.astype(np.float32), star
 
 
+def _trusted(found: Sequence[tuple[int, int, int, float]], confidences: Sequence[float]) -> bool:
+    """Whether the words a search window placed (with cheap skipping and a lot of text) are a real find.
+
+    Cheap skipping over 8x the text can fit short words onto speech the text does not cover; a real find is a run
+    of at least :data:`SEARCH_MIN_WORDS` words as confident as the recording's committed words (median minus
+    :data:`SEARCH_CONFIDENCE_MARGIN`).
+    """
+    if len(found) < SEARCH_MIN_WORDS:
+        return False
+    typical = float(np.median(confidences[-500:])) if confidences else -ANCHOR_GAP_NATS / 2
+    return float(np.mean([c for *_, c in found])) >= typical - SEARCH_CONFIDENCE_MARGIN
+
+
 def align_emissions(blocks: Iterable[np.ndarray], words: Sequence[Word], blank_id: int, delim_id: int | None,
                     frame_s: float, options: AlignOptions = AlignOptions(), progress=None) -> Alignment:
     """Align ``words`` to a stream of ``(frames, vocab)`` log-prob blocks (the file's frames in order).
@@ -433,6 +457,7 @@ def align_emissions(blocks: Iterable[np.ndarray], words: Sequence[Word], blank_i
     next_word = 0
     committed_chars, committed_frames = 0, 0  # for the reading rate
     growth = 1  # text window multiplier: doubles with each window that anchors nothing (searching for the text)
+    confidences: list[float] = []  # of the committed words, for judging what a search finds
     result = Alignment(aligned, np.zeros(0, np.float32), np.zeros(0, bool), frame_s)
     stream = iter(blocks)
     exhausted = False
@@ -471,7 +496,7 @@ def align_emissions(blocks: Iterable[np.ndarray], words: Sequence[Word], blank_i
                 end_word += 1
             placed, first, gap, star = align_window(
                 lp, words[next_word:end_word], blank_id, delim_id, options, final=final,
-                skip_per_char=SEARCH_SKIP_NATS_PER_CHAR if growth > 1 else None)
+                search=growth > 1)
             if final:
                 take, commit = len(lp), len(placed)
             else:
@@ -485,8 +510,11 @@ def align_emissions(blocks: Iterable[np.ndarray], words: Sequence[Word], blank_i
                         break
                     if confidence > -options.anchor_gap:
                         commit = k + 1
+                if commit and growth > 1 and not _trusted(placed[:commit], confidences):
+                    commit = 0  # a search's find must look like the text aligned so far, not a lucky match
                 take = placed[commit - 1][2] + 1 if commit else hop
-            for w, s0, e, _ in placed[:commit]:
+            for w, s0, e, confidence in placed[:commit]:
+                confidences.append(confidence)
                 aligned[next_word + w].start = offset + s0
                 aligned[next_word + w].end = offset + e
                 committed_chars += len(words[next_word + w].ids)

@@ -60,8 +60,11 @@ def measure(folder: Path, model: Path) -> dict:
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (\S+)", proc.stderr).group(1)
     parts = [float(x) for x in wall.split(":")]
     wall_s = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
+    # CPU seconds (user + system) move less than wall time when other jobs share the machine.
+    cpu_s = sum(float(re.search(rf"{k} time \(seconds\): ([\d.]+)", proc.stderr).group(1)) for k in ("User", "System"))
     summary = json.loads((folder / "aligned" / "summary.json").read_text())
     return {"audio_minutes": summary["audio_minutes"], "peak_rss_mb": round(rss_kb / 1024), "wall_s": wall_s,
+            "cpu_s": round(cpu_s, 1),
             "kept_minutes": summary["kept_minutes"], "marked_segments": summary["marked_segments"],
             "skipped_words": sum(k["words"] for k in summary["skipped_text"])}
 
@@ -76,7 +79,7 @@ def main(argv=None) -> int:
     rows = []
     for minutes in args.minutes:
         row = measure(make_long(args.book, minutes, args.out), args.model)
-        row["s_per_audio_minute"] = round(row["wall_s"] / row["audio_minutes"], 2)
+        row["cpu_s_per_audio_minute"] = round(row["cpu_s"] / row["audio_minutes"], 2)
         rows.append(row)
         print(json.dumps(row), flush=True)
     return 0

@@ -12,12 +12,14 @@ best path, per frame) and MMS's aligner (a ``<star>`` token that may swallow any
    (:func:`asr_transfer.transcription.iter_chunked_log_probs`, the same windows ``transcribe`` uses); the kept
    ``(frames, vocab)`` log-probs arrive in order and only an alignment window's worth is buffered.
 2. **Alignment runs in windows anchored on confident words.** A window is ``window_s`` of emissions from the
-   anchor frame and enough text from the anchor word to cover it at :data:`TEXT_CHARS_PER_S` (twice a fast
-   reading). Its Viterbi trellis is window-sized: ~1,500 frames × ~3,600 states, whatever the recording's length.
-   The path may *start* at any word of the text window (skipped words cost :data:`SKIP_NATS_PER_CHAR` each char:
-   text that was not read) and, except in the last window, *end* anywhere (the window cuts through the reading).
-   Of the path, words that end before the last ``overlap_s`` of the window are committed, up to the last
-   *confident* word (mean per-frame log-prob no more than :data:`ANCHOR_GAP_NATS` below the model's best path),
+   anchor frame and the text from the anchor word that fills :data:`TEXT_FILL` of it at the reading rate measured
+   so far (:data:`INITIAL_CHARS_PER_S` at first). Its Viterbi trellis is window-sized (1,500 frames × some
+   hundreds to a few thousand states), whatever the recording's length. The path may *start* at any word of the
+   text window (skipped letters cost :data:`SKIP_NATS_PER_CHAR` each: text that was not read); except in the last
+   window it may stop after any word (letters left to the next window cost :data:`LEAVE_NATS_PER_CHAR` each), and
+   the audio after its text goes to a tail state (the next window's). Of the path, words that end before the last
+   ``overlap_s`` of the window are committed, up to the last *confident* word (letter confidence, see
+   :func:`align_window`, above ``-anchor_gap``),
    leaving the window text's last :data:`HOLD_WORDS` for the next window; the next window starts right after it.
    A window with no confident word is retried as a search: twice the text (up to :data:`MAX_TEXT_GROWTH` ×),
    a fixed price (:data:`SEARCH_JUMP_NATS`) for starting at any word, no price for text left after the find, the
@@ -37,8 +39,8 @@ best path, per frame) and MMS's aligner (a ``<star>`` token that may swallow any
    audio the text does not cover (letters heard between aligned words: an unread passage in the text, a deleted
    paragraph) or holding skipped text are marked with ``align_flag``; ``train`` and ``validate`` skip them.
 
-Memory is O(window) for the trellis and emissions plus a per-frame score array (4 bytes per 20 ms frame: 0.7 MB an
-hour). Time is linear in length: each window costs the same. Frame times are ``frame * 0.02`` s on the file.
+Memory is O(window) for the trellis and emissions plus per-frame score and star arrays (5 bytes per 20-ms frame:
+0.9 MB an hour). Time is linear in length: each window costs the same. Frame times are ``frame * 0.02`` s on the file.
 """
 from __future__ import annotations
 

@@ -262,8 +262,9 @@ def test_short_book_boundaries_with_the_english_source_model(book, tmp_path):
     root, truth, _ = book
     rows, summary = _align(root / "plain", tmp_path / "out")
     accuracy = boundary_accuracy(truth["utterances_truth"], rows, tolerance_s=0.2)
-    # Measured 55 of 58 (94.8 %): the misses are one sentence whose "ca" espeak reads as "zirka".
-    assert accuracy["share"] >= 0.9, accuracy
+    # Measured 57 of 58 (98.3 %; the miss: a sentence ending in "ca", which espeak reads "zirka"). The 20-minute
+    # book (bench/align_accuracy.py) measured 97.3 %; 0.93 leaves room for two more misses here.
+    assert accuracy["share"] >= 0.93, accuracy
     assert accuracy["median_error_s"] < 0.06
     assert summary["skipped_text"] == [] and summary["kept_minutes"] > 1.2
     assert all(r["duration"] <= 15.0 for r in rows)

@@ -20,6 +20,7 @@ from .errors import UserError
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("synth", "make a synthetic speech corpus with espeak-ng (wavs + train/dev/test manifests)"),
     "prepare": ("prepare", "import a corpus (commonvoice, folder, tabular, librispeech) into JSONL manifests"),
+    "align": ("align", "align long recordings with their text into a manifest of utterance segments"),
     "validate": ("validate", "check every line of a manifest and print a summary table"),
     "vocab": ("vocab", "build a character vocabulary (base-960h layout) from manifests"),
     "lm": ("lm", "build an n-gram language model from normalised text"),

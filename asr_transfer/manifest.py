@@ -21,6 +21,13 @@ from .files import atomic_write_text
 
 REQUIRED = ("audio_filepath", "duration", "text")
 OPTIONAL = ("offset", "lang", "speaker", "id")
+ALIGN_FLAG = "align_flag"  # set by `asr-transfer align` on segments whose alignment is suspect
+ALIGN_SCORE = "align_score"  # on every `align` segment: a slice of a long file, even at offset 0
+
+
+def is_marked(utt: "Utterance") -> bool:
+    """True for a segment ``align`` marked (``align_flag`` present and non-empty): train and validate skip it."""
+    return bool(utt.extra.get(ALIGN_FLAG))
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,9 @@ Kinds (severity):
   model produces for that audio: one per label plus one blank between repeated letters)
 - text (warning): ``lang_mismatch`` (the line's ``lang`` differs from the one validated against)
 
+Segments that ``asr-transfer align`` marked (``align_flag``) are not checked but counted (``marked``), as training
+skips them too; ``include_marked=True`` checks them like any line.
+
 Frames are counted with the model's own conv length formula (:func:`asr_transfer.audio.frames_for_samples`) from the
 model config's ``conv_kernel``/``conv_stride`` when given, else wav2vec2-base's (≈ 49 frames/s).
 """
@@ -31,7 +34,7 @@ import numpy as np
 
 from .audio import RECEPTIVE_FIELD_SAMPLES, SAMPLE_RATE, AudioInfo, audio_info, frames_for_samples, load_audio
 from .errors import PARSE_ERRORS, AudioError, ConfigError, ManifestError, UserError
-from .manifest import Utterance, scan_manifest
+from .manifest import ALIGN_SCORE, Utterance, is_marked, scan_manifest
 from .vocab import UNK, WORD_DELIMITER, ctc_min_frames, text_to_ids
 
 SILENCE_PEAK = 1e-4  # |x| peak below this (≈ -80 dBFS) is digital silence, not a quiet recording
@@ -89,6 +92,8 @@ class ValidationReport:
     vocab_size: int | None = None
     conv_kernel: tuple[int, ...] = DEFAULT_CONV_KERNEL
     conv_stride: tuple[int, ...] = DEFAULT_CONV_STRIDE
+    marked: int = 0  # lines with an align_flag, skipped (not checked)
+    marked_hours: float = 0.0
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -125,6 +130,9 @@ class ValidationReport:
             ("CTC frames", f"{per_s} per second of audio (hop {hop_samples} samples)"),
             ("problems", f"{len(self.errors)} errors, {len(self.warnings)} warnings"),
         ]
+        if self.marked:
+            rows.insert(3, ("marked", f"{self.marked} segments ({self.marked_hours:.3f} h) marked by align "
+                                      "(align_flag): skipped, as train skips them"))
         out = [f"{k:<12}{v}" for k, v in rows]
         if self.problems:
             out.append(f"  {'kind':<22}{'severity':<10}{'count':>6}")
@@ -288,7 +296,8 @@ class _Checker:
         if u.offset > 0 and u.offset + u.duration > file_s + self.tolerance_s:
             self.add(line, u.uid, "past_end",
                      f"offset {u.offset:.3f}s + duration {u.duration:.3f}s runs past the end of {path} ({file_s:.3f}s)")
-        elif u.offset == 0 and abs(u.duration - file_s) > self.tolerance_s and not truncated:
+        elif u.offset == 0 and abs(u.duration - file_s) > self.tolerance_s and not truncated \
+                and ALIGN_SCORE not in u.extra:  # an aligned segment at the start of a long file is a slice
             self.add(line, u.uid, "duration_mismatch",
                      f"manifest says {u.duration:.3f}s, {path} holds {file_s:.3f}s (re-run prepare or fix 'duration')")
         usable_s = min(u.duration, file_s - u.offset)
@@ -353,6 +362,7 @@ def validate_manifest(
     model_config: str | Path | dict | None = None,
     check_audio: bool = True,
     duration_tolerance_s: float = 0.1,
+    include_marked: bool = False,
 ) -> ValidationReport:
     """Check every line of ``path``; see the module docstring for the kinds of problems found.
 
@@ -379,13 +389,17 @@ def validate_manifest(
         normalizer = get_normalizer(lang)
     checker = _Checker(vocab_map, normalizer, lang, kernel, stride, check_audio, duration_tolerance_s)
 
-    lines = utterances = 0
-    total_s = 0.0
+    lines = utterances = marked = 0
+    total_s = marked_s = 0.0
     for line, item in tqdm(scan_manifest(path), desc=f"validating {Path(path).name}", unit="line", disable=None,
                            leave=False):
         lines += 1
         if isinstance(item, ManifestError):
             checker.add(line, None, _classify(item), _strip_where(item))
+            continue
+        if not include_marked and is_marked(item):
+            marked += 1
+            marked_s += item.duration
             continue
         utterances += 1
         total_s += item.duration
@@ -403,4 +417,6 @@ def validate_manifest(
         vocab_size=len(vocab_map) if vocab_map is not None else None,
         conv_kernel=kernel,
         conv_stride=stride,
+        marked=marked,
+        marked_hours=marked_s / 3600.0,
     )

@@ -195,7 +195,6 @@ def main(argv=None) -> int:
     lm_dir = None
     if not args.no_lm:
         lm_dir = work / "lm"
-        from asr_transfer.lm import build_lm
 
         lm_record = cached_lm(args.lm_text or default_text_files("de"), args.lm_order, [corpus["test"], corpus["dev"]],
                               lm_dir, vocab)

@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     section.add(table(["lang", "system", "best s", "audio-s/s", "× vs pipeline fp32 (default)", "× vs ours fp32",
                        "WER", "ΔWER vs ours fp32", "CER"], rows) + "\n")
     fp32_speedups = [r[4] for r in rows if r[1] == "ours fp32"]
-    section.add(f"Target ≥ 2× at fp32 over the pipeline as fed by default: "
+    section.add("Target ≥ 2× at fp32 over the pipeline as fed by default: "
                 + ", ".join(f"{fmt(x)} — {'met' if x >= 2 else 'MISSED'}" for x in fp32_speedups) + ".\n")
     section.data = data
     section.append(args.results)

@@ -19,6 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tolerance", type=float, default=0.1, metavar="S",
                         help="allowed manifest-vs-file duration difference in seconds (default: 0.1)")
     parser.add_argument("--no-audio", action="store_true", help="skip opening audio files (line and text checks only)")
+    parser.add_argument("--include-marked", action="store_true",
+                        help="also check segments `align` marked (align_flag); by default they are skipped and counted")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the full report(s) as JSON")
 
 
@@ -28,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     reports = []
     for i, manifest in enumerate(args.manifests):
         report = validate_manifest(manifest, vocab=args.vocab, lang=args.lang, model_config=args.model,
-                                   check_audio=not args.no_audio, duration_tolerance_s=args.tolerance)
+                                   check_audio=not args.no_audio, duration_tolerance_s=args.tolerance,
+                                   include_marked=args.include_marked)
         reports.append(report)
         if i:
             print()

@@ -1,7 +1,8 @@
 """Training data: manifest utterances → (waveform, label ids), length-bucketed batches by total audio seconds.
 
 Utterances that cannot be trained on are skipped and *counted by reason* (the run summary lists them): unreadable
-audio, too short/long, empty text after normalisation, or a transcript that needs more CTC frames than the audio gives.
+audio, too short/long, empty text after normalisation, a transcript that needs more CTC frames than the audio gives,
+or a segment ``asr-transfer align`` marked (``align_flag``) as possibly not matching its text.
 Batches are formed per epoch from ``(seed, epoch)`` alone, so a resumed run can regenerate the epoch and skip to the
 saved batch index: the sampler position is ``(epoch, batch_index)``.
 """
@@ -18,7 +19,7 @@ import numpy as np
 from ..audio import SAMPLE_RATE, audio_info, frames_for_samples, load_audio, resample
 from ..audio import normalize_wave as _normalize
 from ..errors import AudioError, UserError
-from ..manifest import Utterance, read_manifest
+from ..manifest import ALIGN_FLAG, Utterance, is_marked, read_manifest
 from ..validate import SILENCE_PEAK  # the same threshold `validate` reports as "silent"
 from ..vocab import ctc_min_frames, text_to_ids
 
@@ -70,6 +71,9 @@ def build_examples(
     out: list[Example] = []
     for utt in read_manifest(manifest):
         uid = utt.uid
+        if is_marked(utt):  # `align` found its text and audio may not match
+            skips.add("marked by align", uid, str(utt.extra[ALIGN_FLAG]))
+            continue
         try:
             info = audio_info(utt.audio_filepath)
         except AudioError as exc:

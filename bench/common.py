@@ -28,7 +28,17 @@ RESULTS = ROOT / "bench" / "RESULTS.md"
 WORK = ROOT / "data" / "bench"
 DEFAULT_MODEL = ROOT / "models" / "en-synth-small"
 BASE960_CONFIG = ROOT / "tests" / "assets" / "wav2vec2-base-960h" / "config.json"
-_PACKAGES = ("torch", "torchaudio", "transformers", "accelerate", "numpy", "jiwer", "soundfile", "kenlm", "flashlight-text")
+_PACKAGES = (
+    "torch",
+    "torchaudio",
+    "transformers",
+    "accelerate",
+    "numpy",
+    "jiwer",
+    "soundfile",
+    "kenlm",
+    "flashlight-text",
+)
 
 
 # ------------------------------------------------------------------------------------------------ machine facts
@@ -59,7 +69,9 @@ def machine_info() -> dict[str, Any]:
                 mem_gb = round(int(line.split()[1]) / 2**20, 1)
     except OSError:
         pass
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
     return {"cpu": cpu_model(), "cores": cores, "torch_threads": torch.get_num_threads(), "mem_gb": mem_gb,
             "gpus": gpus, "cpu_bf16": cpu_supports_bf16(), "python": platform.python_version(),
             "platform": platform.platform()}
@@ -174,11 +186,13 @@ class Section:
         command = " ".join([".venv/bin/python", str(script), *map(shlex.quote, self.argv[1:])])
         gpu = ", ".join(info["gpus"]) or "none"
         lines = [
-            f"## {now} — {self.title}", "",
+            f"## {now} — {self.title}",
+            "",
             f"- command: `{command}`",
             f"- machine: {info['cpu']}, {info['cores']} cores usable, torch threads {info['torch_threads']}, "
             f"{info['mem_gb']} GB RAM, GPU: {gpu}, native CPU bf16: {'yes' if info['cpu_bf16'] else 'no'}",
-            f"- load average (1/5/15 min) before: {self.load_before}, after: {loadavg()}; wall {time.time() - self.t0:.0f} s",
+            f"- load average (1/5/15 min) before: {self.load_before}, after: {loadavg()}; wall "
+            f"{time.time() - self.t0:.0f} s",
         ]
         if self.model is not None:
             weights = Path(self.model) / "model.safetensors"
@@ -244,7 +258,8 @@ def synth_corpus(work_dir: str | Path, lang: str, minutes: float, dev_minutes: f
     """A cached espeak-ng corpus under ``work_dir/synth/`` (built once; same dev/test for any ``minutes``)."""
     from asr_transfer.corpora.synth import prepare_synth
 
-    name = f"{lang}-{minutes:g}m-dev{dev_minutes:g}-test{test_minutes:g}-snr{snr_db if snr_db is not None else 'none'}-s{seed}"
+    snr = snr_db if snr_db is not None else "none"
+    name = f"{lang}-{minutes:g}m-dev{dev_minutes:g}-test{test_minutes:g}-snr{snr}-s{seed}"
     return prepare_synth(lang, Path(work_dir) / "synth" / name, minutes, seed=seed, snr_db=snr_db,
                          dev_minutes=dev_minutes, test_minutes=test_minutes, jobs=2)
 

@@ -157,8 +157,12 @@ def main(argv=None) -> int:
     p.add_argument("--snr-db", type=float, default=20.0, help="noise in every split of the corpus")
     p.add_argument("--lm-order", type=int, default=4)
     p.add_argument("--no-lm", action="store_true", help="greedy only (no LM build, no beam search)")
-    p.add_argument("--lm-text", action="append", default=None, help="LM text file(s) (default: the language's default text)")
-    p.add_argument("--train", default=None, help="own train manifest (with --dev and --test) instead of the synthetic corpus")
+    p.add_argument(
+        "--lm-text", action="append", default=None, help="LM text file(s) (default: the language's default text)"
+    )
+    p.add_argument(
+        "--train", default=None, help="own train manifest (with --dev and --test) instead of the synthetic corpus"
+    )
     p.add_argument("--dev", default=None)
     p.add_argument("--test", default=None)
     p.add_argument("--alphas", default="0.5,1,2")
@@ -205,13 +209,30 @@ def main(argv=None) -> int:
     for minutes in sizes:
         train = common.manifest_prefix(corpus["train"], minutes, work / f"train-{minutes:g}m.jsonl")
         for system in systems:
-            model, wall = train_system(system, source, vocab, train, corpus["dev"], work / "runs" / f"{minutes:g}m-{system}",
-                                       steps, args.top_k, args.max_batch_s, args.seed, args.scratch_lr)
-            res = score(model, corpus["test"], corpus["dev"], lm_dir, work / "eval" / f"{minutes:g}m-{system}", alphas, betas)
+            model, wall = train_system(
+                system,
+                source,
+                vocab,
+                train,
+                corpus["dev"],
+                work / "runs" / f"{minutes:g}m-{system}",
+                steps,
+                args.top_k,
+                args.max_batch_s,
+                args.seed,
+                args.scratch_lr,
+            )
+            res = score(
+                model, corpus["test"], corpus["dev"], lm_dir, work / "eval" / f"{minutes:g}m-{system}", alphas, betas
+            )
             res.update(train_s=wall, train_minutes=common.manifest_minutes(train), model=str(model))
             results[system][minutes] = res
-            print(f"{minutes:g} min {system}: WER {res['wer']:.3f}" + (f", +LM {res['wer_lm']:.3f}" if "wer_lm" in res else "")
-                  + f" (train {wall:.0f}s)", flush=True)
+            print(
+                f"{minutes:g} min {system}: WER {res['wer']:.3f}"
+                + (f", +LM {res['wer_lm']:.3f}" if "wer_lm" in res else "")
+                + f" (train {wall:.0f}s)",
+                flush=True,
+            )
 
     results_path = Path(args.results)
     stamp = time.strftime("%Y%m%d-%H%M", time.gmtime())  # one figure per results section
@@ -222,34 +243,54 @@ def main(argv=None) -> int:
         for minutes in sizes:
             r = results[system][minutes]
             rows.append([LABELS[system], f"{minutes:g}", r["wer"], r.get("wer_lm"), r["cer"], r["train_s"]])
-    section.add(f"Synthetic German (espeak-ng, SNR {args.snr_db:g} dB white/pink noise), test {test_minutes:g} min / "
-                f"dev {args.dev_minutes:g} min on held-out voices and sentences; source `{source}`. Transfer schedule "
-                f"head/top-{args.top_k}/all = {'/'.join(map(str, steps))} steps, batches ≤ {args.max_batch_s:g} s; scratch: "
-                f"{sum(steps)} steps training everything at lr {args.scratch_lr:g}. Best dev checkpoint scored. "
-                + (f"LM: {args.lm_order}-gram ({lm_record['sentences_used']} sentences) from "
-                   f"{'the default German text' if not args.lm_text else ', '.join(args.lm_text)}, "
-                   f"{lm_record['sentences_excluded']} LM sentences dropped as (parts of) dev/test sentences; α/β tuned on dev."
-                   if lm_dir else "No LM.") + "\n")
+    section.add(
+        f"Synthetic German (espeak-ng, SNR {args.snr_db:g} dB white/pink noise), test {test_minutes:g} min / "
+        f"dev {args.dev_minutes:g} min on held-out voices and sentences; source `{source}`. Transfer schedule "
+        f"head/top-{args.top_k}/all = {'/'.join(map(str, steps))} steps, batches ≤ {args.max_batch_s:g} s; scratch: "
+        f"{sum(steps)} steps training everything at lr {args.scratch_lr:g}. Best dev checkpoint scored. "
+        + (
+            f"LM: {args.lm_order}-gram ({lm_record['sentences_used']} sentences) from "
+            f"{'the default German text' if not args.lm_text else ', '.join(args.lm_text)}, "
+            f"{lm_record['sentences_excluded']} LM sentences dropped as (parts of) dev/test sentences; α/β tuned on "
+            f"dev."
+            if lm_dir
+            else "No LM."
+        )
+        + "\n"
+    )
     rel = png.relative_to(results_path.parent) if png.is_relative_to(results_path.parent) else png
     section.add(f"![WER vs training minutes]({rel})\n")
-    section.add(table(["system", "train min", "test WER greedy", "test WER beam+LM", "test CER greedy", "train s"], rows) + "\n")
+    section.add(
+        table(["system", "train min", "test WER greedy", "test WER beam+LM", "test CER greedy", "train s"], rows) + "\n"
+    )
     goals = []
     if 10.0 in sizes and "mapped" in systems:
         r = results["mapped"][10.0]
-        goals.append(f"transfer at 10 min greedy WER ≤ 15%: {fmt(100 * r['wer'])}% — {'met' if r['wer'] <= 0.15 else 'MISSED'}")
+        goals.append(
+            f"transfer at 10 min greedy WER ≤ 15%: {fmt(100 * r['wer'])}% — {'met' if r['wer'] <= 0.15 else 'MISSED'}"
+        )
         if "wer_lm" in r:
             goals.append(f"with LM ≤ 10%: {fmt(100 * r['wer_lm'])}% — {'met' if r['wer_lm'] <= 0.10 else 'MISSED'}")
     top = max(sizes)
     if "mapped" in systems and "scratch" in systems:
         a, b = results["mapped"][top]["wer"], results["scratch"][top]["wer"]
-        goals.append(f"transfer beats scratch at {top:g} min: {fmt(100 * a)}% vs {fmt(100 * b)}% — {'yes' if a < b else 'NO'}")
+        goals.append(
+            f"transfer beats scratch at {top:g} min: {fmt(100 * a)}% vs {fmt(100 * b)}% — {'yes' if a < b else 'NO'}"
+        )
     if goals:
         section.add("Goals (set for --full): " + "; ".join(goals) + ".\n")
-    section.data = {"sizes": sizes, "steps": steps, "source_only": source_res,
-                    "results": {s: {f"{m:g}": r for m, r in by.items()} for s, by in results.items()},
-                    "lm": {k: lm_record.get(k) for k in ("order", "sentences_used", "sentences_excluded", "ngram_counts",
-                                                         "build_s")} if lm_dir else None,
-                    "png": str(png)}
+    section.data = {
+        "sizes": sizes,
+        "steps": steps,
+        "source_only": source_res,
+        "results": {s: {f"{m:g}": r for m, r in by.items()} for s, by in results.items()},
+        "lm": (
+            {k: lm_record.get(k) for k in ("order", "sentences_used", "sentences_excluded", "ngram_counts", "build_s")}
+            if lm_dir
+            else None
+        ),
+        "png": str(png),
+    }
     section.append(results_path)
     return 0
 

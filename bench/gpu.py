@@ -6,7 +6,8 @@ Fine-tuning: batches of ``--batch`` utterances × ``--utt-s`` seconds of noise a
 bf16 autocast, CNN frozen (as every schedule here keeps it). Two step kinds:
 
 - ``HF forward``: ``Wav2Vec2ForCTC(input_values, labels=...)`` — the full model every step (what a plain loop does);
-- ``ours, CNN cached``: our trainer's trainable suffix (``asr_transfer.model.forward.Suffix``) on precomputed CNN features,
+- ``ours, CNN cached``: our trainer's trainable suffix (``asr_transfer.model.forward.Suffix``) on precomputed CNN
+  features,
   i.e. the steady state of our stage that trains layers + projection.
 
 FLOPs per step are counted with ``torch.utils.flop_counter.FlopCounterMode`` (matmuls/convs, forward + backward);
@@ -15,6 +16,7 @@ Transcription: ``Recognizer.log_probs`` over ``--rtf-minutes`` of 10-s clips, fp
 
 Without CUDA it records that it was skipped (``--allow-cpu`` runs the same code on the CPU at micro size, for tests).
 """
+
 from __future__ import annotations
 
 import json
@@ -176,12 +178,16 @@ def main(argv=None) -> int:
     p.add_argument("--rtf-minutes", type=float, default=None, help="audio for the RTF rows (default 10; --full 60)")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU (default: by name)")
     p.add_argument("--allow-cpu", action="store_true", help="run on the CPU when there is no GPU (smoke test only)")
-    p.add_argument("--config-set", action="append", default=[], help="override a config field, e.g. num_hidden_layers=2")
+    p.add_argument(
+        "--config-set", action="append", default=[], help="override a config field, e.g. num_hidden_layers=2"
+    )
     args = p.parse_args(argv)
     common.setup_threads(args.threads)
     import torch
 
-    section = Section("gpu: bf16 fine-tuning throughput, MFU and transcription RTF" + (" (--full)" if args.full else "")).start()
+    section = Section(
+        "gpu: bf16 fine-tuning throughput, MFU and transcription RTF" + (" (--full)" if args.full else "")
+    ).start()
     if not torch.cuda.is_available() and not args.allow_cpu:
         print("gpu.py: no CUDA device; skipped")
         section.add("Skipped: no CUDA device on this machine (`torch.cuda.is_available()` is False).\n")
@@ -207,7 +213,9 @@ def main(argv=None) -> int:
     rtf_min = args.rtf_minutes or (60.0 if args.full else 10.0)
     peak = peak_flops(name, args.peak_tflops) if device.type == "cuda" else args.peak_tflops and args.peak_tflops * 1e12
     dtype = torch.bfloat16
-    rows, raw = finetune_rows(model, device, batch, args.utt_s, args.warmup, steps, dtype, peak, lambda: sync_device(device))
+    rows, raw = finetune_rows(
+        model, device, batch, args.utt_s, args.warmup, steps, dtype, peak, lambda: sync_device(device)
+    )
     section.add(f"Device: {name}; model {Path(args.config).parent.name} config, {params_m:.1f} M parameters, random "
                 f"weights; bf16 autocast, AdamW, CNN frozen; peak bf16 {fmt(peak / 1e12 if peak else None)} TFLOP/s "
                 "(dense, data sheet).\n")

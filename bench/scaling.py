@@ -69,7 +69,9 @@ def child(args) -> int:
         loaded.model(torch.zeros(1, 16000))
     if args.child != "-":
         t1 = time.perf_counter()
-        (t,) = transcribe([args.child], loaded, decoder="greedy", device="cpu", precision=args.precision, progress=False)
+        (t,) = transcribe(
+            [args.child], loaded, decoder="greedy", device="cpu", precision=args.precision, progress=False
+        )
         result.update(transcribe_s=time.perf_counter() - t1, duration_s=t.duration_s, words=len(t.text.split()),
                       error=t.error, infer_s=t.timings.infer_s, decode_s=t.timings.decode_s)
     print("RESULT " + json.dumps(result), flush=True)
@@ -106,7 +108,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=str(DEFAULT_MODEL))
     p.add_argument("--minutes-list", default=None, help="file lengths in minutes (default and --full: 1,10,60)")
     p.add_argument("--precision", default="fp32")
-    p.add_argument("--clips", default=None, help="manifest whose clips are joined (default: synthetic English test clips)")
+    p.add_argument(
+        "--clips", default=None, help="manifest whose clips are joined (default: synthetic English test clips)"
+    )
     p.add_argument("--child", default=None, help=argparse_hidden())
     args = p.parse_args(argv)
     if args.child is not None:
@@ -114,7 +118,9 @@ def main(argv=None) -> int:
     common.setup_threads(args.threads)  # the section header reports this process's threads: make them the children's
     model = str(common.require_model(args.model))
     sizes = [float(x) for x in (args.minutes_list or "1,10,60").split(",")]
-    section = Section("scaling: long-file transcription time and peak memory" + (" (--full)" if args.full else "")).start()
+    section = Section(
+        "scaling: long-file transcription time and peak memory" + (" (--full)" if args.full else "")
+    ).start()
     section.model = model
     if args.clips:
         corpus = {"test": Path(args.clips)}
@@ -147,10 +153,12 @@ def main(argv=None) -> int:
                 "and model load; 's per audio minute' is the transcribe call alone.\n")
     section.add(table(["file", "audio min", "child wall s", "s per audio minute", "peak RSS MB", "MB over load only"],
                       rows) + "\n")
-    section.add(f"Linearity: slowest / fastest s-per-audio-minute = {fmt(linear)} "
-                f"({'~linear' if linear is not None and linear <= LINEAR_TOLERANCE else 'NOT linear'}, tolerance "
-                f"{LINEAR_TOLERANCE}×); peak RSS {fmt(peak)} MB ({'<' if peak is not None and peak < RSS_LIMIT_MB else '≥'} "
-                f"{RSS_LIMIT_MB:.0f} MB target: {'met' if peak is not None and peak < RSS_LIMIT_MB else 'MISSED'}).\n")
+    section.add(
+        f"Linearity: slowest / fastest s-per-audio-minute = {fmt(linear)} "
+        f"({'~linear' if linear is not None and linear <= LINEAR_TOLERANCE else 'NOT linear'}, tolerance "
+        f"{LINEAR_TOLERANCE}×); peak RSS {fmt(peak)} MB ({'<' if peak is not None and peak < RSS_LIMIT_MB else '≥'} "
+        f"{RSS_LIMIT_MB:.0f} MB target: {'met' if peak is not None and peak < RSS_LIMIT_MB else 'MISSED'}).\n"
+    )
     section.data = data
     section.append(args.results)
     return 0

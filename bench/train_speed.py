@@ -31,7 +31,9 @@ STAGE_KINDS = ("head", "top", "all")
 
 
 def stage_groups(kind: str, top_k: int) -> list[str]:
-    return {"head": ["head"], "top": ["head", f"layers.-{top_k}:"], "all": ["head", "layers", "feature_projection"]}[kind]
+    return {"head": ["head"], "top": ["head", f"layers.-{top_k}:"], "all": ["head", "layers", "feature_projection"]}[
+        kind
+    ]
 
 
 def make_config(out_dir: Path, train_manifest: Path, stages: list[dict], max_batch_s: float, seed: int,
@@ -86,12 +88,16 @@ def ours_stage_throughput(config) -> dict:
     first_epoch_s = times[n0]
     later_audio = sum(per_step_audio[n0:last])
     return {
-        "epochs": epoch_of[last - 1] + 1, "steps": last, "steps_epoch1": n0,
+        "epochs": epoch_of[last - 1] + 1,
+        "steps": last,
+        "steps_epoch1": n0,
         "epoch1_audio_s_per_s": sum(per_step_audio[:n0]) / first_epoch_s,
         "steady_audio_s_per_s": later_audio / (times[last] - first_epoch_s) if last > n0 else None,
         "overall_audio_s_per_s": sum(per_step_audio[:last]) / times[last],
-        "boundary": trainer.state.stages[-1]["boundary"], "trainable_params": trainer.state.stages[-1]["trainable_params"],
-        "cache": trainer.cache.stats(), "wall_s": wall,
+        "boundary": trainer.state.stages[-1]["boundary"],
+        "trainable_params": trainer.state.stages[-1]["trainable_params"],
+        "cache": trainer.cache.stats(),
+        "wall_s": wall,
     }
 
 
@@ -146,7 +152,9 @@ def _verdict(name: str, value: float | None, goal: float, lower_bound: bool) -> 
     if value is None:
         return f"{name}: – — not measured"
     if lower_bound:
-        return f"{name}: ≥ {fmt(value)} — " + ("met" if value >= goal else "undetermined (HF did not reach the target CER within its cap)")
+        return f"{name}: ≥ {fmt(value)} — " + (
+            "met" if value >= goal else "undetermined (HF did not reach the target CER within its cap)"
+        )
     return f"{name}: {fmt(value)} — {'met' if value >= goal else 'MISSED'}"
 
 
@@ -230,13 +238,26 @@ def time_to_cer(model_args: dict, corpus: dict, work: Path, max_batch_s: float, 
         print(f"HF: after stage {stage.name} (step {state['step']}), train time {watch.total:.1f}s, "
               f"curve {state['curve'][-1] if state['curve'] else None}", flush=True)
     hf_at_schedule_end = next((c for c in state["curve"] if c[0] >= schedule_steps), None)
-    return {"ours_s": ours_s, "ours_steps": ours_first[0], "ours_wall_s": ours_wall, "ours_eval_s": trainer.eval_s,
-            "ours_curve": trainer.curve, "ours_dev": ours_scores, "target_cer": target, "schedule_steps": schedule_steps,
-            "hf_reached": state["reached_step"] is not None, "hf_s": state["reached_s"] if state["reached_step"] else watch.total,
-            "hf_steps": state["reached_step"] or state["step"], "hf_cap_steps": cap_steps, "hf_eval_every": every,
-            "hf_curve": state["curve"], "hf_cer_at_schedule_end": hf_at_schedule_end,
-            "hf_vectorize_s": loop.data.prepare_s, "hf_settings": loop.settings(),
-            "stages": [s.to_dict() for s in cfg.stages]}
+    return {
+        "ours_s": ours_s,
+        "ours_steps": ours_first[0],
+        "ours_wall_s": ours_wall,
+        "ours_eval_s": trainer.eval_s,
+        "ours_curve": trainer.curve,
+        "ours_dev": ours_scores,
+        "target_cer": target,
+        "schedule_steps": schedule_steps,
+        "hf_reached": state["reached_step"] is not None,
+        "hf_s": state["reached_s"] if state["reached_step"] else watch.total,
+        "hf_steps": state["reached_step"] or state["step"],
+        "hf_cap_steps": cap_steps,
+        "hf_eval_every": every,
+        "hf_curve": state["curve"],
+        "hf_cer_at_schedule_end": hf_at_schedule_end,
+        "hf_vectorize_s": loop.data.prepare_s,
+        "hf_settings": loop.settings(),
+        "stages": [s.to_dict() for s in cfg.stages],
+    }
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -246,11 +267,17 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, default=None, help="German train minutes (default 3; --full 10)")
     p.add_argument("--max-batch-s", type=float, default=20.0, help="batch size in padded audio seconds (both loops)")
     p.add_argument("--top-k", type=int, default=2, help="layers trained in the top-k stage")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per stage for our throughput runs (default 3; --full 4)")
-    p.add_argument("--steps", default=None, help="time-to-CER schedule steps head,top,all (default 40,40,40; --full 150,150,150)")
+    p.add_argument(
+        "--epochs", type=int, default=None, help="epochs per stage for our throughput runs (default 3; --full 4)"
+    )
+    p.add_argument(
+        "--steps", default=None, help="time-to-CER schedule steps head,top,all (default 40,40,40; --full 150,150,150)"
+    )
     p.add_argument("--hf-cap", type=float, default=2.0, help="HF loop gives up after this × the schedule's steps")
     p.add_argument("--evals", type=int, default=12, help="HF dev evaluations over the schedule (timer paused)")
-    p.add_argument("--base-minutes", type=float, default=None, help="audio for the base-960h rows (default 0.5; --full 2)")
+    p.add_argument(
+        "--base-minutes", type=float, default=None, help="audio for the base-960h rows (default 0.5; --full 2)"
+    )
     p.add_argument("--base-max-batch-s", type=float, default=8.0)
     p.add_argument("--base-config", default=str(BASE960_CONFIG), help="Wav2Vec2Config JSON for the random-weights rows")
     p.add_argument("--train", default=None, help="use this train manifest instead of the synthetic German corpus")
@@ -288,7 +315,9 @@ def main(argv=None) -> int:
         from asr_transfer.vocab import build_vocab, save_vocab
 
         base_train = common.manifest_prefix(corpus["train"], base_minutes, work / f"base-train-{base_minutes:g}m.jsonl")
-        vocab_path = save_vocab(build_vocab([u.text for u in read_manifest(corpus["train"])], "de"), work / "vocab.json")
+        vocab_path = save_vocab(
+            build_vocab([u.text for u in read_manifest(corpus["train"])], "de"), work / "vocab.json"
+        )
         base_args = {"init_config": str(args.base_config), "vocab": str(vocab_path), "head_init": "keep",
                      "source": "random-base-960h"}
         base_layers = json.loads(Path(args.base_config).read_text())["num_hidden_layers"]
@@ -300,17 +329,26 @@ def main(argv=None) -> int:
     if rows:
         source = f"`{args.train}`" if args.train else "German synthetic (espeak-ng, target voices)"
         desc = [f"Train data: {source}, {data['train_minutes']:.1f} min."]
-        for part, label in (("throughput", f"`{Path(args.model).name}`"), ("base960", "base-960h-sized (random weights)")):
+        for part, label in (
+            ("throughput", f"`{Path(args.model).name}`"),
+            ("base960", "base-960h-sized (random weights)"),
+        ):
             if part in data:
                 b = data[part]["head"]["hf_settings"]
-                desc.append(f"{label}: our batches ≤ {b['max_batch_s (ours)']:g} padded seconds (length-bucketed); HF "
-                            f"per-device batch {b['per_device_train_batch_size']} (= {b['max_batch_s (ours)']:g} s / mean "
-                            f"{b['mean_duration_s']} s)" + (f", first {base_minutes:g} min of the data" if part == "base960" else "") + ".")
-        desc.append("HF loop: random sampling (group_by_length=False), freeze_feature_encoder, fp32 both, no eval, "
-                    "no checkpoints. Rates are audio seconds per wall second; × = ours / HF (HF after its first step). "
-                    "'cached segments' = frozen segments below the first trainable one, which our trainer computes once "
-                    "per utterance in epoch 1 and then reads from its cache (segments: CNN, projection, pos-conv, "
-                    "layer 0, layer 1, ...).")
+                desc.append(
+                    f"{label}: our batches ≤ {b['max_batch_s (ours)']:g} padded seconds (length-bucketed); HF "
+                    f"per-device batch {b['per_device_train_batch_size']} (= {b['max_batch_s (ours)']:g} s / mean "
+                    f"{b['mean_duration_s']} s)"
+                    + (f", first {base_minutes:g} min of the data" if part == "base960" else "")
+                    + "."
+                )
+        desc.append(
+            "HF loop: random sampling (group_by_length=False), freeze_feature_encoder, fp32 both, no eval, "
+            "no checkpoints. Rates are audio seconds per wall second; × = ours / HF (HF after its first step). "
+            "'cached segments' = frozen segments below the first trainable one, which our trainer computes once "
+            "per utterance in epoch 1 and then reads from its cache (segments: CNN, projection, pos-conv, "
+            "layer 0, layer 1, ...)."
+        )
         section.add(" ".join(desc) + "\n")
         section.add(table(THROUGHPUT_HEADERS, rows) + "\n")
     if "cer" not in skip:
@@ -319,31 +357,60 @@ def main(argv=None) -> int:
         res = time_to_cer(model_args, corpus, work, args.max_batch_s, stages, args.seed, args.hf_cap, args.evals)
         data["time_to_cer"] = res
         hf_cell = f"{res['hf_s']:.1f}" + ("" if res["hf_reached"] else f" (not reached in {res['hf_steps']} steps)")
-        section.add(f"Time to equal dev CER, schedule {'/'.join(map(str, steps))} steps (head/top-{args.top_k}/all). "
-                    f"Target = our dev CER at the end of the schedule. Both loops are scored every "
-                    f"{res['hf_eval_every']} steps (and at stage ends) by the same function (greedy, one unpadded "
-                    f"utterance at a time, dev {common.manifest_minutes(corpus['dev']):.1f} min, held-out voices) with "
-                    "evaluation time taken out; each loop's time is its training time until its first evaluation at "
-                    f"or below the target. Ours counts from the start of its loop (after model preparation; audio "
-                    f"decoding, cache filling and best-checkpoint saves included); HF counts `Trainer.train()` only, its up-front vectorising "
-                    f"({res['hf_vectorize_s']:.1f} s) not counted. Our whole run took {res['ours_wall_s']:.1f} s wall "
-                    f"({res['ours_eval_s']:.1f} s of it evaluating).\n")
+        section.add(
+            f"Time to equal dev CER, schedule {'/'.join(map(str, steps))} steps (head/top-{args.top_k}/all). "
+            f"Target = our dev CER at the end of the schedule. Both loops are scored every "
+            f"{res['hf_eval_every']} steps (and at stage ends) by the same function (greedy, one unpadded "
+            f"utterance at a time, dev {common.manifest_minutes(corpus['dev']):.1f} min, held-out voices) with "
+            "evaluation time taken out; each loop's time is its training time until its first evaluation at "
+            f"or below the target. Ours counts from the start of its loop (after model preparation; audio "
+            f"decoding, cache filling and best-checkpoint saves included); HF counts `Trainer.train()` only, its "
+            f"up-front vectorising "
+            f"({res['hf_vectorize_s']:.1f} s) not counted. Our whole run took {res['ours_wall_s']:.1f} s wall "
+            f"({res['ours_eval_s']:.1f} s of it evaluating).\n"
+        )
         rat = ratio(res["hf_s"], res["ours_s"])
-        section.add(table(["loop", "steps to target", "train s to target", "dev CER reached", "time ratio (HF / ours)"], [
-            ["ours", res["ours_steps"], res["ours_s"], res["target_cer"], None],
-            ["transformers.Trainer", res["hf_steps"], hf_cell,
-             min((c[2] for c in res["hf_curve"]), default=None),
-             (f"{fmt(rat)}" if res["hf_reached"] else f"≥ {fmt(rat)}")],
-        ]) + "\n")
+        section.add(
+            table(
+                ["loop", "steps to target", "train s to target", "dev CER reached", "time ratio (HF / ours)"],
+                [
+                    ["ours", res["ours_steps"], res["ours_s"], res["target_cer"], None],
+                    [
+                        "transformers.Trainer",
+                        res["hf_steps"],
+                        hf_cell,
+                        min((c[2] for c in res["hf_curve"]), default=None),
+                        (f"{fmt(rat)}" if res["hf_reached"] else f"≥ {fmt(rat)}"),
+                    ],
+                ],
+            )
+            + "\n"
+        )
         section.add("Dev CER curves (step: CER): ours " + ", ".join(f"{c[0]}: {c[2]:.3f}" for c in res["ours_curve"])
                     + "; HF " + ", ".join(f"{c[0]}: {c[2]:.3f}" for c in res["hf_curve"]) + ".\n")
         if res["hf_cer_at_schedule_end"]:
-            section.add(f"HF dev CER after the same {res['schedule_steps']} steps: {res['hf_cer_at_schedule_end'][2]:.4f}.\n")
+            section.add(
+                f"HF dev CER after the same {res['schedule_steps']} steps: {res['hf_cer_at_schedule_end'][2]:.4f}.\n"
+            )
     targets = []
     if "throughput" in data:
         t = data["throughput"]
-        targets.append(("head-only ≥ 5× (later epochs)", ratio(t["head"]["ours"]["steady_audio_s_per_s"], t["head"]["hf"]["steady_audio_s_per_s"]), 5, False))
-        targets.append((f"top-{args.top_k} ≥ 2× (later epochs)", ratio(t["top"]["ours"]["steady_audio_s_per_s"], t["top"]["hf"]["steady_audio_s_per_s"]), 2, False))
+        targets.append(
+            (
+                "head-only ≥ 5× (later epochs)",
+                ratio(t["head"]["ours"]["steady_audio_s_per_s"], t["head"]["hf"]["steady_audio_s_per_s"]),
+                5,
+                False,
+            )
+        )
+        targets.append(
+            (
+                f"top-{args.top_k} ≥ 2× (later epochs)",
+                ratio(t["top"]["ours"]["steady_audio_s_per_s"], t["top"]["hf"]["steady_audio_s_per_s"]),
+                2,
+                False,
+            )
+        )
     if "time_to_cer" in data:
         res = data["time_to_cer"]
         # HF stopped at its cap without reaching our CER: its time is a lower bound, and so is the ratio.

@@ -1,4 +1,5 @@
-"""Transcription throughput: ``asr_transfer.transcription`` against ``transformers.pipeline("automatic-speech-recognition")``.
+"""Transcription throughput: ``asr_transfer.transcription`` against
+``transformers.pipeline("automatic-speech-recognition")``.
 
 Same model object, same files, same threads, greedy CTC decoding on both sides. The files are synthetic clips
 (held-out espeak-ng voices, 1–10 s) plus a few 15–30 s clips made by joining consecutive ones, so lengths vary.
@@ -12,6 +13,7 @@ Both WERs are computed with jiwer after the language's normaliser; at fp32 they 
 native bf16, else it would fall back to fp32 and is marked so) and int8 (dynamic quantisation of the Linear layers)
 are reported apart, with their speed-ups over our fp32 and their WER deltas.
 """
+
 from __future__ import annotations
 
 import sys
@@ -88,7 +90,9 @@ def run_pipeline(paths, pipe, batch_size: int | None) -> tuple[float, list[str]]
 def main(argv=None) -> int:
     p = common.base_parser(__doc__.split("\n")[0])
     p.add_argument("--model", default=str(DEFAULT_MODEL))
-    p.add_argument("--lang", default=None, help="language of the synthetic clips (default: the model's; --full adds de)")
+    p.add_argument(
+        "--lang", default=None, help="language of the synthetic clips (default: the model's; --full adds de)"
+    )
     p.add_argument("--minutes", type=float, default=None, help="minutes of test clips (default 3; --full 8)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--precisions", default="fp32,bf16,int8")
@@ -107,14 +111,18 @@ def main(argv=None) -> int:
         langs.append("de")
     minutes = args.minutes or (8.0 if args.full else 3.0)
     precisions = [x for x in args.precisions.split(",") if x]
-    section = Section("transcribe_speed: asr_transfer.transcription vs transformers pipeline" + (" (--full)" if args.full else "")).start()
+    section = Section(
+        "transcribe_speed: asr_transfer.transcription vs transformers pipeline" + (" (--full)" if args.full else "")
+    ).start()
     section.model = args.model
     rows, data = [], {"model": str(args.model), "langs": {}}
     for lang in langs:
         if args.files:
             corpus = {"test": Path(args.files)}
         else:
-            corpus = common.synth_corpus(args.work_dir, lang, 0.2, dev_minutes=0.1, test_minutes=minutes, seed=args.seed)
+            corpus = common.synth_corpus(
+                args.work_dir, lang, 0.2, dev_minutes=0.1, test_minutes=minutes, seed=args.seed
+            )
         files = make_files(corpus, Path(args.work_dir) / "transcribe_speed" / f"joined-{lang}-{minutes:g}")
         paths = [f for f, _ in files]
         refs = [t for _, t in files]
@@ -161,10 +169,13 @@ def main(argv=None) -> int:
                  and abs(cers["ours fp32"] - cers[pipe_name]) <= WER_TOLERANCE)
         data["langs"][lang] = {"files": len(paths), "audio_s": audio_s, "best_s": best, "wer": wers, "cer": cers,
                                "wer_equal_fp32": equal, "threads": torch.get_num_threads()}
-        section.add(f"{lang}: {len(paths)} files, {audio_s / 60:.1f} min of audio (synthetic, held-out voices; "
-                    f"{sum(1 for f in paths if f.name.startswith('joined'))} joined clips of 15–30 s), greedy. "
-                    f"fp32 WER ours {base_w:.4f} vs pipeline {wers[pipe_name]:.4f}, CER {cers['ours fp32']:.4f} vs "
-                    f"{cers[pipe_name]:.4f}: {'equal within 0.5 points' if equal else 'NOT EQUAL (speed comparison suspect)'}.\n")
+        section.add(
+            f"{lang}: {len(paths)} files, {audio_s / 60:.1f} min of audio (synthetic, held-out voices; "
+            f"{sum(1 for f in paths if f.name.startswith('joined'))} joined clips of 15–30 s), greedy. "
+            f"fp32 WER ours {base_w:.4f} vs pipeline {wers[pipe_name]:.4f}, CER {cers['ours fp32']:.4f} vs "
+            f"{cers[pipe_name]:.4f}: "
+            f"{'equal within 0.5 points' if equal else 'NOT EQUAL (speed comparison suspect)'}.\n"
+        )
     section.add(table(["lang", "system", "best s", "audio-s/s", "× vs pipeline fp32 (default)", "× vs ours fp32",
                        "WER", "ΔWER vs ours fp32", "CER"], rows) + "\n")
     fp32_speedups = [r[4] for r in rows if r[1] == "ours fp32"]

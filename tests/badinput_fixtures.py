@@ -18,7 +18,9 @@ import numpy as np
 SR = 16_000
 
 
-def tone(duration_s: float, sample_rate: int = SR, channels: int = 1, freq_hz: float = 300.0, amp: float = 0.3) -> np.ndarray:
+def tone(
+    duration_s: float, sample_rate: int = SR, channels: int = 1, freq_hz: float = 300.0, amp: float = 0.3
+) -> np.ndarray:
     """A sine ``(samples,)`` or ``(samples, channels)`` float32 (each channel at a slightly different pitch)."""
     t = np.arange(int(round(duration_s * sample_rate))) / sample_rate
     cols = [amp * np.sin(2 * np.pi * (freq_hz + 25 * c) * t) for c in range(channels)]

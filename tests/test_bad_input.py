@@ -97,7 +97,9 @@ CASES = [
     # --- manifest lines
     Case("not-json", "error:bad_json", "error::3: not valid JSON", "error::3: not valid JSON", None),
     Case("missing-field", "error:missing_field", "error::3: missing field", "error::3: missing field", None),
-    Case("wrong-type", "error:wrong_type", "error::3: 'duration' must be a number", "error::3: 'duration' must be", None),
+    Case(
+        "wrong-type", "error:wrong_type", "error::3: 'duration' must be a number", "error::3: 'duration' must be", None
+    ),
     Case("duplicate-id", "error:duplicate_id", "error::3: duplicate id", "error::3: duplicate id", None),
     Case("non-utf8", "error:not_utf8", "error::3: not valid UTF-8", "error::3: not valid UTF-8", None),
     Case("missing-file", "error:missing_audio", "skip:unreadable audio", "skip", "error"),
@@ -111,7 +113,9 @@ CASES = [
     Case("config-utt-longer-than-batch", None, "error:data.max_utt_s (9.0) exceeds data.max_batch_s", None, None),
     # --- model folders
     Case("model-missing-weights", None, "error:no model.safetensors", "error:no model.safetensors", "error"),
-    Case("model-corrupt-weights", None, "error:corrupt or truncated safetensors", "error:corrupt or truncated", "error"),
+    Case(
+        "model-corrupt-weights", None, "error:corrupt or truncated safetensors", "error:corrupt or truncated", "error"
+    ),
     Case("model-vocab-mismatch", None, "error:CTC head has", "error:CTC head has", "error"),
     Case("model-pickle-only", None, "error:--allow-pickle", "error:--allow-pickle", "error"),
 ]
@@ -133,7 +137,9 @@ class World:
         self.built: dict[str, dict] = {}
 
     def good_lines(self) -> list[bytes]:
-        return [manifest_line(p, 0.8, GOOD_TEXT if i == 0 else "guten morgen", f"g{i}") for i, p in enumerate(self.good)]
+        return [
+            manifest_line(p, 0.8, GOOD_TEXT if i == 0 else "guten morgen", f"g{i}") for i, p in enumerate(self.good)
+        ]
 
     def case(self, case_id: str) -> dict:
         if case_id not in self.built:
@@ -206,10 +212,12 @@ class World:
             elif cid == "config-utt-longer-than-batch":
                 config["data"]["max_utt_s"] = 9.0
         if cid.startswith("model-"):
-            builder = {"model-missing-weights": (model_without_weights, "model.safetensors"),
-                       "model-corrupt-weights": (model_with_corrupt_weights, "model.safetensors"),
-                       "model-vocab-mismatch": (model_with_wrong_vocab, "vocab.json"),
-                       "model-pickle-only": (lambda s, t: malicious_pickle_model(s, t, d / "PWNED"), "pytorch_model.bin")}
+            builder = {
+                "model-missing-weights": (model_without_weights, "model.safetensors"),
+                "model-corrupt-weights": (model_with_corrupt_weights, "model.safetensors"),
+                "model-vocab-mismatch": (model_with_wrong_vocab, "vocab.json"),
+                "model-pickle-only": (lambda s, t: malicious_pickle_model(s, t, d / "PWNED"), "pytorch_model.bin"),
+            }
             make, name = builder[cid]
             out["model"] = make(self.source, d / "model")
             out["file"] = out["model"] / name
@@ -334,7 +342,9 @@ def test_evaluate(world, capfd, case):
 def test_transcribe(world, capfd, case):
     c = world.case(case.id)
     good = world.good[1]
-    rc, out, err = _run(capfd, ["transcribe", "--model", str(c["model"]), "--device", "cpu", str(good), str(c["audio"])])
+    rc, out, err = _run(
+        capfd, ["transcribe", "--model", str(c["model"]), "--device", "cpu", str(good), str(c["audio"])]
+    )
     if case.id.startswith("model-"):
         _check_refused(rc, err, case.train.split(":", 1)[1], case.id, c)
         return

@@ -112,7 +112,9 @@ def test_train_speed_micro(tmp_path, tiny):
     if cer["hf_reached"]:
         assert "time-to-equal-CER ≥ 1.5×: " in verdict and ("— met" in verdict or "— MISSED" in verdict), verdict
     else:  # HF hit its cap: the ratio is only a lower bound
-        assert "time-to-equal-CER ≥ 1.5×: ≥ " in verdict and ("— met" in verdict or "— undetermined" in verdict), verdict
+        assert "time-to-equal-CER ≥ 1.5×: ≥ " in verdict and (
+            "— met" in verdict or "— undetermined" in verdict
+        ), verdict
 
 
 def test_transcribe_speed_micro(tmp_path, tiny):
@@ -181,7 +183,10 @@ def test_gpu_section_skips_without_cuda_and_runs_its_code_on_cpu_when_asked(tmp_
     for row in raw["finetune"].values():
         assert row["flops_per_step"] > 0 and 0 < row["mfu"] < 1
     # The cached step skips the CNN, so it counts fewer FLOPs than the full forward.
-    assert raw["finetune"]["ours, CNN cached"]["flops_per_step"] < raw["finetune"]["HF forward (full model)"]["flops_per_step"]
+    assert (
+        raw["finetune"]["ours, CNN cached"]["flops_per_step"]
+        < raw["finetune"]["HF forward (full model)"]["flops_per_step"]
+    )
     assert raw["rtf"]["fp32"]["rtf"] > 0
 
 

@@ -62,7 +62,9 @@ def sine_manifest(tmp_path_factory):
         t = np.arange(n) / 16000
         wave = 0.3 * np.sin(2 * np.pi * (200 + 90 * i) * t) + 0.02 * rng.standard_normal(n)
         write_wav(folder / f"u{i}.wav", wave)
-        lines.append({"audio_filepath": f"u{i}.wav", "duration": n / 16000, "text": text.capitalize() + "!", "id": f"u{i}"})
+        lines.append(
+            {"audio_filepath": f"u{i}.wav", "duration": n / 16000, "text": text.capitalize() + "!", "id": f"u{i}"}
+        )
     path = folder / "test.jsonl"
     path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
     return path
@@ -95,8 +97,10 @@ def test_evaluate_end_to_end_with_a_skipped_file(de_model, sine_manifest, tmp_pa
 
     manifest = tmp_path / "with_bad.jsonl"
     bad = json.dumps({"audio_filepath": str(tmp_path / "missing.wav"), "duration": 1.0, "text": "weg", "id": "bad"})
-    lines = [json.dumps({**json.loads(x), "audio_filepath": str(sine_manifest.parent / json.loads(x)["audio_filepath"])})
-             for x in sine_manifest.read_text().splitlines()]
+    lines = [
+        json.dumps({**json.loads(x), "audio_filepath": str(sine_manifest.parent / json.loads(x)["audio_filepath"])})
+        for x in sine_manifest.read_text().splitlines()
+    ]
     manifest.write_text("\n".join(lines + [bad]) + "\n")
     out = tmp_path / "eval"
     # normaliser from the model's record; batch_s=0.1 runs one utterance per forward pass, so no zero padding
@@ -139,7 +143,9 @@ def test_rates_by_speaker_add_up_and_put_the_worst_voice_first(de_model, sine_ma
         mine = [r for r in rows if r["speaker"] == spk]
         assert v["n_utterances"] == len(mine) == 2
         assert v["cer"] == pytest.approx(sum(r["char_errors"] for r in mine) / sum(r["char_ref_len"] for r in mine))
-    assert sum(v["char_errors"] for v in by.values()) == pytest.approx(summary["cer"] * sum(v["chars"] for v in by.values()))
+    assert sum(v["char_errors"] for v in by.values()) == pytest.approx(
+        summary["cer"] * sum(v["chars"] for v in by.values())
+    )
     assert evaluate(de_model, sine_manifest, device="cpu")["by_speaker"] == {}  # no speakers named: no breakdown
 
 
@@ -218,7 +224,9 @@ def test_tune_lm_grid(de_model, sine_manifest, tmp_path, capsys):
     full = evaluate(de_model, sine_manifest, decoder="beam", lm_dir=lm, beam_size=8, lm_weight=1.0, word_score=2.0,
                     device="cpu", out_dir=tmp_path / "beam")
     assert full["wer"] == pytest.approx(cell["wer"]) and full["cer"] == pytest.approx(cell["cer"])
-    assert full["decoder"]["kind"] == "beam" and full["decoder"]["lm_weight"] == 1.0 and full["decoder"]["beam_size"] == 8
+    assert (
+        full["decoder"]["kind"] == "beam" and full["decoder"]["lm_weight"] == 1.0 and full["decoder"]["beam_size"] == 8
+    )
     assert full["decoder"]["lm_dir"] == str(lm) and len(_rows(tmp_path / "beam")) == 4
     rc = main(["tune-lm", "--model", str(de_model), "--manifest", str(sine_manifest), "--lm", str(lm),
                "--alphas", "0,1", "--betas", "0", "--beam-size", "4", "--device", "cpu", "--out", str(tmp_path / "t2")])
@@ -229,8 +237,10 @@ def test_tune_lm_grid(de_model, sine_manifest, tmp_path, capsys):
 
 def test_language_mismatch_with_the_manifest_warns(en_model, sine_manifest, tmp_path):
     manifest = tmp_path / "de.jsonl"
-    lines = [{**json.loads(x), "lang": "de", "audio_filepath": str(sine_manifest.parent / json.loads(x)["audio_filepath"])}
-             for x in sine_manifest.read_text().splitlines()]
+    lines = [
+        {**json.loads(x), "lang": "de", "audio_filepath": str(sine_manifest.parent / json.loads(x)["audio_filepath"])}
+        for x in sine_manifest.read_text().splitlines()
+    ]
     manifest.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
     with pytest.warns(RuntimeWarning, match="manifest says lang=de"):
         summary = evaluate(en_model, manifest, device="cpu", max_utts=1)

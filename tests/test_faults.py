@@ -33,7 +33,8 @@ from accelerate import Accelerator  # noqa: F401
 from torch.utils.tensorboard import SummaryWriter  # noqa: F401
 from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2ForCTC, Wav2Vec2Processor  # noqa
 import transformers.masking_utils, safetensors.torch, soundfile, soxr, jiwer  # noqa: F401
-import asr_transfer.training.loop, asr_transfer.model.transfer, asr_transfer.model.load, asr_transfer.decode, asr_transfer.metrics  # noqa
+import asr_transfer.training.loop, asr_transfer.model.transfer, asr_transfer.model.load  # noqa: F401
+import asr_transfer.decode, asr_transfer.metrics  # noqa: F401
 import asr_transfer.commands.train  # noqa: F401
 from asr_transfer.cli import main
 
@@ -210,7 +211,9 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(tmp_path, c
     cfg = _config_file(tmp_path, corpus)
     base = ["train", str(cfg), "--no-progress"]
     ref = tmp_path / "ref"
-    assert zygote.run(base + ["--set", f"train.output_dir={ref}"], tmp_path / "ref.log") == 0, (tmp_path / "ref.log").read_text()
+    assert zygote.run(base + ["--set", f"train.output_dir={ref}"], tmp_path / "ref.log") == 0, (
+        tmp_path / "ref.log"
+    ).read_text()
     total = max(r["step"] for r in _records(ref))
 
     run = tmp_path / "int"
@@ -390,8 +393,22 @@ def test_resume_with_changed_config_is_refused_with_one_line(tmp_path, corpus, p
     # Settings that cannot change the result (logging, checkpoint cadence) do not block a resume.
     assert main(["train", str(cfg_file), "--resume", "--no-progress", "--stop-after-steps", "1",
                  "--set", "train.log_every=5"]) == 0
-    assert main(["train", str(cfg_file), "--resume", "--no-progress", "--allow-inexact-resume", "--stop-after-steps", "1",
-                 "--set", "stages.0.lr=0.005"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(cfg_file),
+                "--resume",
+                "--no-progress",
+                "--allow-inexact-resume",
+                "--stop-after-steps",
+                "1",
+                "--set",
+                "stages.0.lr=0.005",
+            ]
+        )
+        == 0
+    )
 
 
 def test_resume_with_edited_manifest_is_refused(tmp_path, paused_run):

@@ -21,9 +21,11 @@ from asr_transfer.manifest import OPTIONAL, REQUIRED, Utterance, parse_line
 BASE = Path("/corpus")
 JSON_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
                          st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12))
-JSON_VALUES = st.recursive(JSON_SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                                 st.dictionaries(st.text(max_size=8), inner, max_size=3)),
-                           max_leaves=8)
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=8,
+)
 KEYS = st.sampled_from([*REQUIRED, *OPTIONAL, "extra", "speed_wpm"])
 
 
@@ -68,8 +70,9 @@ _EXTRA_KEYS = st.text(min_size=1, max_size=8).filter(lambda k: k not in REQUIRED
     lang=st.one_of(st.none(), st.sampled_from(["de", "en", "nl"])),
     speaker=st.one_of(st.none(), _NAME),
     uid=st.one_of(st.none(), _NAME),
-    extra=st.dictionaries(_EXTRA_KEYS, JSON_SCALARS.filter(lambda v: not (isinstance(v, float) and not math.isfinite(v))),
-                          max_size=3),
+    extra=st.dictionaries(
+        _EXTRA_KEYS, JSON_SCALARS.filter(lambda v: not (isinstance(v, float) and not math.isfinite(v))), max_size=3
+    ),
 )
 def test_valid_utterances_round_trip_through_to_json(folder, name, duration, offset, text, lang, speaker, uid, extra):
     u = Utterance(str(folder / f"{name}.wav"), duration, text, offset, lang, speaker, uid, extra)

@@ -95,8 +95,16 @@ def test_unknown_or_bad_key_is_exit_1_one_line(override, tmp_path, capsys):
 
 
 def test_missing_source_test_manifest_is_one_line_before_any_synthesis(tmp_path, capsys):
-    rc, _, stderr = recipe(capsys, "de-synth", "--out", tmp_path / "exp", "--set", f"data.source_test={tmp_path}/no.jsonl",
-                           "--stop-stage", "0")
+    rc, _, stderr = recipe(
+        capsys,
+        "de-synth",
+        "--out",
+        tmp_path / "exp",
+        "--set",
+        f"data.source_test={tmp_path}/no.jsonl",
+        "--stop-stage",
+        "0",
+    )
     assert rc == 1 and stderr.count("\n") == 1 and "data.source_test" in stderr and "no.jsonl" in stderr
     assert not (tmp_path / "exp" / "data" / "train.jsonl").exists()
 
@@ -171,8 +179,15 @@ def test_whole_pipeline_mechanics_on_a_tiny_random_source(tmp_path, capsys):
                                                                              "control (greedy)"]
     assert retained.splitlines()[3].rstrip().endswith("1.00")  # the unadapted source against itself
     assert 'data-metric="retention"' in (out / "report" / "report.html").read_text()
-    assert [m["name"] for _, m in sorted(markers(out).items())] == ["data", "validate", "vocab + LM", "baseline", "train",
-                                                                      "evaluate", "report"]
+    assert [m["name"] for _, m in sorted(markers(out).items())] == [
+        "data",
+        "validate",
+        "vocab + LM",
+        "baseline",
+        "train",
+        "evaluate",
+        "report",
+    ]
     vocab = json.loads((out / "lang" / "vocab.json").read_text())
     assert {"ä", "ö", "ü", "ß"} <= set(vocab)  # vocab.all_letters: the whole German alphabet
     lm_record = json.loads((out / "lm" / "lm.json").read_text())

@@ -15,9 +15,33 @@ from asr_transfer.evaluation import rates_with_ci, write_evaluation
 from asr_transfer.metrics import paired_bootstrap, score_pairs
 from asr_transfer.report import build_report
 
-REFS = ["das ist ein haus", "grüße aus köln", "die straße ist groß", "über den fluss", "hallo welt", "schön", "das mädchen"]
-HYPS_RAW = ["das ist en haus", "gruse aus koln", "die strase ist gros", "uber den flus", "halo welt", "schon", "das madchen"]
-HYPS_ADAPTED = ["das ist ein haus", "grüße aus köln", "die straße ist gros", "über den fluss", "hallo welt", "schön", "das mädchen"]
+REFS = [
+    "das ist ein haus",
+    "grüße aus köln",
+    "die straße ist groß",
+    "über den fluss",
+    "hallo welt",
+    "schön",
+    "das mädchen",
+]
+HYPS_RAW = [
+    "das ist en haus",
+    "gruse aus koln",
+    "die strase ist gros",
+    "uber den flus",
+    "halo welt",
+    "schon",
+    "das madchen",
+]
+HYPS_ADAPTED = [
+    "das ist ein haus",
+    "grüße aus köln",
+    "die straße ist gros",
+    "über den fluss",
+    "hallo welt",
+    "schön",
+    "das mädchen",
+]
 
 
 def _write_eval(folder: Path, name: str, refs, hyps, lang="de") -> dict:
@@ -139,7 +163,9 @@ def test_report_with_a_run_folder_renders_learning_curves(tmp_path):
     curves = tmp_path / "rep" / "figures" / "run0_curves.png"
     assert curves.read_bytes()[:4] == b"\x89PNG"
     assert base64.b64encode(curves.read_bytes()).decode() in [s.split(",", 1)[1] for s in page.imgs]
-    trainable = {a["data-stage"]: int(a["data-value"]) for a, _ in page.cells if a.get("data-metric") == "trainable_params"}
+    trainable = {
+        a["data-stage"]: int(a["data-value"]) for a, _ in page.cells if a.get("data-metric") == "trainable_params"
+    }
     assert trainable == {"head": 1_000, "top": 50_000, "all": 400_000}
     values = {(a["data-system"], a["data-metric"]): a["data-value"] for a, _ in page.cells if "data-system" in a}
     assert float(values[("de-small/greedy", "wer")]) == summary["wer"]
@@ -165,8 +191,15 @@ def test_p_values_compare_against_the_best_zero_shot_system(tmp_path):
     """Without --baseline the reference is the zero-shot system (no target audio) with the lowest WER, not raw."""
     from asr_transfer.report import best_zero_shot, collect, compare
 
-    hyps_zs_lm = ["das ist ein haus", "grüße aus köln", "die strase ist gros", "über den fluss", "halo welt", "schon",
-                  "das mädchen"]
+    hyps_zs_lm = [
+        "das ist ein haus",
+        "grüße aus köln",
+        "die strase ist gros",
+        "über den fluss",
+        "halo welt",
+        "schon",
+        "das mädchen",
+    ]
     for name, hyps, zero_shot in (("raw", HYPS_RAW, True), ("zero-shot + LM", hyps_zs_lm, True),
                                   ("adapted", HYPS_ADAPTED, False)):
         summary = _write_eval(tmp_path / name, name, REFS, hyps)

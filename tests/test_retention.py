@@ -39,8 +39,10 @@ def test_report_shows_retention_and_keeps_source_scores_out_of_the_systems_table
     de_hyps = [r.replace("ü", "u") for r in REFS]
     _write_eval(tmp_path / "raw", "raw", REFS, de_hyps)
     _write_eval(tmp_path / "adapted", "adapted (greedy)", REFS, REFS)
-    for folder, system, hyps in (("raw-src", "raw", ["the house is big", "dont stop", "hello world", "a quiet street"]),
-                                 ("ad-src", "adapted (greedy)", ["de haus is bik", "dont stop", "halo welt", "a kwit"])):
+    for folder, system, hyps in (
+        ("raw-src", "raw", ["the house is big", "dont stop", "hello world", "a quiet street"]),
+        ("ad-src", "adapted (greedy)", ["de haus is bik", "dont stop", "halo welt", "a kwit"]),
+    ):
         summary = _write_eval(tmp_path / folder, source_eval_name(system), EN_REFS, hyps, lang="en")
         (tmp_path / folder / "summary.json").write_text(json.dumps({**summary, **source_summary_extra(system)}))
     page = build_report([tmp_path / n for n in ("raw", "adapted", "raw-src", "ad-src")], tmp_path / "r")

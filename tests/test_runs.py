@@ -206,7 +206,11 @@ def test_source_identity_of_a_hub_id_reads_the_cached_commit(tmp_path, monkeypat
     (refs / "main").write_text("22aad52d435eb6dbaf354bdad9b0da84ce7d6156")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     ident = source_identity("facebook/wav2vec2-base-960h")
-    assert ident == {"id": "facebook/wav2vec2-base-960h", "kind": "hub", "revision": "22aad52d435eb6dbaf354bdad9b0da84ce7d6156"}
+    assert ident == {
+        "id": "facebook/wav2vec2-base-960h",
+        "kind": "hub",
+        "revision": "22aad52d435eb6dbaf354bdad9b0da84ce7d6156",
+    }
     assert source_identity("org/never-downloaded")["revision"] is None
 
 
@@ -219,11 +223,17 @@ def test_filters_sorting_and_bad_input(world, capsys):
     rc, out, _ = _cli(capsys, "runs", world["root"], "--filter", "kind=train", "--sort", "stages.1.lr", "--json")
     names = [r["name"] for r in json.loads(out)]
     assert names.index(str(world["b"])) < names.index(str(world["a"]))
-    rc, out, _ = _cli(capsys, "runs", world["root"], "--filter", "kind=train", "--sort", "stages.1.lr", "--desc", "--json")
+    rc, out, _ = _cli(
+        capsys, "runs", world["root"], "--filter", "kind=train", "--sort", "stages.1.lr", "--desc", "--json"
+    )
     names = [r["name"] for r in json.loads(out)]
     assert names.index(str(world["a"])) < names.index(str(world["b"]))
-    for argv, msg in ((["runs", world["root"] / "missing"], "no such folder"), (["runs", "--filter", "x"], "--filter"),
-                      (["runs", "compare", world["a"]], "at least two"), (["reproduce", world["root"]], "not a run folder")):
+    for argv, msg in (
+        (["runs", world["root"] / "missing"], "no such folder"),
+        (["runs", "--filter", "x"], "--filter"),
+        (["runs", "compare", world["a"]], "at least two"),
+        (["reproduce", world["root"]], "not a run folder"),
+    ):
         rc, _, err = _cli(capsys, *argv)
         assert rc == 1 and msg in err and len(err.strip().splitlines()) == 1
 
@@ -231,9 +241,16 @@ def test_filters_sorting_and_bad_input(world, capsys):
 @pytest.mark.skipif(__import__("importlib").util.find_spec("mlflow") is not None, reason="mlflow is installed")
 def test_mlflow_tracking_without_mlflow_is_one_line_error(world, tmp_path, capsys):
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"model": {"source": str(world["src"]), "lang": "de"},
-                               "data": {"train_manifest": str(world["train"]), "max_batch_s": 4.0, "max_utt_s": 2.0},
-                               "train": {"output_dir": str(tmp_path / "m"), "tracking": "mlflow"}, "stages": STAGES[:1]}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "model": {"source": str(world["src"]), "lang": "de"},
+                "data": {"train_manifest": str(world["train"]), "max_batch_s": 4.0, "max_utt_s": 2.0},
+                "train": {"output_dir": str(tmp_path / "m"), "tracking": "mlflow"},
+                "stages": STAGES[:1],
+            }
+        )
+    )
     rc, _, err = _cli(capsys, "train", cfg, "--no-progress")
     assert rc == 1 and err.strip().splitlines() == [
         "error: train.tracking = mlflow needs the mlflow package: pip install 'asr-transfer[mlflow]'"]

@@ -45,8 +45,12 @@ def test_no_pickle_no_remote_code_no_assert_validation(path):
         keywords = {k.arg: k.value for k in call.keywords}
         if name.endswith("torch.load") or name == "load" and "weights_only" in keywords:
             wo = keywords.get("weights_only")
-            assert isinstance(wo, ast.Constant) and wo.value is True, f"{path}:{call.lineno}: torch.load without weights_only=True"
-        assert not re.fullmatch(r"(c?pickle|dill|joblib)\.(load|loads|Unpickler)", name), f"{path}:{call.lineno}: {name}"
+            assert (
+                isinstance(wo, ast.Constant) and wo.value is True
+            ), f"{path}:{call.lineno}: torch.load without weights_only=True"
+        assert not re.fullmatch(
+            r"(c?pickle|dill|joblib)\.(load|loads|Unpickler)", name
+        ), f"{path}:{call.lineno}: {name}"
         assert name not in ("eval", "exec"), f"{path}:{call.lineno}: {name}"
         trust = keywords.get("trust_remote_code")
         assert not (isinstance(trust, ast.Constant) and trust.value is True), f"{path}:{call.lineno}: trust_remote_code"

@@ -232,7 +232,8 @@ def _parse_time(s: str, sep: str) -> float:
 
 
 def parse_subtitles(text: str, kind: str) -> list[tuple[float, float, list[str]]]:
-    """Strict SRT/VTT parser: (index,) times line, 1–2 text lines ≤ 42 chars, blank line; times monotonic, no overlap."""
+    """Strict SRT/VTT parser: (index,) times line, 1–2 text lines ≤ 42 chars, blank line; times monotonic, no
+    overlap."""
     sep = "," if kind == "srt" else "."
     blocks = text.split("\n\n")
     if kind == "vtt":

@@ -151,7 +151,9 @@ def test_ctc_length_check_at_the_boundary(tmp_path):
     (model_dir / "config.json").write_text(json.dumps(
         {"conv_kernel": [10, 3, 3, 3, 3, 2, 2, 2], "conv_stride": [5, 2, 2, 2, 2, 2, 2, 2]}))
     m2 = tmp_path / "m2.jsonl"
-    m2.write_text(line("one.wav", 1.0, "ab" * 12, id="24") + "\n" + line("one.wav", 1.0, "ab" * 12 + "a", id="25") + "\n")
+    m2.write_text(
+        line("one.wav", 1.0, "ab" * 12, id="24") + "\n" + line("one.wav", 1.0, "ab" * 12 + "a", id="25") + "\n"
+    )
     report = validate_manifest(m2, model_config=model_dir)
     assert [(p.uid, p.kind) for p in report.problems] == [("25", "too_long_for_ctc")]
     assert report.conv_stride[-1] == 2 and len(report.conv_stride) == 8

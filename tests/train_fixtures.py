@@ -10,7 +10,14 @@ import numpy as np
 import torch
 
 ASSETS = Path(__file__).parent / "assets"
-TEXTS = ["über den fluss", "das haus ist groß", "schöne grüße", "ein kleiner hund", "die straße ist lang", "guten morgen"]
+TEXTS = [
+    "über den fluss",
+    "das haus ist groß",
+    "schöne grüße",
+    "ein kleiner hund",
+    "die straße ist lang",
+    "guten morgen",
+]
 
 
 def make_source_model(out: Path, config: Path = ASSETS / "tiny" / "config.json", seed: int = 0) -> Path:
@@ -56,7 +63,13 @@ def tiny_config(tmp: Path, source: Path, train: Path, dev: Path, **overrides):
         "stages": [
             {"name": "head", "train": ["head"], "lr": 1e-3, "steps": 5},
             {"name": "top", "train": ["head", "layers.-1:"], "lr": 1e-3, "steps": 5},
-            {"name": "all", "train": ["head", "layers", "feature_projection"], "lr": 3e-4, "layer_decay": 0.9, "epochs": 1},
+            {
+                "name": "all",
+                "train": ["head", "layers", "feature_projection"],
+                "lr": 3e-4,
+                "layer_decay": 0.9,
+                "epochs": 1,
+            },
         ],
     }
     return load_config(TrainConfig, None, [f"{k}={v}" for k, v in overrides.items()], base=base)

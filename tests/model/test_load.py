@@ -267,7 +267,9 @@ def _assert_partition(model) -> dict[str, list]:
 
 @pytest.mark.parametrize("which", ["tiny", "stable", "base960h"])
 def test_every_parameter_in_exactly_one_group(which, base960h_model):
-    model = {"tiny": build_model, "stable": lambda: build_model(TINY_STABLE_CONFIG)}.get(which, lambda: base960h_model)()
+    model = {"tiny": build_model, "stable": lambda: build_model(TINY_STABLE_CONFIG)}.get(
+        which, lambda: base960h_model
+    )()
     groups = _assert_partition(model)
     L = model.config.num_hidden_layers
     assert list(groups) == ["feature_encoder", "feature_projection", "pos_conv", "encoder_norm",

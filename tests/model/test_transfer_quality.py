@@ -1,9 +1,11 @@
-"""Transfer from the shipped English model to a 1.5-minute synthetic German corpus (issue: transfer training, done-when).
+"""Transfer from the shipped English model to a 1.5-minute synthetic German corpus (issue: transfer training,
+done-when).
 
 - dev CER falls stage by stage (start → end of head stage → end of top stage);
 - after the same number of head-only steps, the mapped head has lower dev loss and CER than a random head.
 Needs ``models/en-synth-small`` (shipped in the repo) and espeak-ng.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,7 +15,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE = ROOT / "models" / "en-synth-small"
-pytestmark = pytest.mark.skipif(not (SOURCE / "model.safetensors").is_file(), reason="models/en-synth-small not present")
+pytestmark = pytest.mark.skipif(
+    not (SOURCE / "model.safetensors").is_file(), reason="models/en-synth-small not present"
+)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,9 @@ from safetensors.torch import load_file
 from train_fixtures import make_corpus, make_source_model, tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]
+# One stage training every group, CNN included: the stages TOML of the tests that need the whole model to learn.
+ALL_GROUPS_STAGE = ('[{{name = "all", train = ["feature_encoder", "feature_projection", "pos_conv", "layers", "head"], '
+                    'lr = 1e-3, steps = {steps}}}]')
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +82,7 @@ def test_loader_threads_give_the_same_batches_and_skip_a_bad_file_alone(tmp_path
     rows[4] = {**rows[4], "audio_filepath": str(bad)}
     manifest = tmp_path / "train.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    one = '[{name = "all", train = ["feature_encoder", "feature_projection", "pos_conv", "layers", "head"], lr = 1e-3, steps = 8}]'
+    one = ALL_GROUPS_STAGE.format(steps=8)
     losses = {}
     for threads in (0, 3):
         cfg = tiny_config(tmp_path / str(threads), source, manifest, dev, stages=one, **{
@@ -179,9 +182,30 @@ def test_ddp_two_processes_match_one_process(tmp_path, corpus):
 
     save_config(base, cfg)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    one = [sys.executable, "-m", "asr_transfer", "train", str(cfg), *over, "--set", f"train.output_dir={tmp_path / 'one'}"]
-    two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m", "asr_transfer",
-           "train", str(cfg), *over, "--set", f"train.output_dir={tmp_path / 'two'}"]
+    one = [
+        sys.executable,
+        "-m",
+        "asr_transfer",
+        "train",
+        str(cfg),
+        *over,
+        "--set",
+        f"train.output_dir={tmp_path / 'one'}",
+    ]
+    two = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "asr_transfer",
+        "train",
+        str(cfg),
+        *over,
+        "--set",
+        f"train.output_dir={tmp_path / 'two'}",
+    ]
     for cmd in (one, two):
         res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
@@ -222,22 +246,30 @@ def test_training_the_cnn_runs_uncached_from_the_wave(tmp_path, corpus):
     """A stage that trains the feature encoder has boundary 0: batches are padded waves, the CNN runs per utterance."""
     from asr_transfer.training.loop import train
 
-    one = '[{name = "all", train = ["feature_encoder", "feature_projection", "pos_conv", "layers", "head"], lr = 1e-3, steps = 3}]'
+    one = ALL_GROUPS_STAGE.format(steps=3)
     train(tiny_config(tmp_path, *corpus, stages=one), progress=False)
     stages = json.loads((tmp_path / "run" / "stages.json").read_text())
     assert stages[0]["boundary"] == 0 and stages[0]["end_step"] == 3
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-@pytest.mark.parametrize("stage", [
-    '[{name = "all", train = ["feature_encoder", "feature_projection", "pos_conv", "layers", "head"], lr = 1e-3, steps = 3}]',
-    '[{name = "top", train = ["head", "layers.-1:"], lr = 1e-3, steps = 3}]',
-], ids=["cnn-from-the-wave", "cached-boundary"])
+@pytest.mark.parametrize(
+    "stage",
+    [
+        ALL_GROUPS_STAGE.format(steps=3),
+        '[{name = "top", train = ["head", "layers.-1:"], lr = 1e-3, steps = 3}]',
+    ],
+    ids=["cnn-from-the-wave", "cached-boundary"],
+)
 def test_training_and_dev_evaluation_run_on_a_gpu(tmp_path, corpus, stage):
-    """Batches, lengths, masks and the dev evaluation all on the GPU (found on a lent H200: lengths stayed on the CPU)."""
+    """Batches, lengths, masks and the dev evaluation all on the GPU (found on a lent H200: lengths stayed on the
+    CPU)."""
     from asr_transfer.training.loop import train
 
-    train(tiny_config(tmp_path, *corpus, stages=stage, **{"train.eval_every": 2, "train.precision": "bf16"}), progress=False)
+    train(
+        tiny_config(tmp_path, *corpus, stages=stage, **{"train.eval_every": 2, "train.precision": "bf16"}),
+        progress=False,
+    )
     run = tmp_path / "run"
     assert json.loads((run / "run.json").read_text())["environment"]["device"].startswith("cuda")
     assert len(_metrics(run, "dev")) >= 2

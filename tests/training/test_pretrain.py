@@ -76,7 +76,14 @@ def test_pipeline_text_equals_asr_transfer_greedy(espeak_clip):
 @needs_model
 def test_card_documents_training():
     card = (MODEL_DIR / "README.md").read_text(encoding="utf-8")
-    for needle in ("wall time", "cores", "parameters", "synthetic test", "real English", "asr-transfer pretrain-source"):
+    for needle in (
+        "wall time",
+        "cores",
+        "parameters",
+        "synthetic test",
+        "real English",
+        "asr-transfer pretrain-source",
+    ):
         assert needle in card, needle
 
 
@@ -139,9 +146,20 @@ def test_pretrain_smoke_builds_exports_and_resumes(tmp_path):
     from asr_transfer.training.pretrain import PretrainOptions, pretrain_source
     from asr_transfer.vocab import english_source_vocab
 
-    options = PretrainOptions(config=str(_tiny_setup(tmp_path)), out=str(tmp_path / "model"), corpus_dir=str(tmp_path / "corpus"),
-                              runs_dir=str(tmp_path / "runs"), minutes=0.3, dev_minutes=0.05, test_minutes=0.05,
-                              snr_db=20.0, jobs=2, curriculum_max_utt_s=4.0, realspeech=None, command="asr-transfer pretrain-source --smoke")
+    options = PretrainOptions(
+        config=str(_tiny_setup(tmp_path)),
+        out=str(tmp_path / "model"),
+        corpus_dir=str(tmp_path / "corpus"),
+        runs_dir=str(tmp_path / "runs"),
+        minutes=0.3,
+        dev_minutes=0.05,
+        test_minutes=0.05,
+        snr_db=20.0,
+        jobs=2,
+        curriculum_max_utt_s=4.0,
+        realspeech=None,
+        command="asr-transfer pretrain-source --smoke",
+    )
     result = pretrain_source(options, progress=False)
     assert result.out == tmp_path / "model"
     assert all((result.out / n).is_file() for n in REQUIRED)
@@ -149,7 +167,11 @@ def test_pretrain_smoke_builds_exports_and_resumes(tmp_path):
     short = json.loads((tmp_path / "runs" / "short" / "config.resolved.json").read_text())
     full = json.loads((tmp_path / "runs" / "full" / "config.resolved.json").read_text())
     # the curriculum run: random init, short utterances only; the main run continues from it with the head kept
-    assert short["model"]["init_config"] and short["data"]["max_utt_s"] == 4.0 and [s["name"] for s in short["stages"]] == ["short"]
+    assert (
+        short["model"]["init_config"]
+        and short["data"]["max_utt_s"] == 4.0
+        and [s["name"] for s in short["stages"]] == ["short"]
+    )
     assert full["model"]["init_config"] is None and full["model"]["source"].endswith("short/final")
     assert full["data"]["max_utt_s"] == 8.0 and [s["name"] for s in full["stages"]] == ["full"]
     assert json.loads((tmp_path / "runs" / "short" / "train_summary.json").read_text())["steps"] == 2
@@ -187,7 +209,10 @@ def test_card_augmentation_text_names_what_is_on_and_says_none_otherwise():
 
     off = {"data": {"speed_perturb": [], "noise_snr_db": []}, "augment": {"mask_time_prob": 0.0, "mask_time_length": 5}}
     assert augmentation_text(off).startswith("none")
-    on = {"data": {"speed_perturb": [0.9, 1.1], "noise_snr_db": [20, 50]}, "augment": {"mask_time_prob": 0.05, "mask_time_length": 5}}
+    on = {
+        "data": {"speed_perturb": [0.9, 1.1], "noise_snr_db": [20, 50]},
+        "augment": {"mask_time_prob": 0.05, "mask_time_length": 5},
+    }
     assert augmentation_text(on) == ("speed perturbation [0.9, 1.1], extra white noise at SNR uniform [20, 50] dB, "
                                      "SpecAugment time masks p=0.05 length 5")
 
@@ -200,7 +225,10 @@ def test_blank_plateau_notes_read_the_runs_configs():
     cfg = SimpleNamespace(feat_extract_norm="group", do_stable_layer_norm=True)
 
     def run(name, lr, max_utt_s, max_batch_s):
-        return {"run": name, "config": {"stages": [{"lr": lr}], "data": {"max_utt_s": max_utt_s, "max_batch_s": max_batch_s}}}
+        return {
+            "run": name,
+            "config": {"stages": [{"lr": lr}], "data": {"max_utt_s": max_utt_s, "max_batch_s": max_batch_s}},
+        }
 
     two = blank_plateau_notes(cfg, [run("short", 2e-3, 3.5, 30.0), run("full", 2.5e-3, 16.0, 30.0)])
     assert "AdamW, 0.0025)" in two and "at most 3.5 s" in two and "small batches (30 s of audio" in two
@@ -219,7 +247,9 @@ def test_init_config_needs_vocab_and_keep(tmp_path):
     prepared = prepare_model(args, AugmentArgs(), tmp_path / "unused.jsonl", seed=3)
     again = prepare_model(args, AugmentArgs(), tmp_path / "unused.jsonl", seed=3)
     assert prepared.vocab == english_source_vocab() and prepared.model.lm_head.out_features == 32
-    assert all(torch.equal(a, b) for a, b in zip(prepared.model.state_dict().values(), again.model.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(prepared.model.state_dict().values(), again.model.state_dict().values())
+    )
     assert prepared.processor.feature_extractor.return_attention_mask  # layer-norm CNN: masks, as the config says
     with pytest.raises(UserError, match="head_init = keep"):
         prepare_model(ModelArgs(init_config=str(TINY_STABLE_CONFIG), lang="en", head_init="mapped", vocab=str(vocab)),

@@ -221,7 +221,9 @@ def test_optimizer_groups_layer_decay_and_no_decay(base960h_model):
     assert lr["head"] == 1e-4 and lr["layers.11"] == 1e-4
     assert math.isclose(lr["layers.0"], 1e-4 * 0.5 ** 11)
     assert math.isclose(lr["encoder_norm"], lr["layers.0"])  # post-LN: the norm below layer 0 shares its rate
-    assert math.isclose(lr["feature_projection"], 1e-4 * 0.5 ** 12) and math.isclose(lr["pos_conv"], lr["feature_projection"])
+    assert math.isclose(lr["feature_projection"], 1e-4 * 0.5**12) and math.isclose(
+        lr["pos_conv"], lr["feature_projection"]
+    )
     assert sum(p.numel() for g in groups for p in g["params"]) == trainable_count(base960h_model, stage)
     names = [n for g in groups for n in g["names"]]
     assert len(names) == len(set(names))

@@ -99,14 +99,29 @@ def environment_info() -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------- hardware
-def cpu_flags() -> set[str]:
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first ``field`` line of ``/proc/cpuinfo`` (``None`` without one, e.g. on macOS)."""
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("flags"):
-                return set(line.partition(":")[2].split())
+            if line.startswith(field):
+                return line.partition(":")[2].strip()
     except OSError:
         pass
-    return set()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    return set((_cpuinfo("flags") or "").split())
+
+
+def cpu_model() -> str:
+    """E.g. ``Intel(R) Xeon(R) Processor``; the architecture where the model name is unknown."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask), not all the machine has."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def cpu_supports_bf16() -> bool:
@@ -125,19 +140,10 @@ def cpu_supports_bf16() -> bool:
 
 def hardware() -> str:
     """CPU model and the cores this process may use, e.g. ``Intel(R) Xeon(R) Processor, 2 cores``."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     import torch
 
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return f"{model}, {cores} cores{gpu}"
+    return f"{cpu_model()}, {usable_cores()} cores{gpu}"
 
 
 # ------------------------------------------------------------------------------------------------------ install check
@@ -211,7 +217,7 @@ def doctor_lines() -> list[str]:
         lines.append(f"debian {package}: {version or 'not installed'}")
     native = sorted(cpu_flags() & {"avx512_bf16", "amx_bf16"})
     bf16 = f"native ({', '.join(native) or 'oneDNN'})" if cpu_supports_bf16() else "emulated (fp32 is faster)"
-    lines.append(f"cpu: {platform.machine()}, {os.cpu_count()} cores, bf16 {bf16}")
+    lines.append(f"cpu: {cpu_model()}, {usable_cores()} usable cores, bf16 {bf16}")
     try:
         import torch
 

@@ -16,7 +16,6 @@ Data is never copied: manifests stay where the user keeps them, the record only 
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -41,10 +40,7 @@ _WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_mode
 # ---------------------------------------------------------------------------------------------------------- files
 def read_record(run_dir: str | Path) -> dict | None:
     """The folder's ``run.json``, or ``None`` when absent or unreadable (a record never makes a folder unusable)."""
-    try:
-        data = json.loads((Path(run_dir) / RECORD).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
-        return None
+    data = read_json_or(Path(run_dir) / RECORD)
     return data if isinstance(data, dict) else None
 
 

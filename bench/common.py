@@ -42,26 +42,13 @@ _PACKAGES = (
 
 
 # ------------------------------------------------------------------------------------------------ machine facts
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict[str, Any]:
     """CPU model, usable cores, torch threads, RAM, GPU(s) and whether the CPU has native bf16."""
     import torch
 
-    from asr_transfer.environment import cpu_supports_bf16
+    from asr_transfer.environment import cpu_model, cpu_supports_bf16, usable_cores
 
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
+    cores = usable_cores()
     mem_gb = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():

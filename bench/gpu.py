@@ -28,6 +28,8 @@ import common
 import numpy as np
 from common import BASE960_CONFIG, Section, fmt, table
 
+from asr_transfer.environment import cpu_model
+
 # Dense (no sparsity) bf16 tensor-core peaks, FLOP/s, from the vendors' data sheets.
 PEAK_BF16 = (("H100 PCIe", 756e12), ("H100", 989.4e12), ("H200", 989.4e12), ("GH200", 989.4e12), ("A100", 312e12),
              ("L40S", 362e12), ("L4", 121e12), ("A10G", 70e12), ("A10", 125e12), ("RTX 4090", 165e12))
@@ -195,7 +197,7 @@ def main(argv=None) -> int:
         section.append(args.results)
         return 0
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else common.cpu_model()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model()
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 RTF rows use TF32 tensor cores, as users would
         torch.backends.cudnn.allow_tf32 = True

@@ -331,7 +331,7 @@ def _report(on_error: Callable[[str, str], None] | None, path: Path, message: st
         tqdm.write(f"error: {message} (skipped)", file=sys.stderr)  # does not break a progress bar
 
 
-def iter_transcripts(paths, model, decoder="greedy", lm_dir=None, device: str = "auto", precision: str = "fp32",
+def iter_transcripts(paths, model, decoder="greedy", lm_dir=None, device: str = "auto", precision: str = "auto",
                      recursive: bool = False, chunk_s: float = 30.0, stride_s: float = 5.0, batch_s: float = 160.0,
                      on_error: Callable[[str, str], None] | None = None, *, beam_size: int | None = None,
                      allow_pickle: bool = False, segment_s: float = SEGMENT_S,
@@ -426,7 +426,7 @@ def _finish(path: Path, hyp: Hypothesis, duration_s: float, load_s: float, infer
     return Transcript(str(path), hyp.text, words, duration_s, timings, None)
 
 
-def transcribe(paths, model, decoder="greedy", lm_dir=None, device: str = "auto", precision: str = "fp32",
+def transcribe(paths, model, decoder="greedy", lm_dir=None, device: str = "auto", precision: str = "auto",
                recursive: bool = False, chunk_s: float = 30.0, stride_s: float = 5.0, batch_s: float = 160.0,
                on_error: Callable[[str, str], None] | None = None, **kwargs) -> list[Transcript]:
     """Transcribe audio files; returns one :class:`Transcript` per input file, in input order.

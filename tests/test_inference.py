@@ -229,6 +229,26 @@ def test_bf16_falls_back_to_fp32_with_one_warning_without_cpu_support(tiny, monk
     np.testing.assert_allclose(rec.log_probs([wave])[0], _reference(tiny, wave), atol=1e-4)
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_exactly_where_the_cpu_has_it(tiny, monkeypatch, native):
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: native)
+    monkeypatch.setattr(inference, "_WARNED", set())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # auto never warns: falling back is its job
+        rec = Recognizer(tiny, InferenceOptions(device="cpu", precision="auto"))
+    assert rec.precision == ("bf16" if native else "fp32")
+    assert inference.check_precision("auto", "mps") == "fp32"
+
+
+def test_transcription_defaults_to_auto_precision_and_evaluation_to_fp32():
+    import inspect
+
+    from asr_transfer import evaluation, transcription
+
+    assert inspect.signature(transcription.transcribe).parameters["precision"].default == "auto"
+    assert inspect.signature(evaluation.evaluate).parameters["precision"].default == "fp32"
+
+
 @pytest.mark.skipif(not inference.cpu_supports_bf16(), reason="CPU without native bf16")
 def test_bf16_autocast_runs_on_capable_cpu(tiny):
     rec = Recognizer(tiny, InferenceOptions(device="cpu", precision="bf16"))

@@ -133,6 +133,11 @@ class TrainArgs:
     watchdog_blank_share: float = option("blank-frame share on dev that counts as collapse", 0.995)
     tracking: str = option("tensorboard (default) or mlflow (also logs to a local MLflow store)", "tensorboard")
     num_threads: int | None = option("torch CPU threads (None: torch default)", None)
+    processes: int = option(
+        "local data-parallel processes (DDP over gloo on CPU); >1 starts them with torch.distributed.run, each with "
+        "num_threads threads (default: the caller's threads shared among them). The global batch stays the same",
+        1,
+    )
     loader_threads: int = option(
         "threads that decode and augment a batch's audio in parallel (0: the training thread); "
         "worth it on a GPU machine with spare cores, where audio loading is the step's bottleneck",
@@ -153,6 +158,7 @@ class TrainArgs:
         _range("train.seed", self.seed, 0, SEED_MAX)
         _range("train.log_every", self.log_every, 1)
         _range("train.num_threads", self.num_threads, 1)
+        _range("train.processes", self.processes, 1, 64)
         _range("train.early_stop_patience", self.early_stop_patience, 1)
         _range("train.cache_max_mem_mb", self.cache_max_mem_mb, 0)
         _range("train.clip_norm", self.clip_norm, 0)

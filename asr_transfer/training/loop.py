@@ -62,6 +62,7 @@ from .data import (
     normalize_wave,
 )
 from .devscore import DevScore, blank_collapse, watchdog_action
+from .launch import is_worker, launch
 from .runlog import RunLog
 from .schedule import apply_stage, make_scheduler, optimizer_param_groups, validate_schedule
 from .state import Accum, State, config_hash, end_stage, record_evaluation, resume_problems, stage_total_steps
@@ -632,4 +633,6 @@ def train(config: TrainConfig, resume: bool = False, allow_inexact_resume: bool 
     ``stop_after_steps`` / ``time_budget_s`` pause this invocation after a checkpoint; ``resume=True`` continues
     exactly.
     """
+    if config.train.processes > 1 and not is_worker():
+        return launch(config, resume, allow_inexact_resume, progress, stop_after_steps, time_budget_s)
     return Trainer(config, resume, allow_inexact_resume, progress, stop_after_steps, time_budget_s).run()

@@ -29,12 +29,11 @@ from typing import Sequence
 import numpy as np
 
 from .audio import SAMPLE_RATE, frames_for_samples, normalize_wave
-from .environment import cpu_supports_bf16
 from .errors import UserError
-from .model.forward import group_norm_cnn, num_segments, run_segments, unwrap
+from .model.forward import PAD_QUANTUM_SAMPLES, group_norm_cnn, num_segments, run_segments, unwrap
 from .model.load import load_model, resolve_device
+from .precision import PRECISIONS, check_precision
 
-PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
 @dataclass(frozen=True)
@@ -56,36 +55,6 @@ class InferenceOptions:
             raise UserError(f"batch_s must be > 0 seconds (got {self.batch_s})")
         if self.num_threads is not None and self.num_threads < 1:
             raise UserError(f"num_threads must be >= 1 (got {self.num_threads})")
-
-
-def check_precision(precision: str, device_type: str) -> str:
-    """The precision that will really run on ``device_type``; warns once when bf16 falls back to fp32.
-
-    ``auto`` is bf16 where the hardware computes it natively (CPUs with AMX or avx512_bf16, CUDA GPUs with bf16) and
-    fp32 elsewhere. bf16 moved the shipped model's WER by at most 0.5 points (README "Speed"), so it is
-    transcription's default; evaluation keeps fp32, so that scores do not depend on the machine.
-    """
-    if precision == "auto":
-        if device_type == "cuda":
-            import torch
-
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        return "bf16" if device_type == "cpu" and cpu_supports_bf16() else "fp32"
-    if precision == "int8" and device_type != "cpu":
-        raise UserError("int8 (dynamic quantisation) runs on CPU only; use --precision bf16 on CUDA or --device cpu")
-    if precision == "bf16" and device_type == "cpu" and not cpu_supports_bf16():
-        _warn_once("bf16 requested but this CPU has no native bf16 (avx512_bf16/amx); using fp32")
-        return "fp32"
-    return precision
-
-
-_WARNED: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _WARNED:
-        _WARNED.add(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def plan_batches(lengths: Sequence[int], max_samples: int, min_fill: float = 0.8) -> list[list[int]]:
@@ -199,7 +168,10 @@ class Recognizer:
         """One padded forward pass; ``waves`` are already sorted longest first."""
         import torch
 
+        # Padded up to a multiple of 0.5 s: oneDNN builds kernels for each new input shape, and in a fresh process
+        # that build, once per distinct clip length, was most of the time of the first pass over 10 short clips.
         longest = max(len(w) for w in waves)
+        longest += -longest % PAD_QUANTUM_SAMPLES
         batch = np.full((len(waves), longest), self.padding_value, dtype=np.float32)
         mask = np.zeros((len(waves), longest), dtype=np.int64)
         for row, w in enumerate(waves):
@@ -208,7 +180,7 @@ class Recognizer:
         inputs = {"input_values": torch.from_numpy(batch).to(self.device)}
         if self.use_attention_mask:
             inputs["attention_mask"] = torch.from_numpy(mask).to(self.device)
-        if len(waves) > 1 and not self.use_attention_mask and self.group_norm:
+        if not self.use_attention_mask and self.group_norm:  # padded even when alone: norms over real frames
             logits = self._exact_group_norm_batch(inputs["input_values"], [len(w) for w in waves])
         else:
             logits = self.model(**inputs).logits  # (batch, frames, vocab)

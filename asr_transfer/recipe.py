@@ -32,7 +32,7 @@ from . import __version__
 from .config import TrainConfig, load_config, one_of, option, read_config_data, to_dict
 from .errors import PARSE_ERRORS, ConfigError, UserError
 from .files import atomic_write_json, read_json_or, sha256_files
-from .inference import PRECISIONS
+from .precision import PRECISIONS
 from .recipe_stages import STAGES, StageSpec
 from .text import LANGUAGES
 

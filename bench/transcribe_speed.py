@@ -12,10 +12,22 @@ Both WERs are computed with jiwer after the language's normaliser; at fp32 they 
 (batching with zero padding can move a group-norm model's output slightly). bf16 (autocast; only on CPUs with
 native bf16, else it would fall back to fp32 and is marked so) and int8 (dynamic quantisation of the Linear layers)
 are reported apart, with their speed-ups over our fp32 and their WER deltas.
+
+``--whole-process``: what a user waits for. Each system is a fresh process over a folder of clips: ours is the CLI
+(``asr-transfer transcribe --model M DIR --format txt --precision P --out O``), the pipeline is
+``bench/pipeline_transcribe.py`` (soundfile + ``pipeline(...)``, batch 1, fp32). Start-up, imports, model loading,
+reading the audio and writing the transcripts all count. One untimed warm-up round (page cache), then ``--pairs``
+rounds; a round runs the pipeline and each of our precisions once, in an order that rotates by round, and each of
+ours gets the ratio pipeline wall ÷ ours wall of its round; the median of those ratios is reported. ``--model base``
+is a random model with base-960h's architecture (94.4M parameters; speed only, its transcripts are noise). A last
+row times one 3-s file alone (latency: start-up dominates).
 """
 
 from __future__ import annotations
 
+import os
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -87,6 +99,111 @@ def run_pipeline(paths, pipe, batch_size: int | None) -> tuple[float, list[str]]
     return elapsed, [o["text"] for o in out]
 
 
+# ------------------------------------------------------------------------------------------------ whole processes
+PIPELINE_SCRIPT = Path(__file__).resolve().parent / "pipeline_transcribe.py"
+
+
+def clip_folder(work_dir: Path, lang: str, minutes: float, seed: int) -> Path:
+    """A flat folder of links to held-out synthetic clips (1-10 s), at least ``minutes`` of audio and 40 clips."""
+    import soundfile
+
+    corpus = common.synth_corpus(work_dir, lang, 0.2, dev_minutes=0.1, test_minutes=max(minutes * 1.2, 3.0),
+                                 seed=seed)
+    out = Path(work_dir) / "transcribe_speed" / f"clips-{lang}-{minutes:g}m-s{seed}"
+    if out.is_dir() and any(out.iterdir()):
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    total, count = 0.0, 0
+    for path, _ in make_files(corpus, out.with_name(out.name + "-joined")):
+        if total >= minutes * 60 and count >= 40:
+            break
+        os.symlink(path.resolve(), out / f"{count:04d}{path.suffix}")
+        total += soundfile.info(str(path)).duration
+        count += 1
+    return out
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """Wall and CPU (user + sys) seconds of one child process; it must exit 0."""
+    before = os.times()
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    after = os.times()
+    if done.returncode != 0:
+        raise SystemExit(f"error: {' '.join(cmd)} exited {done.returncode}:\n{done.stderr[-2000:]}")
+    return wall, (after.children_user - before.children_user) + (after.children_system - before.children_system)
+
+
+def read_texts(out: Path, names: list[str]) -> list[str]:
+    return [(out / f"{Path(n).stem}.txt").read_text(encoding="utf-8").strip() for n in names]
+
+
+def whole_process(args, model: Path, section: Section) -> dict:
+    """Paired whole-process runs of the CLI against the pipeline script (see the module docstring)."""
+    import soundfile
+
+    from asr_transfer.precision import check_precision
+
+    clips = clip_folder(Path(args.work_dir), args.lang or "en", args.minutes or 5.0, args.seed)
+    names = sorted(p.name for p in clips.iterdir())
+    audio_s = sum(soundfile.info(str(clips / n)).duration for n in names)
+    outs = Path(args.work_dir) / "transcribe_speed" / "outputs"
+    cli = str(Path(sys.executable).with_name("asr-transfer"))
+    systems = {"pipeline fp32": [sys.executable, str(PIPELINE_SCRIPT), "--model", str(model), str(clips), "--out",
+                                 str(outs / "pipeline")]}
+    for prec in [x for x in args.precisions.split(",") if x]:
+        if check_precision(prec, "cpu") != prec and prec != "auto":
+            section.add(f"- ours {prec}: not available on this CPU, skipped\n")
+            continue
+        systems[f"ours {prec}"] = [cli, "transcribe", "--model", str(model), str(clips), "--format", "txt",
+                                   "--precision", prec, "--device", "cpu", "--out", str(outs / prec)]
+    names_order = list(systems)
+    walls: dict[str, list[float]] = {n: [] for n in names_order}
+    cpus: dict[str, list[float]] = {n: [] for n in names_order}
+    for name in names_order:  # warm-up: page cache, lazily compiled kernels on disk
+        timed(systems[name])
+    for r in range(args.pairs):
+        order = names_order[r % len(names_order):] + names_order[: r % len(names_order)]
+        for name in order:
+            wall, cpu = timed(systems[name])
+            walls[name].append(wall)
+            cpus[name].append(cpu)
+            print(f"round {r + 1}: {name}: {wall:.2f} s wall, {cpu:.2f} s CPU", flush=True)
+    pipe = walls["pipeline fp32"]
+    ref_texts = read_texts(outs / "pipeline", names)
+    rows, data = [], {"clips": len(names), "audio_s": audio_s, "walls": walls, "cpu": cpus}
+    for name in names_order:
+        ratios = [p / w for p, w in zip(pipe, walls[name])]
+        same = None
+        if name != "pipeline fp32":
+            texts = read_texts(outs / name.split()[-1], names)
+            same = sum(a == b for a, b in zip(texts, ref_texts)) / len(names)
+        rows.append([name, statistics.median(walls[name]), min(walls[name]), max(walls[name]),
+                     statistics.median(cpus[name]), audio_s / statistics.median(walls[name]),
+                     statistics.median(ratios), same])
+        data[name] = {"median_ratio_vs_pipeline": statistics.median(ratios), "same_text_share": same}
+    section.add(f"Whole processes, `{model}`: {len(names)} clips, {audio_s / 60:.2f} min of audio, "
+                f"{args.pairs} paired rounds after one warm-up round.\n")
+    section.add(table(["system", "median wall s", "min s", "max s", "median CPU s", "audio-s/s",
+                       "median paired × vs pipeline fp32", "transcripts equal to pipeline's"], rows) + "\n")
+    one = clips / names[0]
+    latency = {}
+    for name in names_order:
+        cmd = [str(one) if part == str(clips) else part for part in systems[name]]
+        if name == "pipeline fp32":  # the script takes a folder
+            single = Path(args.work_dir) / "transcribe_speed" / "one-clip"
+            single.mkdir(parents=True, exist_ok=True)
+            if not (single / one.name).exists():
+                os.symlink(one.resolve(), single / one.name)
+            cmd = [str(single) if part == str(one) else part for part in cmd]
+        latency[name] = statistics.median(timed(cmd)[0] for _ in range(3))
+    section.add("One file alone (" + f"{soundfile.info(str(one)).duration:.1f} s of audio), median of 3 wall s: "
+                + ", ".join(f"{k} {v:.2f}" for k, v in latency.items()) + ".\n")
+    data["one_file_wall_s"] = latency
+    return data
+
+
 def main(argv=None) -> int:
     p = common.base_parser(__doc__.split("\n")[0])
     p.add_argument("--model", default=str(DEFAULT_MODEL))
@@ -97,11 +214,21 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--precisions", default="fp32,bf16,int8")
     p.add_argument("--files", default=None, help="a manifest to use instead of synthetic clips (audio + text)")
+    p.add_argument("--whole-process", action="store_true",
+                   help="time whole CLI processes against a pipeline script (default 5 min of clips, 5 pairs)")
+    p.add_argument("--pairs", type=int, default=5, help="--whole-process: timed rounds")
     args = p.parse_args(argv)
     common.setup_threads(args.threads)
+    if args.whole_process:
+        model = common.base_size_model(args.work_dir) if args.model == "base" else common.require_model(args.model)
+        section = Section("transcribe_speed --whole-process: asr-transfer transcribe vs a pipeline script").start()
+        section.model = model
+        section.data = whole_process(args, model, section)
+        section.append(args.results)
+        return 0
     import torch
 
-    from asr_transfer.inference import check_precision
+    from asr_transfer.precision import check_precision
     from asr_transfer.model.load import load_model
     from asr_transfer.text import get_normalizer
 

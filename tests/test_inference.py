@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from asr_transfer import inference
+from asr_transfer import inference, precision
 from asr_transfer.audio import wave_stats
 from asr_transfer.errors import UserError
 from asr_transfer.inference import InferenceOptions, Recognizer, normalize_wave, plan_batches
@@ -145,8 +145,10 @@ def test_group_norm_model_gets_no_attention_mask_but_layer_norm_model_does(tiny,
 
     rec = Recognizer(tiny, InferenceOptions(device="cpu"))
     spy(rec.model)
-    rec.log_probs(_waves()[:3])
-    assert seen and not any(seen)
+    out = rec.log_probs(_waves()[:3])
+    assert not any(seen)  # group-norm models run the exact padded path, never HF's forward with a mask
+    for w, lp in zip(_waves()[:3], out):  # padded to the 0.5-s quantum, each equals the clip run alone
+        np.testing.assert_allclose(lp, _reference(tiny, w), atol=1e-4)
 
     layer = load_tiny(build_tiny_model(tmp_path / "layer", norm="layer", attention_mask=True))
     rec = Recognizer(layer, InferenceOptions(device="cpu"))
@@ -213,12 +215,12 @@ def test_int8_runs_and_stays_close_to_fp32(tiny):
 
 def test_int8_on_cuda_is_a_user_error():
     with pytest.raises(UserError, match="CPU only"):
-        inference.check_precision("int8", "cuda")
+        precision.check_precision("int8", "cuda")
 
 
 def test_bf16_falls_back_to_fp32_with_one_warning_without_cpu_support(tiny, monkeypatch):
-    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: False)
-    monkeypatch.setattr(inference, "_WARNED", set())
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr(precision, "_WARNED", set())
     with pytest.warns(RuntimeWarning, match="bf16"):
         rec = Recognizer(tiny, InferenceOptions(device="cpu", precision="bf16"))
     assert rec.precision == "fp32"
@@ -231,13 +233,13 @@ def test_bf16_falls_back_to_fp32_with_one_warning_without_cpu_support(tiny, monk
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bf16_exactly_where_the_cpu_has_it(tiny, monkeypatch, native):
-    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: native)
-    monkeypatch.setattr(inference, "_WARNED", set())
+    monkeypatch.setattr(precision, "cpu_supports_bf16", lambda: native)
+    monkeypatch.setattr(precision, "_WARNED", set())
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # auto never warns: falling back is its job
         rec = Recognizer(tiny, InferenceOptions(device="cpu", precision="auto"))
     assert rec.precision == ("bf16" if native else "fp32")
-    assert inference.check_precision("auto", "mps") == "fp32"
+    assert precision.check_precision("auto", "mps") == "fp32"
 
 
 def test_transcription_defaults_to_auto_precision_and_evaluation_to_fp32():
@@ -249,7 +251,7 @@ def test_transcription_defaults_to_auto_precision_and_evaluation_to_fp32():
     assert inspect.signature(evaluation.evaluate).parameters["precision"].default == "fp32"
 
 
-@pytest.mark.skipif(not inference.cpu_supports_bf16(), reason="CPU without native bf16")
+@pytest.mark.skipif(not precision.cpu_supports_bf16(), reason="CPU without native bf16")
 def test_bf16_autocast_runs_on_capable_cpu(tiny):
     rec = Recognizer(tiny, InferenceOptions(device="cpu", precision="bf16"))
     assert rec.precision == "bf16"

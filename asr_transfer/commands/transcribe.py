@@ -13,7 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..inference import PRECISIONS
+from ..precision import PRECISIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -264,6 +264,32 @@ def manifest_prefix(manifest: Path, minutes: float, out: Path) -> Path:
     return write_manifest(out, utts, relative=False)
 
 
+def base_size_model(work_dir: str | Path, config: str | Path = BASE960_CONFIG, seed: int = 0) -> Path:
+    """A model folder with base-960h's architecture (94.4M parameters) and random weights, built once under
+    ``work_dir/models/``: what a user brings, for speed rows (its transcripts are noise, its WER means nothing).
+
+    It has base-960h's vocabulary and processor, so both our loader and ``transformers.pipeline`` read it as is.
+    """
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
+
+    from asr_transfer.model.load import save_model
+    from asr_transfer.model.record import ModelRecord, make_processor
+    from asr_transfer.vocab import english_source_vocab
+
+    out = Path(work_dir) / "models" / f"base960h-random-s{seed}"
+    if (out / "model.safetensors").is_file():
+        return out
+    torch.manual_seed(seed)
+    model = Wav2Vec2ForCTC(Wav2Vec2Config.from_json_file(str(config))).eval()
+    vocab = english_source_vocab()
+    record = ModelRecord(lang="en", normalizer="en-v1", source_model="random (base-960h config)", head_init="random",
+                         vocab=vocab)
+    save_model(out, model, make_processor(vocab, model.config.feat_extract_norm), record,
+               card={"note": "random weights in base-960h's architecture, for speed benchmarks only"})
+    return out
+
+
 def short_hash(path: Path) -> str:
     import hashlib
 

@@ -251,6 +251,7 @@ def group_norm_cnn(base: nn.Module, waves: torch.Tensor, lengths: torch.Tensor) 
     layers = base.wav2vec2.feature_extractor.conv_layers
     first = layers[0]
     h = first.conv(waves[:, None, :])  # (B, C, T0)
+    out_dtype = h.dtype
     n0 = _conv_lengths(first.conv, lengths.to(waves.device)).clamp(min=1)
     # Statistics in fp32, as GroupNorm under autocast; then one fused scale-and-shift pass. Masked sums over the
     # padded (B, C, T0) tensor took six elementwise passes and cost twice layer 0's convolution (py-spy, base-960h).
@@ -258,7 +259,7 @@ def group_norm_cnn(base: nn.Module, waves: torch.Tensor, lengths: torch.Tensor) 
     norm = first.layer_norm
     scale = norm.weight[None, :] * torch.rsqrt(torch.stack(var) + norm.eps)  # (B, C)
     shift = norm.bias[None, :] - torch.stack(mean) * scale
-    h = torch.addcmul(shift[:, :, None], h.float(), scale[:, :, None])
+    h = torch.addcmul(shift[:, :, None], h.float(), scale[:, :, None]).to(out_dtype)  # bf16 stays bf16
     h = first.activation(h)
     for layer in layers[1:]:
         h = layer(h)

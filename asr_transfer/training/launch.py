@@ -50,6 +50,9 @@ def launch(config, resume: bool = False, allow_inexact_resume: bool = False, pro
     cmd += ["--stop-after-steps", str(stop_after_steps)] if stop_after_steps else []
     cmd += ["--time-budget-min", repr(time_budget_s / 60)] if time_budget_s else []
     env = {**os.environ, "OMP_NUM_THREADS": str(threads_per_process(config))}
+    # DDP's reducer warns from every rank that find_unused_parameters (needed when LayerDrop skips a layer) found
+    # none; that C++ warning is all this level hides.
+    env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     env.pop("WORLD_SIZE", None)
     done = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL)  # stdout: the worker's "final model:" line
     if done.returncode != 0:

@@ -279,10 +279,11 @@ def curve(name: str, config: RecipeConfig, out_dir: str | Path, options: CurveOp
     prefixes = nested_prefixes(r.manifest("train"), options.minutes, config.data.seed, r.path(FOLDER, "data"))
     stages = scaled_stages(config, options.steps)
     trained = [s for s in options.systems if s in TRAINED]
+    todo = [(minutes, system) for minutes in sorted(options.minutes) for system in trained]
     points = []
-    for minutes in sorted(options.minutes):
-        for system in trained:
-            points.append(run_point(r, system, minutes, prefixes[minutes], stages, options))
+    for i, (minutes, system) in enumerate(todo, start=1):
+        log(f"point {i}/{len(todo)}: {LABELS[system]}, {minutes:g} min of training audio")
+        points.append(run_point(r, system, minutes, prefixes[minutes], stages, options))
     zero_shot = zero_shot_line(r) if want_zero_shot else None
     record = {"recipe": name, "lang": config.lang, "source": config.source, "minutes": sorted(options.minutes),
               "systems": list(options.systems), "options": to_dict(options), "schedule": stages,

@@ -207,6 +207,7 @@ def run_point(r: RecipeRunner, system: str, minutes: float, train: Path, stages:
     (run_dir / POINT_RECORD).unlink(missing_ok=True)
     config = cfg.train_config(train, r.manifest("dev"), r.path("lang", "vocab.json"), run_dir, **changes)
     summary = _train_once(r, label, config, train_inputs)
+    shutil.rmtree(run_dir / "eval", ignore_errors=True)  # scored with other settings, or half scored when killed
     scores = score_point(r, system, minutes, _model_dir(run_dir, cfg.eval.model), run_dir, options)
     record = {"hash": digest, "inputs": inputs, "system": system, "minutes": minutes,
               "train_minutes": summary.get("train_minutes"), "train_utterances": summary.get("train_utterances"),

@@ -111,6 +111,12 @@ def test_curve_end_to_end_then_a_killed_rerun_resumes(tiny_args, tmp_path, monke
     calls = count_training(monkeypatch)
     assert main(["curve", *tiny_args]) == 0
     assert calls == [] and capsys.readouterr().out.count("done earlier; skipping") == 6
+    # Only the scoring changed: every point is scored again (greedy only now), none is retrained.
+    assert main(["curve", *tiny_args, "--no-lm"]) == 0
+    stdout = capsys.readouterr().out
+    assert calls == [] and stdout.count("finished earlier with the same inputs; reusing") == 6
+    record = json.loads((out / "curve" / "curve.json").read_text())
+    assert all(p["lm"] is None and not (Path(p["run"]) / "eval" / "test-lm").exists() for p in record["points"])
 
 
 def test_nested_prefixes_hold_each_smaller_set_and_refuse_more_than_the_split(tmp_path):

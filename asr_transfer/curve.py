@@ -54,8 +54,9 @@ LABELS = {"transfer": "transfer (mapped head)", "random-head": "transfer (random
           "zero-shot": "zero-shot"}
 DEFAULT_MINUTES = (1.0, 5.0, 20.0)
 FULL_MINUTES = (1.0, 2.0, 5.0, 10.0, 20.0, 40.0)
-# Optimiser steps per point by default. On two shared cores a transfer step of the demo schedule costs ~1 s and a
-# from-scratch step ~4 s (every layer on raw audio), so 120 steps make the default 9-point curve ~45 min.
+# Optimiser steps per point by default (the demo's schedule has 480). Measured on de-synth on two CPU cores shared with
+# other jobs: 120 steps took 1.5-4 min for a transfer point and 5.5-6.5 min for a from-scratch one (every layer on raw
+# audio), 49 min for the default 9-point curve with its scoring.
 DEFAULT_STEPS = 120
 FOLDER = "curve"
 POINT_RECORD = "curve-point.json"
@@ -374,7 +375,8 @@ def write_outputs(out: Path, record: dict) -> dict:
         + (f"; from scratch: {scratch['steps']} steps in one stage training everything at lr {scratch['lr']:g}"
            if scratch else "")
         + ". The best dev checkpoint of each run is scored; 95% intervals are bootstrap intervals over test "
-        f"utterances. Curve wall time {record['wall_s']:.0f} s (points finished earlier not counted again)."
+        f"utterances. Training took {sum(p.get('train_s') or 0 for p in record['points']):.0f} s over all points; "
+        f"this invocation {record['wall_s']:.0f} s (finished points and stages are skipped on a rerun)."
     )
     doc.figure(png, "curve", "test CER and WER against training minutes")
     doc.table(TABLE_HEADERS, table_rows(record))

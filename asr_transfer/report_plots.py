@@ -128,7 +128,7 @@ def data_efficiency_png(series: Sequence[Mapping], zero_shot: Mapping | None, si
     0..1, intervals as ``[lo, hi]`` or None) drawn with the intervals as error bars; a system keeps its colour across
     decoders, beam + LM dashed. ``zero_shot``: a flat line with its interval as a band (``name``, rates, intervals).
     """
-    fig = _figure(11.0, 4.4)
+    fig = _figure(11.0, 5.2)
     axes = fig.subplots(1, 2)
     systems = list(dict.fromkeys(s["system"] for s in series))
     colours = {system: f"C{i}" for i, system in enumerate(systems)}
@@ -156,8 +156,8 @@ def data_efficiency_png(series: Sequence[Mapping], zero_shot: Mapping | None, si
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
-    if handles:
-        axes[1].legend(handles, labels, fontsize=7, loc="upper right")
+    if handles:  # below both panels: inside one it would cover points
+        fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncol=min(3, len(handles)))
     if title:
         fig.suptitle(title, fontsize=10)
     return _png(fig)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-DEFAULT_TIME = ("the default (1, 5 and 20 min; 120 steps a point; 3 trained systems) measured 50 min on two shared "
-                "cores for de-synth")
+# Measured 2026-12-03: `asr-transfer curve de-synth --minutes 1 5 20`, 2940 s wall (README "Few-shot").
+DEFAULT_TIME = ("the default (1, 5 and 20 min, 120 steps a point, 3 trained systems + zero-shot) took 49 min for "
+                "de-synth on two CPU cores shared with other jobs")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

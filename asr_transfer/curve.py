@@ -255,7 +255,8 @@ def zero_shot_line(r: RecipeRunner) -> dict | None:
     if best is None:
         return None
     ev = next(e for e in evaluations if e.name == best)
-    return {"name": best, "folder": str(ev.folder), **_rates(ev.summary)}
+    lm = (ev.summary.get("decoder") or {}).get("lm_dir") is not None
+    return {"name": best, "folder": str(ev.folder), "decoder": "beam + LM" if lm else "greedy", **_rates(ev.summary)}
 
 
 # ------------------------------------------------------------------------------------------------- the curve
@@ -315,7 +316,7 @@ def table_rows(record: dict) -> list[list[str]]:
     rows = []
     zs = record.get("zero_shot")
     if zs:
-        rows.append([f"zero-shot ({zs['name']})", "as in stage 3", "0", "0", _pct(zs, "wer"), _pct(zs, "cer"),
+        rows.append([f"zero-shot ({zs['name']})", zs.get("decoder", "?"), "0", "0", _pct(zs, "wer"), _pct(zs, "cer"),
                      "0", "0"])
     for decoder in ("greedy", "lm"):
         for system in TRAINED:

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report", "markdown + HTML report comparing evaluations and runs"),
     "transcribe": ("transcribe", "transcribe audio files (txt/json/srt/vtt/tsv)"),
     "recipe": ("recipe", "run a per-language recipe stage by stage"),
+    "curve": ("curve", "the data-efficiency curve of a recipe: test CER/WER against training minutes per system"),
     "runs": ("runs", "list and compare run folders"),
     "reproduce": ("reproduce", "re-run a recorded run from its saved config"),
     "doctor": ("doctor", "check the install; print versions, hardware and CUDA for bug reports"),

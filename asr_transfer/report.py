@@ -337,6 +337,8 @@ class _Doc:
         )
 
 
+Document = _Doc  # the public name, for other pages built the same way (the data-efficiency curve)
+
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;text-align:left}
 th{background:#f3f3f3}td[data-value]{text-align:right;font-variant-numeric:tabular-nums}
@@ -366,8 +368,13 @@ def build_report(inputs, out_dir, baseline: str | None = None, worst: int = 10) 
         _worst_section(doc, evaluations, worst)
         _speed_section(doc, evaluations)
         _environment_section(doc, evaluations)
+    return write_page(doc, out, "asr-transfer report")
+
+
+def write_page(doc: _Doc, out: Path, title: str) -> Path:
+    """``out/report.md`` and the self-contained ``out/report.html`` of ``doc``; returns the HTML path."""
     (out / "report.md").write_text("\n".join(doc.md), encoding="utf-8")
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>asr-transfer report</title>'
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_CSS}</style></head><body>" + "\n".join(doc.html) + "</body></html>\n")
     (out / "report.html").write_text(page, encoding="utf-8")
     return out / "report.html"

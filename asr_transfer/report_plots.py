@@ -1,4 +1,5 @@
-"""Report figures as PNG bytes: system comparison, learning curves with stage boundaries, per-character errors.
+"""Report figures as PNG bytes: system comparison, learning curves with stage boundaries, per-character errors, the
+data-efficiency curve.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot state, no display needed), so a report
 can be built on a headless server or from several threads. Each function returns the PNG file's bytes.
@@ -116,6 +117,49 @@ def char_errors_png(rates: Mapping[str, Mapping[str, float]], chars: Sequence[st
     ax.grid(axis="y", alpha=0.3)
     if systems:
         ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def data_efficiency_png(series: Sequence[Mapping], zero_shot: Mapping | None, sizes: Sequence[float],
+                        title: str = "") -> bytes:
+    """Test CER and WER (%) against minutes of training audio (log x), one line per system and decoder.
+
+    ``series``: ``{label, system, dashed, minutes, cer, cer_ci95, wer, wer_ci95}`` with one value per size (rates in
+    0..1, intervals as ``[lo, hi]`` or None) drawn with the intervals as error bars; a system keeps its colour across
+    decoders, beam + LM dashed. ``zero_shot``: a flat line with its interval as a band (``name``, rates, intervals).
+    """
+    fig = _figure(11.0, 5.2)
+    axes = fig.subplots(1, 2)
+    systems = list(dict.fromkeys(s["system"] for s in series))
+    colours = {system: f"C{i}" for i, system in enumerate(systems)}
+    for ax, metric in zip(axes, ("cer", "wer")):
+        for s in series:
+            pts = [(m, v, ci) for m, v, ci in zip(s["minutes"], s[metric], s[f"{metric}_ci95"]) if _finite(v)]
+            if not pts:
+                continue
+            ys = [100 * v for _, v, _ in pts]
+            err = [[max(0.0, y - 100 * ci[0]) if ci else 0.0 for y, (_, _, ci) in zip(ys, pts)],
+                   [max(0.0, 100 * ci[1] - y) if ci else 0.0 for y, (_, _, ci) in zip(ys, pts)]]
+            ax.errorbar([m for m, _, _ in pts], ys, yerr=err, fmt="s--" if s.get("dashed") else "o-", capsize=3,
+                        color=colours[s["system"]], label=s["label"], markersize=4, linewidth=1.2)
+        if zero_shot and _finite(zero_shot.get(metric)):
+            y = 100 * zero_shot[metric]
+            ax.axhline(y, color="grey", linestyle=":", label=f"zero-shot ({zero_shot.get('name')})")
+            ci = zero_shot.get(f"{metric}_ci95")
+            if ci:
+                ax.axhspan(100 * ci[0], 100 * ci[1], color="grey", alpha=0.12, linewidth=0)
+        ax.set_xscale("log")
+        ax.set_xticks(list(sizes), labels=[f"{m:g}" for m in sizes])
+        ax.minorticks_off()
+        ax.set_xlabel("training audio (minutes, log scale)")
+        ax.set_ylabel(f"test {metric.upper()} (%)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:  # below both panels: inside one it would cover points
+        fig.legend(handles, labels, fontsize=8, loc="outside lower center", ncol=min(3, len(handles)))
+    if title:
+        fig.suptitle(title, fontsize=10)
     return _png(fig)
 
 

@@ -144,28 +144,28 @@ def test_scaling_micro_measures_child_peak_rss(tmp_path, tiny):
     assert 100 < raw["load_only"]["peak_rss_mb"] <= run["peak_rss_mb"] + 50
 
 
-def test_data_efficiency_micro_excludes_test_sentences_from_the_lm(tmp_path, tiny):
+def test_data_efficiency_micro_is_the_library_curve_as_a_section(tmp_path, tiny):
     import data_efficiency
+    from test_recipe import LM_TEXT, TINY_SYNTH
 
-    from asr_transfer.manifest import read_manifest
-
-    dev = read_manifest(tiny["dev"])
-    text = tmp_path / "lm.txt"  # LM text that contains every dev/test sentence plus some others
-    text.write_text("\n".join([u.text for u in dev] + ["ein hund und eine katze", "der zug fährt heute spät",
-                                                       "wir gehen nach hause"] * 3) + "\n")
+    text = tmp_path / "lm.txt"
+    text.write_text(LM_TEXT, encoding="utf-8")
     out = tmp_path / "R.md"
-    assert data_efficiency.main(["--model", str(tiny["src"]), "--train", str(tiny["train"]), "--dev", str(tiny["dev"]),
-                                 "--test", str(tiny["dev"]), "--minutes-list", "0.1", "--steps", "1,1,1",
-                                 "--systems", "mapped,scratch", "--lm-text", str(text), "--lm-order", "2",
-                                 "--alphas", "0.5", "--betas", "0", "--max-batch-s", "3",
+    assert data_efficiency.main(["--model", str(tiny["src"]), "--minutes-list", "0.1", "--steps", "2",
+                                 "--systems", "transfer,scratch,zero-shot", "--no-lm", *TINY_SYNTH,
+                                 "--set", f'lm.text_files=["{text}"]', "--set", "lm.order=2",
+                                 "--set", 'train.stages.1.train=["head", "layers.-1:"]',
+                                 "--set", "train.data.max_batch_s=20", "--set", "baseline.lm=false",
                                  "--results", str(out), "--work-dir", str(tmp_path / "w")]) == 0
     section = out.read_text()
     raw = _raw_json(section)
-    assert raw["lm"]["sentences_excluded"] == len(dev) and raw["lm"]["sentences_used"] == 9
-    assert set(raw["results"]) == {"mapped", "scratch"} and "wer_lm" in raw["results"]["mapped"]["0.1"]
+    assert [(p["system"], p["minutes"], p["steps"]) for p in raw["points"]] == [("transfer", 0.1, 2),
+                                                                               ("scratch", 0.1, 2)]
+    assert raw["points"][0]["lm"] is None and raw["zero_shot"]["name"] in ("raw", "zero-shot")
     (png,) = (tmp_path / "figures").glob("data_efficiency-*.png")
     assert png.stat().st_size > 1000
-    assert f"![WER vs training minutes](figures/{png.name})" in section
+    assert f"![CER and WER vs training minutes](figures/{png.name})" in section
+    assert "transfer (mapped head)  greedy" in section and "from scratch" in section
 
 
 def test_gpu_section_skips_without_cuda_and_runs_its_code_on_cpu_when_asked(tmp_path):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import PARSE_ERRORS, ConfigError
+from .text import LANGUAGES
 from .training.schedule import Stage
 
 # Training autocast precisions. Inference has its own set (inference.PRECISIONS): int8 is dynamic quantisation,
@@ -113,6 +114,25 @@ class AugmentArgs:
 
 
 @dataclass(frozen=True)
+class MixArgs:
+    """Replay: part of every epoch's training audio is source-language speech (joint training on both languages)."""
+
+    manifest: str = option("source-language train manifest replayed during training (empty: no replay)", "")
+    share: float = option(
+        "share of the training audio seconds drawn from the replay manifest, per epoch (0: off); each epoch adds "
+        "share/(1-share) x the target seconds of replay, and batches are length-bucketed over both", 0.0
+    )
+    lang: str = option("language of the replay manifest: its text goes through this language's normaliser", "en")
+
+    def __post_init__(self):
+        _range("train.mix.share", self.share, 0, MAX_MIX_SHARE)
+        if bool(self.manifest.strip()) != (self.share > 0):
+            raise ConfigError("train.mix needs both a manifest and a share > 0 (or neither); got manifest "
+                              f"{self.manifest!r}, share {self.share}")
+        one_of("train.mix.lang", self.lang, LANGUAGES)
+
+
+@dataclass(frozen=True)
 class TrainArgs:
     output_dir: str = option("run folder", "runs/run")
     seed: int = option("seed for init, batching, augmentation and dropout", 0)
@@ -138,6 +158,7 @@ class TrainArgs:
         "worth it on a GPU machine with spare cores, where audio loading is the step's bottleneck",
         0,
     )
+    mix: MixArgs = option("replay of source-language speech (train.mix.manifest, train.mix.share)", factory=MixArgs)
 
     def __post_init__(self):
         one_of("train.precision", self.precision, TRAIN_PRECISIONS)
@@ -178,6 +199,8 @@ class TrainConfig:
     stages: tuple[Stage, ...] = option("staged unfreezing schedule, trained in order", factory=_default_stages)
 
 
+# At 0.9 a tenth of the audio is target speech; more than that is pre-training the source again, not adapting it.
+MAX_MIX_SHARE = 0.9
 # numpy's legacy seeding takes 0 … 2**32 - 1; torch and numpy's Generator take that range too.
 SEED_MAX = 2**32 - 1
 

@@ -133,6 +133,26 @@ class MixArgs:
 
 
 @dataclass(frozen=True)
+class L2spArgs:
+    """L2-SP (Li et al. 2018): pull the source-initialised weights toward their starting point instead of toward 0."""
+
+    alpha: float = option(
+        "alpha/2 * ||w - w_source||^2 added to the loss over the trained weights that came from the source model "
+        "(everything but the new head and adapters; 0: off)", 0.0
+    )
+    beta: float = option("beta/2 * ||w||^2 on the CTC head's weights (the paper's term for the new layer; 0: off)",
+                         0.0)
+
+    def __post_init__(self):
+        _range("train.l2sp.alpha", self.alpha, 0)
+        _range("train.l2sp.beta", self.beta, 0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.alpha > 0 or self.beta > 0
+
+
+@dataclass(frozen=True)
 class TrainArgs:
     output_dir: str = option("run folder", "runs/run")
     seed: int = option("seed for init, batching, augmentation and dropout", 0)
@@ -159,6 +179,8 @@ class TrainArgs:
         0,
     )
     mix: MixArgs = option("replay of source-language speech (train.mix.manifest, train.mix.share)", factory=MixArgs)
+    l2sp: L2spArgs = option("L2-SP: a pull toward the source weights (train.l2sp.alpha, train.l2sp.beta)",
+                            factory=L2spArgs)
 
     def __post_init__(self):
         one_of("train.precision", self.precision, TRAIN_PRECISIONS)
@@ -197,6 +219,11 @@ class TrainConfig:
     augment: AugmentArgs = option("SpecAugment, LayerDrop, dropout", factory=AugmentArgs)
     train: TrainArgs = option("loop, checkpoints, logging", factory=TrainArgs)
     stages: tuple[Stage, ...] = option("staged unfreezing schedule, trained in order", factory=_default_stages)
+
+    def __post_init__(self):
+        if self.train.l2sp.alpha > 0 and (self.model.from_scratch or self.model.init_config):
+            raise ConfigError("train.l2sp.alpha pulls weights toward the source model's, and a from-scratch or "
+                              "init_config model has none; set train.l2sp.alpha = 0")
 
 
 # At 0.9 a tenth of the audio is target speech; more than that is pre-training the source again, not adapting it.

@@ -321,7 +321,9 @@ def stage_train(r, resume: bool = False) -> dict:
         c = cfg.control
         steps = c.steps or max(1, int(summary["steps"]))
         stage = {"name": "scratch", "train": list(c.groups), "lr": c.lr, "steps": steps, "warmup_ratio": c.warmup_ratio}
-        changes = {"model.source": source, "model.from_scratch": True, "stages": [stage], **replay}
+        # The control has no source weights for L2-SP to pull toward; replay it keeps (the same data).
+        changes = {"model.source": source, "model.from_scratch": True, "stages": [stage], "train.l2sp.alpha": 0.0,
+                   **replay}
         control = cfg.train_config(*common, r.path("control"), **changes)
         r.log(f"control: from scratch (same architecture, random weights, same data), {steps} steps, lr {c.lr:g}, "
               f"training {', '.join(c.groups)}")

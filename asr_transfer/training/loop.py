@@ -62,6 +62,7 @@ from .data import (
     normalize_wave,
 )
 from .devscore import DevScore, blank_collapse, watchdog_action
+from .l2sp import L2SP
 from .mix import MixSampler, describe_outside, letters_outside
 from .runlog import RunLog
 from .schedule import apply_stage, make_scheduler, optimizer_param_groups, validate_schedule
@@ -150,6 +151,10 @@ class Trainer:
         np.random.seed(cfg.train.seed % 2**32)
         self.prepared = prepare_model(cfg.model, cfg.augment, cfg.data.train_manifest, seed=cfg.train.seed)
         self.model = self.prepared.model.to(self.acc.device)
+        # L2-SP's anchor: the source weights as loaded, before a resume overwrites them; one copy on the device.
+        l2 = cfg.train.l2sp
+        self.l2sp = L2SP(unwrap(self.model), l2.alpha, l2.beta) if l2.enabled else None
+        self.l2sp_value = None
         self.vocab = self.prepared.vocab
         self.blank_id = self.vocab["<pad>"]
         validate_schedule(cfg.stages, self.model.config.num_hidden_layers, has_eval=bool(cfg.data.dev_manifest),
@@ -545,6 +550,8 @@ class Trainer:
         params = [p for g in optimizer.param_groups for p in g["params"]]
         if self.scaler:
             self.scaler.unscale_(optimizer)
+        if self.l2sp is not None and not accum.bad:  # the penalty's gradient, as if it were in the loss
+            self.l2sp_value = self.l2sp.add_gradients(unwrap(self.model).named_parameters())
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_norm if cfg.train.clip_norm > 0 else float("inf"))
         if accum.bad or not torch.isfinite(norm):
             # Skip the whole step: a NaN/inf loss or gradient must never reach the weights.
@@ -581,6 +588,8 @@ class Trainer:
                      "lr": scheduler.get_last_lr()[-1], "grad_norm": float(norm), "epoch": self.state.epoch}
             if self.config.train.mix.share > 0:
                 entry["replay_share"] = self.state.replay_share()  # of the seconds trained on so far
+            if self.l2sp_value is not None:
+                entry["l2sp_penalty"] = float(self.l2sp_value)
             self.log.log(entry)
         return True
 
@@ -611,6 +620,10 @@ class Trainer:
         }
         if cfg.train.mix.share > 0:
             summary["mix"] = self._mix_facts()
+        if self.l2sp is not None:
+            summary["l2sp"] = {"alpha": self.l2sp.alpha, "beta": self.l2sp.beta,
+                               "anchored_tensors": len(self.l2sp.anchors),
+                               "final_penalty": None if self.l2sp_value is None else float(self.l2sp_value)}
         self.log.write_json("train_summary.json", summary)
         self.log.close()
         if self.main:  # provenance hook: wall time, status and metrics into run.json

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import PARSE_ERRORS, ConfigError
+from .text import LANGUAGES
 from .training.schedule import Stage
 
 # Training autocast precisions. Inference has its own set (inference.PRECISIONS): int8 is dynamic quantisation,
@@ -113,6 +114,45 @@ class AugmentArgs:
 
 
 @dataclass(frozen=True)
+class MixArgs:
+    """Replay: part of every epoch's training audio is source-language speech (joint training on both languages)."""
+
+    manifest: str = option("source-language train manifest replayed during training (empty: no replay)", "")
+    share: float = option(
+        "share of the training audio seconds drawn from the replay manifest, per epoch (0: off); each epoch adds "
+        "share/(1-share) x the target seconds of replay, and batches are length-bucketed over both", 0.0
+    )
+    lang: str = option("language of the replay manifest: its text goes through this language's normaliser", "en")
+
+    def __post_init__(self):
+        _range("train.mix.share", self.share, 0, MAX_MIX_SHARE)
+        if bool(self.manifest.strip()) != (self.share > 0):
+            raise ConfigError("train.mix needs both a manifest and a share > 0 (or neither); got manifest "
+                              f"{self.manifest!r}, share {self.share}")
+        one_of("train.mix.lang", self.lang, LANGUAGES)
+
+
+@dataclass(frozen=True)
+class L2spArgs:
+    """L2-SP (Li et al. 2018): pull the source-initialised weights toward their starting point instead of toward 0."""
+
+    alpha: float = option(
+        "alpha/2 * ||w - w_source||^2 added to the loss over the trained weights that came from the source model "
+        "(everything but the new head and adapters; 0: off)", 0.0
+    )
+    beta: float = option("beta/2 * ||w||^2 on the CTC head's weights (the paper's term for the new layer; 0: off)",
+                         0.0)
+
+    def __post_init__(self):
+        _range("train.l2sp.alpha", self.alpha, 0)
+        _range("train.l2sp.beta", self.beta, 0)
+
+    @property
+    def enabled(self) -> bool:
+        return self.alpha > 0 or self.beta > 0
+
+
+@dataclass(frozen=True)
 class TrainArgs:
     output_dir: str = option("run folder", "runs/run")
     seed: int = option("seed for init, batching, augmentation and dropout", 0)
@@ -143,6 +183,9 @@ class TrainArgs:
         "worth it on a GPU machine with spare cores, where audio loading is the step's bottleneck",
         0,
     )
+    mix: MixArgs = option("replay of source-language speech (train.mix.manifest, train.mix.share)", factory=MixArgs)
+    l2sp: L2spArgs = option("L2-SP: a pull toward the source weights (train.l2sp.alpha, train.l2sp.beta)",
+                            factory=L2spArgs)
 
     def __post_init__(self):
         one_of("train.precision", self.precision, TRAIN_PRECISIONS)
@@ -183,7 +226,14 @@ class TrainConfig:
     train: TrainArgs = option("loop, checkpoints, logging", factory=TrainArgs)
     stages: tuple[Stage, ...] = option("staged unfreezing schedule, trained in order", factory=_default_stages)
 
+    def __post_init__(self):
+        if self.train.l2sp.alpha > 0 and (self.model.from_scratch or self.model.init_config):
+            raise ConfigError("train.l2sp.alpha pulls weights toward the source model's, and a from-scratch or "
+                              "init_config model has none; set train.l2sp.alpha = 0")
 
+
+# At 0.9 a tenth of the audio is target speech; more than that is pre-training the source again, not adapting it.
+MAX_MIX_SHARE = 0.9
 # numpy's legacy seeding takes 0 … 2**32 - 1; torch and numpy's Generator take that range too.
 SEED_MAX = 2**32 - 1
 

@@ -72,11 +72,17 @@ class DataSection:
                                      "in stage 0; commonvoice measures no retention)", None)
     source_test_minutes: float | None = option("synth: minutes of English speech by held-out voices made in stage 0 "
                                                "for retention when source_test is unset (None: none)", 2.5)
+    source_train: str | None = option("source-language (English) train manifest replayed when train.train.mix.share "
+                                      "> 0 (unset: synth makes one in stage 0 with source_train_minutes)", None)
+    source_train_minutes: float | None = option(
+        "synth: minutes of English speech by the source model's training voices made in stage 0 as the replay set "
+        "(train.train.mix), its sentences disjoint from the English test's (None: none)", None)
 
     def __post_init__(self):
         one_of("data.kind", self.kind, ("synth", "commonvoice"))
         one_of("data.voice_set", self.voice_set, ("target", "source", "held-out"))
-        for key in ("minutes", "dev_minutes", "test_minutes", "train_minutes", "max_duration_s", "source_test_minutes"):
+        for key in ("minutes", "dev_minutes", "test_minutes", "train_minutes", "max_duration_s", "source_test_minutes",
+                    "source_train_minutes"):
             value = getattr(self, key)
             if value is not None and not value > 0:
                 raise ConfigError(f"data.{key} must be > 0, got {value}")
@@ -182,7 +188,20 @@ class RecipeConfig:
             section, name = key.split(".")
             if name in (self.train.get(section) or {}):
                 raise ConfigError(f"train.{key} is set by the recipe runner; set lang/source instead or leave it out")
+        if "manifest" in ((self.train.get("train") or {}).get("mix") or {}):
+            raise ConfigError("train.train.mix.manifest is set by the recipe runner; set data.source_train (or, for "
+                              "synth, data.source_train_minutes) instead")
+        if self.replays and not (self.data.source_train or (self.data.kind == "synth" and
+                                                            self.data.source_train_minutes)):
+            raise ConfigError("train.train.mix.share > 0 needs source-language speech to replay: set "
+                              "data.source_train (a manifest) or, for synth, data.source_train_minutes")
         self.train_config("x.jsonl", "x.jsonl", "x.json", "run")  # unknown keys and bad values fail at load time
+
+    @property
+    def replays(self) -> bool:
+        """The transfer run replays source-language speech (train.train.mix.share > 0)."""
+        share = ((self.train.get("train") or {}).get("mix") or {}).get("share", 0)
+        return isinstance(share, (int, float)) and share > 0
 
     def train_inputs(self, **changes) -> dict:
         """The resolved train table with its paths blank: what a stage's result depends on, not where it runs.
@@ -194,6 +213,7 @@ class RecipeConfig:
             changes = {**changes, "model.source": "-"}
         data = to_dict(self.train_config("", "", "", "-", **changes))
         data["train"]["output_dir"] = ""
+        data["train"]["mix"]["manifest"] = ""  # the runner's path; its contents are stage 0's
         if blank_source:
             data["model"]["source"] = ""
         return data
@@ -206,6 +226,8 @@ class RecipeConfig:
                   "train": {"output_dir": str(output_dir)}}
         for section, values in runner.items():
             data.setdefault(section, {}).update(values)
+        if self.replays:  # a stand-in until stage 4 sets the replay manifest (a change below)
+            data["train"].setdefault("mix", {})["manifest"] = "-"
         for key, value in changes.items():
             node = data
             *parents, last = key.split(".")

@@ -71,17 +71,23 @@ def stage_data(r, resume: bool = False) -> dict:
     source_test = source_test_manifest(r)
     if d.source_test and not source_test.is_file():  # before minutes of synthesis or import
         raise UserError("data.source_test: manifest not found", path=source_test)
+    if d.source_train and not Path(d.source_train).expanduser().is_file():
+        raise UserError("data.source_train: manifest not found", path=d.source_train)
     if d.kind == "synth":
         prepare_synth(cfg.lang, out, d.minutes, seed=d.seed, text_files=list(d.text_files) or None,
                       voice_set=d.voice_set, snr_db=d.snr_db, dev_minutes=d.dev_minutes, test_minutes=d.test_minutes,
                       jobs=d.jobs)
-        if d.source_test is None and d.source_test_minutes:
-            # English by the held-out voices, for retention. Test sentences are dealt out first from the shuffled
-            # default text; with the shipped source's text and seed (0) they should fall among its own held-out test
-            # sentences (not checked here: the source's corpus is not shipped).
-            prepare_synth(SOURCE_LANG, r.path(*SYNTH_SOURCE_DIR), SYNTH_UNUSED_MINUTES, seed=d.seed,
-                          voice_set="source", snr_db=d.snr_db, dev_minutes=SYNTH_UNUSED_MINUTES,
-                          test_minutes=d.source_test_minutes, jobs=d.jobs)
+        synth_test = d.source_test is None and d.source_test_minutes
+        synth_train = d.source_train is None and d.source_train_minutes
+        if synth_test or synth_train:
+            # English by the held-out voices (test, for retention) and by the source model's training voices (train,
+            # the replay set of train.mix). Test sentences are dealt out first from the shuffled default text, train
+            # sentences after dev's, so the two never share a sentence, and the test set is the same whatever the
+            # train minutes. With the shipped source's text and seed (0) the test sentences should fall among its own
+            # held-out test sentences (not checked here: the source's corpus is not shipped).
+            prepare_synth(SOURCE_LANG, r.path(*SYNTH_SOURCE_DIR), d.source_train_minutes or SYNTH_UNUSED_MINUTES,
+                          seed=d.seed, voice_set="source", snr_db=d.snr_db, dev_minutes=SYNTH_UNUSED_MINUTES,
+                          test_minutes=d.source_test_minutes or SYNTH_UNUSED_MINUTES, jobs=d.jobs)
     else:
         cv_root = r.stage_inputs(0)["config"]["cv_root"]  # --cv-root, or the folder of the last import
         missing = [s for s in SPLITS if s not in d.cv_splits]
@@ -95,7 +101,20 @@ def stage_data(r, resume: bool = False) -> dict:
     facts = {split: _split_facts(r.manifest(split)) for split in SPLITS}
     if source_test is not None:
         facts["source_test"] = _split_facts(source_test)
+    source_train = source_train_manifest(r)
+    if source_train is not None:
+        facts["source_train"] = _split_facts(source_train)
     return facts
+
+
+def source_train_manifest(r) -> Path | None:
+    """The source-language replay manifest: data.source_train, else stage 0's synthetic one, else None."""
+    d = r.config.data
+    if d.source_train:
+        return Path(d.source_train).expanduser().resolve()
+    if d.kind == "synth" and d.source_train_minutes:
+        return r.path(*SYNTH_SOURCE_DIR, "train.jsonl")
+    return None
 
 
 def source_test_manifest(r) -> Path | None:
@@ -290,7 +309,10 @@ def stage_train(r, resume: bool = False) -> dict:
     common = (r.manifest("train"), r.manifest("dev"), r.path("lang", "vocab.json"))
     source = r.source
     upstream = r.stage_inputs(4)["deps"]
-    config = cfg.train_config(*common, r.path("train"), **{"model.source": source})
+    replay = {"train.mix.manifest": str(source_train_manifest(r))} if cfg.replays else {}
+    config = cfg.train_config(*common, r.path("train"), **{"model.source": source, **replay})
+    if replay:
+        r.log(f"replay: {config.train.mix.share:.0%} of the training audio seconds from {config.train.mix.manifest}")
     inputs = {"train": cfg.train_inputs(), "lang": cfg.lang, "source": cfg.source,
               "source_weights": r.source_digest(), "deps": upstream}
     summary = _train_once(r, "transfer", config, inputs)
@@ -299,7 +321,9 @@ def stage_train(r, resume: bool = False) -> dict:
         c = cfg.control
         steps = c.steps or max(1, int(summary["steps"]))
         stage = {"name": "scratch", "train": list(c.groups), "lr": c.lr, "steps": steps, "warmup_ratio": c.warmup_ratio}
-        changes = {"model.source": source, "model.from_scratch": True, "stages": [stage]}
+        # The control has no source weights for L2-SP to pull toward; replay it keeps (the same data).
+        changes = {"model.source": source, "model.from_scratch": True, "stages": [stage], "train.l2sp.alpha": 0.0,
+                   **replay}
         control = cfg.train_config(*common, r.path("control"), **changes)
         r.log(f"control: from scratch (same architecture, random weights, same data), {steps} steps, lr {c.lr:g}, "
               f"training {', '.join(c.groups)}")

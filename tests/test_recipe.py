@@ -12,6 +12,7 @@ from test_corpora import make_commonvoice
 from train_fixtures import make_source_model
 
 from asr_transfer.cli import main
+from asr_transfer.corpora.synth import VOICE_SETS
 from asr_transfer.manifest import read_manifest
 from asr_transfer.recipe import RECIPES_DIR, list_recipes, load_recipe
 
@@ -290,3 +291,39 @@ def test_lm_text_drops_pieces_of_test_transcripts(tmp_path):
     kept = (tmp_path / "lm.txt").read_text(encoding="utf-8").splitlines()
     assert dropped == 2 and files == [tmp_path / "lm.txt", test]
     assert kept == ["die sonne schien gestern hell", "der alte mann"]  # not a run of the transcript / too short
+
+
+def test_replay_set_from_stage_0_is_trained_on_and_its_share_is_part_of_stage_4(tmp_path, capsys):
+    """data.source_train_minutes: English by the source voices, sentences disjoint from the English test; the
+    transfer run replays it at train.train.mix.share, and a changed share reruns stage 4 only."""
+    source = make_source_model(tmp_path / "src")
+    out = tmp_path / "exp"
+    args = ["de-synth", "--out", out, "--set", f"source={source}", *TINY_SYNTH, "--set", "data.minutes=0.3",
+            "--set", "data.source_train_minutes=0.2", "--set", "train.train.mix.share=0.3",
+            "--set", "lm.enabled=false", "--set", "baseline.enabled=false", "--set", "train.stages.0.steps=2",
+            "--set", "train.stages.1.steps=2", "--set", 'train.stages.1.train=["head", "layers.-1:"]',
+            "--set", "train.data.max_batch_s=20", "--stop-stage", 4]
+    rc, stdout, stderr = recipe(capsys, *args)
+    assert rc == 0, stderr
+    replay, test = (read_manifest(out / "data" / "source" / f"{s}.jsonl") for s in ("train", "test"))
+    assert sum(u.duration for u in replay) >= 0.2 * 60 and not {u.text for u in replay} & {u.text for u in test}
+    assert {u.speaker for u in replay} <= set(VOICE_SETS["source"])  # the English source model's own voices
+    assert markers(out)[0]["result"]["source_train"]["utterances"] == len(replay)
+    summary = json.loads((out / "train" / "train_summary.json").read_text())
+    assert summary["mix"]["share"] == 0.3 and summary["mix"]["share_trained"] > 0
+    assert summary["mix"]["manifest"] == str(out / "data" / "source" / "train.jsonl")
+    assert markers(out)[4]["inputs"]["config"]["train"]["train"]["mix"] == {"manifest": "", "share": 0.3,
+                                                                             "lang": "en"}
+    rc, stdout, stderr = recipe(capsys, *args[:-2], "--set", "train.train.mix.share=0.5", "--stop-stage", 4)
+    assert rc == 0, stderr
+    assert "stage 0 (data): done" in stdout and "stage 4 (train): its config changed since it ran (train)" in stdout
+    assert json.loads((out / "train" / "train_summary.json").read_text())["mix"]["share"] == 0.5
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.train.mix.share=0.3", "needs source-language speech to replay"),
+    ("train.train.mix.manifest=x.jsonl", "set by the recipe runner"),
+])
+def test_replay_without_a_replay_set_is_a_config_error(override, message, tmp_path, capsys):
+    rc, _, stderr = recipe(capsys, "de-synth", "--out", tmp_path, "--set", override)
+    assert rc == 1 and stderr.count("\n") == 1 and message in stderr

@@ -34,6 +34,12 @@ class Example:
     utt: Utterance
     labels: tuple[int, ...]
     duration_s: float
+    replay: bool = False  # from the source-language replay manifest (train.mix), not the target train manifest
+
+    @property
+    def key(self) -> str:
+        """Unique across the target and replay manifests (which may both hold an ``utt-0001``): cache and skips."""
+        return f"replay:{self.uid}" if self.replay else self.uid
 
 
 @dataclass
@@ -63,8 +69,14 @@ def build_examples(
     max_utt_s: float = math.inf,
     skips: SkipCounter | None = None,
     max_items: int | None = None,
+    replay: bool = False,
+    oov_texts: list[str] | None = None,
 ) -> list[Example]:
-    """Read, normalise and filter a manifest into :class:`Example` objects (audio is not decoded here)."""
+    """Read, normalise and filter a manifest into :class:`Example` objects (audio is not decoded here).
+
+    ``replay`` marks the examples as replay (:mod:`asr_transfer.training.mix`); the normalised texts skipped for
+    characters outside ``vocab`` are appended to ``oov_texts`` when given.
+    """
 
     skips = skips if skips is not None else SkipCounter()
     unk = vocab.get("<unk>")
@@ -98,12 +110,14 @@ def build_examples(
         ids = text_to_ids(text, vocab)
         if unk is not None and unk in ids:
             skips.add("characters not in vocabulary", uid, text)
+            if oov_texts is not None:
+                oov_texts.append(text)
             continue
         frames = frames_for_samples(int(duration_s * SAMPLE_RATE), tuple(conv_kernel), tuple(conv_stride))
         if ctc_min_frames(ids) > frames:
             skips.add("transcript too long for CTC", uid, f"{ctc_min_frames(ids)} labels > {frames} frames")
             continue
-        out.append(Example(uid, utt, tuple(ids), duration_s))
+        out.append(Example(uid, utt, tuple(ids), duration_s, replay))
         if max_items is not None and len(out) >= max_items:
             break
     return out
@@ -229,10 +243,17 @@ class BucketSampler:
                 f"an utterance ({self.durations.max():.1f}s) exceeds data.max_batch_s ({self.max_batch_s}s)"
             )
 
-    def batches(self, epoch: int) -> list[list[int]]:
+    def batches(self, epoch: int, subset: np.ndarray | None = None) -> list[list[int]]:
+        """Epoch ``epoch``'s batches of indices into the durations; ``subset`` (indices, repeats allowed) limits them
+        to those utterances (the replay sampler's epoch slice); None: all."""
         rng = np.random.default_rng([self.seed, epoch])
-        order = rng.permutation(len(self.durations))
-        mean = float(self.durations.mean()) if len(self.durations) else 1.0
+        if subset is None:
+            order = rng.permutation(len(self.durations))
+        else:
+            subset = np.asarray(subset, dtype=np.int64)
+            order = subset[rng.permutation(len(subset))]
+        durations = self.durations[order]
+        mean = float(durations.mean()) if len(durations) else 1.0
         pool = max(1, int(self.pool_batches * self.max_batch_s / max(mean, 1e-3)))
         batches: list[list[int]] = []
         for start in range(0, len(order), pool):

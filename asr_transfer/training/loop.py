@@ -62,7 +62,9 @@ from .data import (
     normalize_wave,
 )
 from .devscore import DevScore, blank_collapse, watchdog_action
+from .l2sp import L2SP
 from .launch import is_worker, launch
+from .mix import MixSampler, describe_outside, letters_outside
 from .runlog import RunLog
 from .schedule import apply_stage, make_scheduler, optimizer_param_groups, validate_schedule
 from .state import Accum, State, config_hash, end_stage, record_evaluation, resume_problems, stage_total_steps
@@ -150,6 +152,10 @@ class Trainer:
         np.random.seed(cfg.train.seed % 2**32)
         self.prepared = prepare_model(cfg.model, cfg.augment, cfg.data.train_manifest, seed=cfg.train.seed)
         self.model = self.prepared.model.to(self.acc.device)
+        # L2-SP's anchor: the source weights as loaded, before a resume overwrites them; one copy on the device.
+        l2 = cfg.train.l2sp
+        self.l2sp = L2SP(unwrap(self.model), l2.alpha, l2.beta) if l2.enabled else None
+        self.l2sp_value = None
         self.vocab = self.prepared.vocab
         self.blank_id = self.vocab["<pad>"]
         validate_schedule(cfg.stages, self.model.config.num_hidden_layers, has_eval=bool(cfg.data.dev_manifest),
@@ -171,6 +177,11 @@ class Trainer:
             raise UserError(
                 f"no usable training utterances (skipped: {dict(self.skips.counts)})", path=cfg.data.train_manifest
             )
+        self.num_target = len(self.train_examples)  # replay examples (train.mix) follow the target ones
+        self.replay_skips = SkipCounter()
+        self.replay_outside: dict[str, int] = {}
+        if cfg.train.mix.share > 0:
+            self.train_examples += self._replay_examples(mc)
         self.bad_audio: set[str] = set()  # uids whose audio failed to decode during the run (skipped from then on)
         self.dev_skips = SkipCounter()
         self.dev_examples: list[Example] = []
@@ -186,7 +197,12 @@ class Trainer:
                 self.dev_skips,
                 cfg.data.max_dev_utts,
             )
-        self.sampler = BucketSampler([e.duration_s for e in self.train_examples], cfg.data.max_batch_s, cfg.train.seed)
+        durations = [e.duration_s for e in self.train_examples]
+        if cfg.train.mix.share > 0:
+            self.sampler = MixSampler(durations[: self.num_target], durations[self.num_target:], cfg.data.max_batch_s,
+                                      cfg.train.mix.share, cfg.train.seed)
+        else:
+            self.sampler = BucketSampler(durations, cfg.data.max_batch_s, cfg.train.seed)
         self.rng = np.random.default_rng([cfg.train.seed, 11])
         self.cache = FeatureCache(
             self.run_dir / "cache" / f"rank{self.acc.process_index}", cfg.train.cache_max_mem_mb << 20
@@ -199,6 +215,8 @@ class Trainer:
         self.state.fingerprints = {"train": fingerprint(cfg.data.train_manifest)}
         if cfg.data.dev_manifest:
             self.state.fingerprints["dev"] = fingerprint(cfg.data.dev_manifest)
+        if cfg.train.mix.share > 0:
+            self.state.fingerprints["replay"] = fingerprint(cfg.train.mix.manifest)
         # Neither is in the config hash: vocab.json's contents and the source's weights can change under the same path.
         self.state.fingerprints["vocab"] = hashlib.sha256(
             json.dumps(self.vocab, sort_keys=True, ensure_ascii=False).encode("utf-8")).hexdigest()[:16]
@@ -209,12 +227,29 @@ class Trainer:
             self.log.write_json("head_init.json", self.prepared.head_report)
             from ..provenance import begin_training  # provenance hook: run.json (code, env, data, source) at start
 
+            target = self.train_examples[: self.num_target]
             begin_training(self.run_dir, to_dict(cfg), str(self.acc.device), self.state.fingerprints,
-                           sum(e.duration_s for e in self.train_examples) / 60, len(self.train_examples), self.resume)
+                           sum(e.duration_s for e in target) / 60, len(target), self.resume)
         self.stage_run: StageRun | None = None
         self.resume_parts = None
         if self.resume:
             self._load_resume()
+
+    def _replay_examples(self, mc) -> list[Example]:
+        """The replay manifest's examples (train.mix): source-language text, the one target head."""
+        mix = self.config.train.mix
+        oov: list[str] = []
+        examples = build_examples(mix.manifest, self.vocab, get_normalizer(mix.lang), mc.conv_kernel, mc.conv_stride,
+                                  self.config.data.min_utt_s, self.config.data.max_utt_s, self.replay_skips,
+                                  replay=True, oov_texts=oov)
+        total = len(examples) + sum(self.replay_skips.counts.values())
+        if oov:
+            self.replay_outside = dict(letters_outside(oov, self.vocab).most_common())
+            self._say("warning: " + describe_outside(letters_outside(oov, self.vocab), len(oov), total))
+        if not examples:
+            raise UserError(f"train.mix: no usable replay utterances (skipped: {dict(self.replay_skips.counts)})",
+                            path=mix.manifest)
+        return examples
 
     def _load_resume(self) -> None:
         path = ckpt.latest_valid(self.run_dir / "checkpoints", log=self._say)
@@ -297,9 +332,9 @@ class Trainer:
         for index, ex in examples:
             speed, snr, noise_seed = (1.0, None, 0) if dev else augmentation_for(
                 cfg.train.seed, epoch, index, cfg.data.speed_perturb, cfg.data.noise_snr_db)
-            key = f"{ex.uid}|{speed:g}"
+            key = f"{ex.key}|{speed:g}"
             cached = cache.get(key) if (self.use_cache or dev) and boundary > 0 else None
-            if ex.uid in self.bad_audio:
+            if ex.key in self.bad_audio:
                 continue
             if cached is None:
                 jobs.append(
@@ -320,7 +355,7 @@ class Trainer:
                     wave = next(results)()
                 except AudioError as exc:
                     # Decodes badly (NaN/inf, silence, corrupt past the header): skip it from now on, count it once.
-                    self.bad_audio.add(ex.uid)
+                    self.bad_audio.add(ex.key)
                     (self.dev_skips if dev else self.skips).add(audio_skip_reason(exc), ex.uid, str(exc))
                     self._say(f"warning: skipping {ex.uid}: {exc}")
                     continue
@@ -353,7 +388,7 @@ class Trainer:
         for start in range(0, len(self.dev_examples), 8):
             chunk = list(enumerate(self.dev_examples[start : start + 8], start))
             feats, lengths = self._features(chunk, 0, boundary, dev=True)
-            chunk = [c for c in chunk if c[1].uid not in self.bad_audio]
+            chunk = [c for c in chunk if c[1].key not in self.bad_audio]
             if not chunk:
                 continue
             with torch.no_grad(), self.acc.autocast():
@@ -394,11 +429,21 @@ class Trainer:
         return save_trained(self.run_dir / name, unwrap(self.model), self.prepared.processor, record,
                             self._card(metrics), self.config)
 
+    def _mix_facts(self) -> dict:
+        """What train.mix asked for and what the run actually trained on (train_summary.json, run.json, card)."""
+        replay = self.train_examples[self.num_target:]
+        return {"manifest": self.config.train.mix.manifest, "lang": self.config.train.mix.lang,
+                "share": self.config.train.mix.share, "share_trained": self.state.replay_share(),
+                "replay_utterances": len(replay), "replay_minutes": round(sum(e.duration_s for e in replay) / 60, 3),
+                "replay_skipped": self.replay_skips.as_dict(), "letters_outside_head": self.replay_outside}
+
     def _card(self, metrics: dict | None) -> dict:
         """The model card's sections: the data trained on, the stages run and the dev metrics."""
         data = {"train_manifest": self.config.data.train_manifest, "dev_manifest": self.config.data.dev_manifest,
                 "train_minutes": round(sum(e.duration_s for e in self.train_examples) / 60, 2),
-                "utterances": len(self.train_examples), "skipped": self.skips.as_dict()}
+                "utterances": self.num_target, "skipped": self.skips.as_dict()}
+        if self.config.train.mix.share > 0:
+            data["replay"] = self._mix_facts()
         return {"data": data, "stages": self.state.stages, "metrics": metrics or {}}
 
     # ------------------------------------------------------------------ loop
@@ -460,15 +505,19 @@ class Trainer:
         suffix, boundary = self.stage_run.suffix, self.stage_run.boundary
         mine = [(i, self.train_examples[i]) for i in batch[rank::world]]
         feats, lengths = self._features(mine, self.state.epoch, boundary)
-        mine = [m for m in mine if m[1].uid not in self.bad_audio]  # unusable audio: skipped, counted
+        mine = [m for m in mine if m[1].key not in self.bad_audio]  # unusable audio: skipped, counted
         weight = 1.0
         if not mine and world > 1:
             # DDP needs every rank in every forward/backward: borrow a usable utterance at weight 0.
-            good = [(i, self.train_examples[i]) for i in batch if self.train_examples[i].uid not in self.bad_audio]
+            good = [(i, self.train_examples[i]) for i in batch if self.train_examples[i].key not in self.bad_audio]
             if good:
                 feats, lengths = self._features(good[:1], self.state.epoch, boundary)
-                mine = [m for m in good[:1] if m[1].uid not in self.bad_audio]
+                mine = [m for m in good[:1] if m[1].key not in self.bad_audio]
                 weight = 0.0
+        for i in batch:  # the seconds trained on, by source (the same count on every rank: the global batch)
+            ex = self.train_examples[i]
+            if ex.key not in self.bad_audio:
+                self.state.seconds["replay" if ex.replay else "target"] += ex.duration_s
         last_micro = accum.count + 1 == cfg.train.grad_accum
         with self.acc.no_sync(suffix) if (world > 1 and not last_micro) else nullcontext():
             loss = None
@@ -502,6 +551,8 @@ class Trainer:
         params = [p for g in optimizer.param_groups for p in g["params"]]
         if self.scaler:
             self.scaler.unscale_(optimizer)
+        if self.l2sp is not None and not accum.bad:  # the penalty's gradient, as if it were in the loss
+            self.l2sp_value = self.l2sp.add_gradients(unwrap(self.model).named_parameters())
         norm = torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_norm if cfg.train.clip_norm > 0 else float("inf"))
         if accum.bad or not torch.isfinite(norm):
             # Skip the whole step: a NaN/inf loss or gradient must never reach the weights.
@@ -534,8 +585,13 @@ class Trainer:
                 totals = self.acc.reduce(totals, "sum")
             train_loss = float(totals[0] / totals[1].clamp(min=1))
             bar.set_postfix(loss=f"{train_loss:.3f}")
-            self.log.log({"step": self.state.step, "stage": stage.name, "split": "train", "loss": train_loss,
-                          "lr": scheduler.get_last_lr()[-1], "grad_norm": float(norm), "epoch": self.state.epoch})
+            entry = {"step": self.state.step, "stage": stage.name, "split": "train", "loss": train_loss,
+                     "lr": scheduler.get_last_lr()[-1], "grad_norm": float(norm), "epoch": self.state.epoch}
+            if self.config.train.mix.share > 0:
+                entry["replay_share"] = self.state.replay_share()  # of the seconds trained on so far
+            if self.l2sp_value is not None:
+                entry["l2sp_penalty"] = float(self.l2sp_value)
+            self.log.log(entry)
         return True
 
     def _finish(self) -> Path:
@@ -557,15 +613,22 @@ class Trainer:
             "best_" + cfg.train.selection_metric: self.state.best,
             "final_dev": final_metrics,
             "cache": self.cache.stats(),
-            "train_utterances": sum(e.uid not in self.bad_audio for e in self.train_examples),
-            "train_minutes": round(sum(e.duration_s for e in self.train_examples) / 60, 3),
+            "train_utterances": sum(e.key not in self.bad_audio for e in self.train_examples[: self.num_target]),
+            "train_minutes": round(sum(e.duration_s for e in self.train_examples[: self.num_target]) / 60, 3),
+            "trained_minutes": {k: round(v / 60, 3) for k, v in self.state.seconds.items()},
             "device": str(self.acc.device),
             "processes": self.acc.num_processes,
         }
+        if cfg.train.mix.share > 0:
+            summary["mix"] = self._mix_facts()
+        if self.l2sp is not None:
+            summary["l2sp"] = {"alpha": self.l2sp.alpha, "beta": self.l2sp.beta,
+                               "anchored_tensors": len(self.l2sp.anchors),
+                               "final_penalty": None if self.l2sp_value is None else float(self.l2sp_value)}
         self.log.write_json("train_summary.json", summary)
         self.log.close()
         if self.main:  # provenance hook: wall time, status and metrics into run.json
-            finish(self.run_dir, status="finished")
+            finish(self.run_dir, status="finished", **({"mix": summary["mix"]} if "mix" in summary else {}))
         return out or self.run_dir / "final"
 
     def _after_step(self, stage, total: int, bar) -> bool:

@@ -20,7 +20,7 @@ _HASH_EXEMPT = ("save_every", "keep_last", "log_every", "num_threads")
 
 # What each fingerprint covers, for the one line that refuses a resume.
 _FINGERPRINTED = {"train": "the train manifest", "dev": "the dev manifest", "vocab": "the target vocabulary",
-                  "source": "the source model (its weights or config)"}
+                  "source": "the source model (its weights or config)", "replay": "the replay manifest (train.mix)"}
 # Fingerprints that checkpoints from older versions lack: such a checkpoint still resumes.
 _LATER_FINGERPRINTS = ("vocab", "source")
 
@@ -45,6 +45,12 @@ class State:
     stages: list = field(default_factory=list)  # [{name, start_step, end_step, trainable_params, boundary, ...}]
     config_hash: str = ""
     fingerprints: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=lambda: {"target": 0.0, "replay": 0.0})  # audio trained on, by source
+
+    def replay_share(self) -> float | None:
+        """The share of the audio seconds trained on so far that came from the replay manifest (train.mix)."""
+        total = self.seconds["target"] + self.seconds["replay"]
+        return round(self.seconds["replay"] / total, 4) if total else None
 
     @classmethod
     def from_saved(cls, saved: dict) -> "State":

@@ -300,7 +300,9 @@ def _train_once(r, label: str, config, inputs: dict) -> dict:
                                                      encoding="utf-8")
         train(config, resume=resume, progress=r.progress)
     summary = read_json_or(run_dir / "train_summary.json", {})
-    r.log(f"{label}: {summary.get('steps')} steps in {summary.get('wall_s', 0):.0f} s; final dev {_dev_line(summary)}")
+    wall, cpu = summary.get("wall_s") or 0, summary.get("cpu_s")
+    busy = f" (CPU {cpu:.0f} s: {cpu / wall:.2f} cores busy)" if cpu and wall else ""
+    r.log(f"{label}: {summary.get('steps')} steps in {wall:.0f} s{busy}; final dev {_dev_line(summary)}")
     return summary
 
 
@@ -333,7 +335,8 @@ def stage_train(r, resume: bool = False) -> dict:
 
 
 def _run_facts(summary: dict) -> dict:
-    return {k: summary.get(k) for k in ("steps", "wall_s", "train_minutes", "train_utterances", "final_dev", "device")}
+    keys = ("steps", "wall_s", "cpu_s", "train_minutes", "train_utterances", "final_dev", "device", "processes")
+    return {k: summary.get(k) for k in keys}
 
 
 def _dev_line(summary: dict) -> str:

@@ -450,6 +450,7 @@ class Trainer:
     def run(self) -> Path:
         self._setup()
         self.t_start = time.time()
+        self.cpu_start = time.process_time()
         self.start_step = self.state.step
         while not self.state.done and self.state.stage < len(self.config.stages):
             self._run_stage(self.config.stages[self.state.stage])
@@ -603,9 +604,14 @@ class Trainer:
         if self.main:
             for name in ("final", "best"):
                 recover_folder_write(self.run_dir / name)
+        # CPU seconds of every process of this invocation: cpu_s / wall_s is how many cores the run kept busy.
+        cpu = torch.tensor([time.process_time() - self.cpu_start], dtype=torch.float64, device=self.acc.device)
+        if self.acc.num_processes > 1:
+            cpu = self.acc.reduce(cpu, "sum")
         summary = {
             "steps": self.state.step,
             "wall_s": round(time.time() - self.t_start, 1),
+            "cpu_s": round(float(cpu.item()), 1),
             "skipped": self.skips.as_dict(),
             "dev_skipped": self.dev_skips.as_dict(),
             "nan_skipped": self.state.nan_skipped,

@@ -27,6 +27,7 @@ def test_two_processes_train_through_the_plain_function_and_resume(tmp_path, cor
     assert final == tmp_path / "run" / "final" and (final / "model.safetensors").is_file()
     summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert summary["processes"] == 2
+    assert 0 < summary["cpu_s"]  # summed over both workers: how many cores the run kept busy, with wall_s
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["status"] == "finished"
 

@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "lm": ("lm", "build an n-gram language model from normalised text"),
     "tune-lm": ("tune_lm", "grid-search LM weight (alpha) and word bonus (beta) on a dev manifest"),
     "train": ("train", "staged transfer training from a config file"),
+    "pseudo-label": ("pseudo_label", "label untranscribed audio with a model (+ LM), with confidences; keep the "
+                     "confident share (self-training)"),
     "pretrain-source": ("pretrain_source", "train the English source model from scratch on synthetic speech"),
     "evaluate": ("evaluate", "WER/CER of a model on a manifest (summary.json + utterances.jsonl)"),
     "baseline": ("baseline", "source-only baselines (raw English head, zero-shot mapped head, zero-shot + LM)"),

@@ -1,6 +1,7 @@
 """Manifests: NeMo-compatible JSONL, one :class:`Utterance` per line.
 
 Required keys: ``audio_filepath``, ``duration`` (s), ``text``. Optional: ``offset`` (s), ``lang``, ``speaker``, ``id``.
+Audio without a transcript is a line with ``"text": ""`` and ``"untranscribed": true`` (:func:`is_untranscribed`).
 Relative ``audio_filepath`` values resolve against the manifest's folder. Unknown extra keys are kept (NeMo
 manifests often carry some) but ignored. Reading is strict: a bad line raises :class:`ManifestError` naming the file
 and line; :func:`scan_manifest` instead reports problems line by line for ``validate``.
@@ -23,11 +24,19 @@ REQUIRED = ("audio_filepath", "duration", "text")
 OPTIONAL = ("offset", "lang", "speaker", "id")
 ALIGN_FLAG = "align_flag"  # set by `asr-transfer align` on segments whose alignment is suspect
 ALIGN_SCORE = "align_score"  # on every `align` segment: a slice of a long file, even at offset 0
+# Set (true, with text "") on audio imported without a transcript (`prepare folder --no-text`, the synthetic
+# self-training pool): pseudo-label takes such lines; validate and train skip and count them.
+UNTRANSCRIBED = "untranscribed"
 
 
 def is_marked(utt: "Utterance") -> bool:
     """True for a segment ``align`` marked (``align_flag`` present and non-empty): train and validate skip it."""
     return bool(utt.extra.get(ALIGN_FLAG))
+
+
+def is_untranscribed(utt: "Utterance") -> bool:
+    """True for a line imported without a transcript (``untranscribed`` true): nothing to train or score on."""
+    return utt.extra.get(UNTRANSCRIBED) is True
 
 
 @dataclass(frozen=True)

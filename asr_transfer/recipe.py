@@ -11,8 +11,13 @@ The stages (implemented in :mod:`asr_transfer.recipe_stages`) are
  3    baseline    source-only: the raw English head and the zero-shot mapped head, on test (+ zero-shot + LM)
  4    train       staged transfer training, then the from-scratch control (same data, same step budget)
  5    evaluate    the adapted model (and the control) on test: greedy and beam + LM
- 6    report      report.html + report.md over every system and both training runs; the final table
+ 6    self-train  (off by default) label untranscribed target audio with the adapted model + LM, keep the confident
+                  share, continue training on labelled + pseudo-labelled audio; evaluate it like stage 5
+ 7    report      report.html + report.md over every system and every training run; the final table
 ====  ==========  =====================================================================================
+
+Stage 6 (self-train) came after the others; report moved from 6 to 7. A marker is read only for the stage whose name
+it records, so an older output folder's ``stage-6.json`` (its report) is not taken for self-training's.
 
 Each finished stage writes ``<out>/.done/stage-N.json`` holding a hash of the config it depends on and of the
 markers of the stages it reads from. A rerun skips a stage whose hash still matches, reruns it (and says why) when
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -154,6 +160,40 @@ class EvalSection:
 
 
 @dataclass(frozen=True)
+class SelfTrainSection:
+    enabled: bool = option("stage 6: self-training on untranscribed target audio (pseudo-labels from the adapted "
+                           "model + LM)", False)
+    untranscribed_minutes: float = option("synth: minutes of untranscribed audio made in stage 0 by the train voices "
+                                          "(dev/test voices stay held out); its transcripts are withheld", 40.0)
+    untranscribed_manifest: str | None = option("untranscribed target audio (`prepare folder --no-text`); needed "
+                                                "unless data.kind is synth", None)
+    lm: bool = option("label with beam search + the stage-2 LM at stage 5's weights (with lm.enabled); else greedy",
+                      True)
+    confidence: str = option("ctc (per-label CTC likelihood of the label, in (0, 1]) or decoder (the decoder's "
+                             "score per label)", "ctc")
+    top_share: float = option("keep this most confident share of the labelled lines (1: all), unless "
+                              "min_confidence is set", 0.5)
+    min_confidence: float | None = option("keep the lines whose confidence is at least this instead (None: use "
+                                          "top_share)", None)
+    oversample: int = option("copies of each labelled utterance in the self-training data (the labelled part is "
+                             "small and its labels are right)", 3)
+    rounds: int = option("label-train rounds; each labels with the previous round's model", 1)
+
+    def __post_init__(self):
+        one_of("selftrain.confidence", self.confidence, ("ctc", "decoder"))
+        if not self.untranscribed_minutes > 0:
+            raise ConfigError(f"selftrain.untranscribed_minutes must be > 0, got {self.untranscribed_minutes}")
+        if not 0 < self.top_share <= 1:
+            raise ConfigError(f"selftrain.top_share must be in (0, 1], got {self.top_share}")
+        if self.min_confidence is not None and not math.isfinite(self.min_confidence):
+            raise ConfigError(f"selftrain.min_confidence must be finite, got {self.min_confidence}")
+        if not 1 <= self.oversample <= 100:
+            raise ConfigError(f"selftrain.oversample must be within 1-100, got {self.oversample}")
+        if not 1 <= self.rounds <= 10:
+            raise ConfigError(f"selftrain.rounds must be within 1-10, got {self.rounds}")
+
+
+@dataclass(frozen=True)
 class ReportSection:
     baseline: str | None = option("system the p-values compare against (raw, zero-shot + LM, ...; default: the "
                                   "best zero-shot system)", None)
@@ -177,11 +217,15 @@ class RecipeConfig:
                                   "sets " + ", ".join(RUNNER_KEYS), factory=dict)
     control: ControlSection = option("stage 4: the from-scratch control", factory=ControlSection)
     eval: EvalSection = option("stage 5: evaluation on test", factory=EvalSection)
-    report: ReportSection = option("stage 6: report", factory=ReportSection)
+    selftrain: SelfTrainSection = option("stage 6: self-training on untranscribed audio", factory=SelfTrainSection)
+    report: ReportSection = option("stage 7: report", factory=ReportSection)
 
     def __post_init__(self):
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"num_threads must be >= 1, got {self.num_threads}")
+        if self.selftrain.enabled and self.data.kind != "synth" and not self.selftrain.untranscribed_manifest:
+            raise ConfigError("selftrain.enabled needs selftrain.untranscribed_manifest (from `asr-transfer prepare "
+                              "folder --no-text`) unless data.kind is synth")
         if self.lang not in LANGUAGES:
             raise ConfigError(f"lang must be one of {', '.join(LANGUAGES)}; got {self.lang!r}")
         for key in RUNNER_KEYS:
@@ -326,9 +370,12 @@ class RecipeRunner:
 
     def marker(self, n: int) -> dict | None:
         try:
-            return json.loads(self.marker_path(n).read_text(encoding="utf-8"))
+            record = json.loads(self.marker_path(n).read_text(encoding="utf-8"))
         except (OSError, *PARSE_ERRORS):
             return None
+        # A marker of another stage under this number (a folder from before a stage was inserted) is no marker.
+        return record if isinstance(record, dict) and record.get("name", self.stages[n].name) == self.stages[n].name \
+            else None
 
     def stage_inputs(self, n: int) -> dict:
         """What stage ``n``'s outputs depend on: its config keys and the markers of the stages it reads."""

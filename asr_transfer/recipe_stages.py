@@ -9,7 +9,12 @@ owns under ``<out>``::
     baseline/  3  raw/, zero-shot/ (+ zero-shot-lm/, zero-shot-lm-tune/ with the LM) evaluations
     train/     4  the transfer run folder   control/  4  the from-scratch control's run folder
     eval/      5  adapted-greedy/, adapted-lm/, control-greedy/, control-lm/ (+ adapted-tune/ with eval.tune_lm)
-    report/    6  report.html, report.md, figures/
+    selftrain/ 6  round-N/{labels/, train.jsonl, run/}, eval/self-trained-greedy/, -lm/ (stage off by default)
+    report/    7  report.html, report.md, figures/
+
+With ``selftrain.enabled`` a synthetic stage 0 also writes ``untranscribed.jsonl`` (train voices, text withheld) and
+``untranscribed-truth.jsonl`` (its text, read only to score the pseudo-labels). Stage 6 came last of all; the report
+moved from 6 to 7 (see :mod:`asr_transfer.recipe` for old output folders).
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from .corpora.commonvoice import prepare_commonvoice
-from .corpora.synth import prepare_synth
+from .corpora.synth import DEFAULT_EVAL_FRACTION, DEFAULT_EVAL_MAX_MINUTES, prepare_synth
 from .corpora.textsource import default_text_files, extract_sentences
 from .errors import UserError
 from .evaluation import baseline, evaluate, result_line, tune_lm
@@ -29,7 +34,10 @@ from .files import read_json_or
 from .inference import InferenceOptions, as_recognizer
 from .lm import build_lm
 from .manifest import read_manifest, write_manifest
+from .provenance import update_record
+from .pseudolabel import LabelFilter, format_summary, label_accuracy, pseudo_label
 from .report import build_report
+from .selftrain import mix, split_pool
 from .retention import (
     SOURCE_TEST_FOLDER,
     SYNTH_SOURCE_DIR,
@@ -49,6 +57,9 @@ from .zeroshot import FOLDER as ZERO_SHOT_LM_FOLDER
 from .zeroshot import SOURCE_LANG, write_spelled_lexicon
 
 SPLITS = ("train", "dev", "test")
+UNTRANSCRIBED = "untranscribed"  # data/untranscribed.jsonl: the synthetic self-training pool, text withheld
+TRUTH = "untranscribed-truth"  # its true text: scores the pseudo-labels, never trains
+SELF_TRAINED = "self-trained"
 
 
 @dataclass(frozen=True)
@@ -74,9 +85,17 @@ def stage_data(r, resume: bool = False) -> dict:
     if d.source_train and not Path(d.source_train).expanduser().is_file():
         raise UserError("data.source_train: manifest not found", path=d.source_train)
     if d.kind == "synth":
-        prepare_synth(cfg.lang, out, d.minutes, seed=d.seed, text_files=list(d.text_files) or None,
-                      voice_set=d.voice_set, snr_db=d.snr_db, dev_minutes=d.dev_minutes, test_minutes=d.test_minutes,
-                      jobs=d.jobs)
+        pool_minutes = cfg.selftrain.untranscribed_minutes if cfg.selftrain.enabled else 0.0
+        # dev/test as a corpus of d.minutes would hold them (their default is a share of the train minutes).
+        eval_default = round(min(d.minutes * DEFAULT_EVAL_FRACTION, DEFAULT_EVAL_MAX_MINUTES), 4)
+        prepare_synth(cfg.lang, out, d.minutes + pool_minutes, seed=d.seed, text_files=list(d.text_files) or None,
+                      voice_set=d.voice_set, snr_db=d.snr_db, jobs=d.jobs,
+                      dev_minutes=eval_default if d.dev_minutes is None else d.dev_minutes,
+                      test_minutes=eval_default if d.test_minutes is None else d.test_minutes)
+        if pool_minutes:
+            parts = split_pool(r.manifest("train"), d.minutes * 60, r.manifest(UNTRANSCRIBED), r.manifest(TRUTH))
+            r.log(f"self-training pool: {parts['untranscribed']['minutes']:.1f} min of train-voice audio, text "
+                  f"withheld ({r.manifest(UNTRANSCRIBED)}); labelled train {parts['labelled']['minutes']:.1f} min")
         synth_test = d.source_test is None and d.source_test_minutes
         synth_train = d.source_train is None and d.source_train_minutes
         if synth_test or synth_train:
@@ -99,6 +118,8 @@ def stage_data(r, resume: bool = False) -> dict:
         if d.train_minutes is not None:
             _subset_train(r.manifest("train"), d.train_minutes * 60, d.seed, r.log)
     facts = {split: _split_facts(r.manifest(split)) for split in SPLITS}
+    if r.manifest(UNTRANSCRIBED).is_file():
+        facts[UNTRANSCRIBED] = _split_facts(r.manifest(UNTRANSCRIBED))
     if source_test is not None:
         facts["source_test"] = _split_facts(source_test)
     source_train = source_train_manifest(r)
@@ -362,16 +383,18 @@ def stage_evaluate(r, resume: bool = False) -> dict:
     return result
 
 
-def _evaluate_system(r, label: str, model_dir: Path) -> dict:
+def _evaluate_system(r, label: str, model_dir: Path, folder: tuple[str, ...] = ("eval",)) -> dict:
+    """``model_dir`` on test (greedy, then beam + LM), into ``<out>/<folder>/<label>-greedy`` etc."""
     cfg, e = r.config, r.config.eval
     rec = as_recognizer(str(model_dir), InferenceOptions(device=e.device, precision=e.precision))
     common = dict(lang=cfg.lang, max_utts=e.max_utts, extra={"recipe": r.name, "system": label})
     out = {}
-    s = evaluate(rec, r.manifest("test"), out_dir=r.path("eval", f"{label}-greedy"), name=f"{label} (greedy)", **common)
+    s = evaluate(rec, r.manifest("test"), out_dir=r.path(*folder, f"{label}-greedy"), name=f"{label} (greedy)",
+                 **common)
     r.log(result_line(s))
     out[s["name"]] = {"wer": s["wer"], "cer": s["cer"]}
     # Retention is a property of the acoustic model and its head: scored greedy (the target LM knows no English).
-    source = _score_source_test(r, rec, s["name"], r.path("eval", f"{label}-{SOURCE_TEST_FOLDER}"))
+    source = _score_source_test(r, rec, s["name"], r.path(*folder, f"{label}-{SOURCE_TEST_FOLDER}"))
     if source is not None:
         out[source_eval_name(s["name"])] = source
     if not e.beam:
@@ -379,7 +402,7 @@ def _evaluate_system(r, label: str, model_dir: Path) -> dict:
     lm_dir = r.path("lm") if cfg.lm.enabled else None
     alpha, beta = e.lm_weight, e.word_score
     if e.tune_lm and lm_dir is not None:
-        tuned = tune_lm(rec, r.manifest("dev"), lm_dir, e.alphas, e.betas, out_dir=r.path("eval", f"{label}-tune"),
+        tuned = tune_lm(rec, r.manifest("dev"), lm_dir, e.alphas, e.betas, out_dir=r.path(*folder, f"{label}-tune"),
                         lang=cfg.lang, beam_size=e.beam_size)
         alpha, beta = tuned["best"]["lm_weight"], tuned["best"]["word_score"]
         r.log(
@@ -395,7 +418,7 @@ def _evaluate_system(r, label: str, model_dir: Path) -> dict:
         beam_size=e.beam_size,
         lm_weight=alpha,
         word_score=beta,
-        out_dir=r.path("eval", f"{label}-lm" if lm_dir else f"{label}-beam"),
+        out_dir=r.path(*folder, f"{label}-lm" if lm_dir else f"{label}-beam"),
         name=name,
         **common,
     )
@@ -404,7 +427,75 @@ def _evaluate_system(r, label: str, model_dir: Path) -> dict:
     return out
 
 
-# ------------------------------------------------------------------------------------------------- 6 report
+# ------------------------------------------------------------------------------------------------- 6 self-train
+def untranscribed_manifest(r) -> Path:
+    """The audio stage 6 labels: selftrain.untranscribed_manifest, else stage 0's synthetic pool."""
+    given = r.config.selftrain.untranscribed_manifest
+    return Path(given).expanduser().resolve() if given else r.manifest(UNTRANSCRIBED)
+
+
+def _tuned_lm(r) -> dict | None:
+    """Beam + LM settings for labelling: stage 5's (tuned on dev) for the adapted model; None for greedy labels."""
+    cfg = r.config
+    if not (cfg.selftrain.lm and cfg.lm.enabled):
+        return None
+    adapted = ((r.marker(5) or {}).get("result") or {}).get("adapted + LM") or {}
+    return {"lm_dir": r.path("lm"), "beam_size": cfg.eval.beam_size,
+            "lm_weight": adapted.get("lm_weight", cfg.eval.lm_weight),
+            "word_score": adapted.get("word_score", cfg.eval.word_score)}
+
+
+def stage_selftrain(r, resume: bool = False) -> dict:
+    """Label the untranscribed audio with the current model (+ LM), keep the confident share, continue training
+    from that model on the labelled lines (``oversample`` times) plus the kept ones; ``rounds`` times. The last
+    round's model is scored on test like stage 5; earlier rounds only on dev (their training runs)."""
+    cfg, st, e = r.config, r.config.selftrain, r.config.eval
+    pool = untranscribed_manifest(r)
+    if not pool.is_file():
+        raise UserError("selftrain: untranscribed manifest not found (set selftrain.untranscribed_manifest, or "
+                        "rerun stage 0 of a synthetic recipe with selftrain.enabled)", path=pool)
+    lm = _tuned_lm(r)
+    label_filter = LabelFilter(min_confidence=st.min_confidence,
+                               top_share=None if st.min_confidence is not None else st.top_share)
+    model = _model_dir(r.path("train"), e.model)
+    result: dict = {"rounds": []}
+    for k in range(1, st.rounds + 1):
+        folder = r.path("selftrain", f"round-{k}")
+        labels = pseudo_label(model, pool, folder / "labels", label_filter=label_filter, confidence=st.confidence,
+                              device=e.device, precision=e.precision, progress=r.progress, **(lm or {}))
+        r.log(f"self-train round {k}:\n{format_summary(labels)}")
+        facts = {"labels": {k2: labels[k2] for k2 in ("kept", "dropped", "kept_minutes", "dropped_minutes",
+                                                       "confidence_quantiles", "manifest", "manifest_sha256")}}
+        if r.manifest(TRUTH).is_file() and not cfg.selftrain.untranscribed_manifest:
+            accuracy = label_accuracy(folder / "labels" / "all.jsonl", r.manifest(TRUTH), get_normalizer(cfg.lang))
+            facts["label_accuracy"] = accuracy
+            r.log("pseudo-label CER against the withheld text: " + ", ".join(
+                f"{name} {100 * a['cer']:.1f}% ({a['utterances']})" for name, a in accuracy.items() if a["cer"]
+                is not None))
+        facts["mix"] = mix(r.manifest("train"), labels["manifest"], folder / "train.jsonl", st.oversample)
+        r.log(f"self-train round {k}: {facts['mix']['labelled_minutes']:.1f} labelled min x {st.oversample} + "
+              f"{facts['mix']['pseudo_minutes']:.1f} pseudo-labelled min, from {model}")
+        config = cfg.train_config(folder / "train.jsonl", r.manifest("dev"), r.path("lang", "vocab.json"),
+                                  folder / "run", **{"model.source": str(model), "model.head_init": "keep"})
+        used = {"manifest": labels["manifest"], "sha256": labels["manifest_sha256"], "round": k,
+                "labelled_by": labels["model"], "labelled_by_sha256": labels["model_sha256"], "lm": labels["lm"],
+                "confidence": labels["confidence"], "filter": labels["filter"], "oversample": st.oversample}
+        inputs = {"train": cfg.train_inputs(), "lang": cfg.lang, "pseudo_labels": used,
+                  "deps": r.stage_inputs(6)["deps"]}
+        summary = _train_once(r, f"self-train round {k}", config, inputs)
+        update_record(folder / "run", pseudo_labels=used)
+        facts["train"] = _run_facts(summary)
+        result["rounds"].append(facts)
+        model = _model_dir(folder / "run", e.model)
+    result.update(_evaluate_system(r, SELF_TRAINED, model, folder=("selftrain", "eval")))
+    return result
+
+
+def selftrain_runs(r) -> list[Path]:
+    return sorted(r.path("selftrain").glob("round-*/run"), key=lambda p: int(p.parent.name.split("-")[1]))
+
+
+# ------------------------------------------------------------------------------------------------- 7 report
 def report_inputs(r) -> list[Path]:
     """Evaluation folders in table order, then the training run folders."""
     labels = ("adapted", "control") if r.config.control.enabled else ("adapted",)
@@ -417,6 +508,13 @@ def report_inputs(r) -> list[Path]:
     evals += [r.path("baseline", "source-test")] if r.config.baseline.enabled else []
     evals += [r.path("eval", f"{label}-source-test") for label in labels]
     runs = [r.path("train"), r.path("control")][: len(labels)]
+    if r.config.selftrain.enabled:
+        kinds = ("greedy", "lm", "beam", SOURCE_TEST_FOLDER)
+        # After adapted/control's rows, before the source tests: the report's system table keeps this order.
+        first_source = next((i for i, p in enumerate(evals) if p.name.endswith(SOURCE_TEST_FOLDER)), len(evals))
+        mine = [r.path("selftrain", "eval", f"{SELF_TRAINED}-{kind}") for kind in kinds]
+        evals = evals[:first_source] + mine[:3] + evals[first_source:] + mine[3:]
+        runs += selftrain_runs(r)
     return [p for p in evals if (p / "summary.json").is_file()] + [p for p in runs if (p / "metrics.jsonl").is_file()]
 
 
@@ -424,7 +522,9 @@ def stage_report(r, resume: bool = False) -> dict:
     inputs = report_inputs(r)
     names = [read_json_or(p / "summary.json", {}).get("name") for p in inputs if (p / "summary.json").is_file()]
     base = r.config.report.baseline if r.config.report.baseline in names else None
-    html = build_report(inputs, r.path("report"), baseline=base, worst=r.config.report.worst)
+    pairs = [("adapted (greedy)", f"{SELF_TRAINED} (greedy)"), ("adapted + LM", f"{SELF_TRAINED} + LM"),
+             ("adapted (beam)", f"{SELF_TRAINED} (beam)")]
+    html = build_report(inputs, r.path("report"), baseline=base, worst=r.config.report.worst, pairs=pairs)
     return {"html": str(html), "systems": names}
 
 
@@ -458,7 +558,10 @@ def results_table(r) -> str:
 
 
 STAGES = (
-    StageSpec(0, "data", (), ("lang", "data"), ("data",), stage_data),
+    StageSpec(0, "data", (), ("lang", "data"), ("data",), stage_data,
+              # The synthetic self-training pool is made here; the keys count only when it is (old markers hold).
+              keys_when=lambda cfg: ("selftrain.enabled", "selftrain.untranscribed_minutes")
+              if cfg.selftrain.enabled and cfg.data.kind == "synth" else ()),
     StageSpec(1, "validate", (0,), ("lang", "source"), ("validate",), stage_validate),
     StageSpec(2, "vocab + LM", (1,), ("lang", "vocab", "lm"), ("lang", "lm"), stage_lang),
     StageSpec(3, "baseline", (2,), ("lang", "source", "eval.device", "eval.precision", "eval.max_utts"), ("baseline",),
@@ -467,5 +570,7 @@ STAGES = (
                                      "eval.beam_size") if _zero_shot_lm_on(cfg) else ()),
     StageSpec(4, "train", (2,), ("lang", "source", "train", "control"), (), stage_train, needs_source=True),
     StageSpec(5, "evaluate", (2, 4), ("lang", "eval"), ("eval",), stage_evaluate),
-    StageSpec(6, "report", (3, 5), ("report",), ("report",), stage_report),
+    StageSpec(6, "self-train", (2, 5), ("lang", "selftrain", "train", "eval", "lm.enabled"), ("selftrain",),
+              stage_selftrain, enabled=lambda cfg: cfg.selftrain.enabled),
+    StageSpec(7, "report", (3, 5, 6), ("report",), ("report",), stage_report),
 )

@@ -22,6 +22,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 from . import report_plots as plots
 from .errors import PARSE_ERRORS, UserError
@@ -346,8 +347,13 @@ pre{background:#f7f7f7;padding:8px;overflow-x:auto;font-size:13px}img{max-width:
 .new{color:#d62728;font-weight:bold}"""
 
 
-def build_report(inputs, out_dir, baseline: str | None = None, worst: int = 10) -> Path:
-    """Write ``out_dir/report.md``, ``out_dir/report.html`` and ``out_dir/figures/*.png``; returns the HTML path."""
+def build_report(inputs, out_dir, baseline: str | None = None, worst: int = 10,
+                 pairs: Sequence[tuple[str, str]] = ()) -> Path:
+    """Write ``out_dir/report.md``, ``out_dir/report.html`` and ``out_dir/figures/*.png``; returns the HTML path.
+
+    ``pairs``: ``(reference system, system)`` names compared head to head besides the baseline comparison (e.g. the
+    supervised model and its self-trained successor); a pair naming a system not present is left out.
+    """
     evaluations, runs = collect(inputs)
     # Source-language test evaluations (retention) are not systems of the target test: their own table.
     source_evals = [e for e in evaluations if is_source_eval(e.summary)]
@@ -358,6 +364,7 @@ def build_report(inputs, out_dir, baseline: str | None = None, worst: int = 10) 
     doc.heading("asr-transfer report", 1)
     if evaluations:
         _systems_section(doc, evaluations, baseline)
+        _pairs_section(doc, evaluations, pairs)
     if source_evals:
         _retention_section(doc, evaluations + source_evals)
     if evaluations:
@@ -418,6 +425,25 @@ def _systems_section(doc: _Doc, evaluations: list[Evaluation], baseline: str | N
         png = plots.systems_png([r["name"] for r in ok], [r["wer"] for r in ok], [r["wer_ci95"] for r in ok],
                                 [r["cer"] for r in ok], [r["cer_ci95"] for r in ok])
         doc.figure(png, "systems", "WER and CER per system")
+
+
+def _pairs_section(doc: _Doc, evaluations: list[Evaluation], pairs: Sequence[tuple[str, str]]) -> None:
+    by_name = {e.name: e for e in evaluations}
+    table = []
+    for ref, system in pairs:
+        if ref not in by_name or system not in by_name:
+            continue
+        _, (base_row, row) = compare([by_name[ref], by_name[system]], baseline=ref)
+        table.append([system, ref, f"{_pct(base_row['wer'])} → {_pct(row['wer'])}",
+                      f"{_pct(base_row['cer'])} → {_pct(row['cer'])}", _p(row["p_wer"]), _p(row["p_cer"]),
+                      str(row["n_paired"])])
+    if not table:
+        return
+    doc.heading("Paired comparisons")
+    doc.para("Each system against the one it was built from (e.g. self-training against the supervised model it "
+             "started from), on the same test utterances: p = one-sided paired bootstrap probability that the system "
+             "is not better than the reference.")
+    doc.table(["system", "against", "WER %", "CER %", "p (WER)", "p (CER)", "paired"], table, cls="pairs")
 
 
 def _retention_section(doc: _Doc, evaluations: list[Evaluation]) -> None:

@@ -34,7 +34,7 @@ import numpy as np
 
 from .audio import RECEPTIVE_FIELD_SAMPLES, SAMPLE_RATE, AudioInfo, audio_info, frames_for_samples, load_audio
 from .errors import PARSE_ERRORS, AudioError, ConfigError, ManifestError, UserError
-from .manifest import ALIGN_SCORE, Utterance, is_marked, scan_manifest
+from .manifest import ALIGN_SCORE, Utterance, is_marked, is_untranscribed, scan_manifest
 from .vocab import UNK, WORD_DELIMITER, ctc_min_frames, text_to_ids
 
 SILENCE_PEAK = 1e-4  # |x| peak below this (≈ -80 dBFS) is digital silence, not a quiet recording
@@ -94,6 +94,8 @@ class ValidationReport:
     conv_stride: tuple[int, ...] = DEFAULT_CONV_STRIDE
     marked: int = 0  # lines with an align_flag, skipped (not checked)
     marked_hours: float = 0.0
+    untranscribed: int = 0  # lines marked untranscribed: audio checked, text not (train skips them)
+    untranscribed_hours: float = 0.0
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -133,6 +135,9 @@ class ValidationReport:
         if self.marked:
             rows.insert(3, ("marked", f"{self.marked} segments ({self.marked_hours:.3f} h) marked by align "
                                       "(align_flag): skipped, as train skips them"))
+        if self.untranscribed:
+            rows.insert(3, ("no text", f"{self.untranscribed} lines ({self.untranscribed_hours:.3f} h) marked "
+                                       "untranscribed: audio checked, no text; train skips them (pseudo-label them)"))
         out = [f"{k:<12}{v}" for k, v in rows]
         if self.problems:
             out.append(f"  {'kind':<22}{'severity':<10}{'count':>6}")
@@ -272,7 +277,8 @@ class _Checker:
         if self.lang and u.lang and u.lang != self.lang:
             self.add(line, uid, "lang_mismatch", f"line says lang '{u.lang}', validating as '{self.lang}'")
         usable_s = self.check_audio_file(line, u) if self.check_audio else u.duration
-        self.check_text(line, u, usable_s)
+        if not is_untranscribed(u):
+            self.check_text(line, u, usable_s)
 
     def check_audio_file(self, line: int, u: Utterance) -> float | None:
         """Header and sample checks; returns the seconds of audio the model will see (``None`` if unusable)."""
@@ -389,8 +395,8 @@ def validate_manifest(
         normalizer = get_normalizer(lang)
     checker = _Checker(vocab_map, normalizer, lang, kernel, stride, check_audio, duration_tolerance_s)
 
-    lines = utterances = marked = 0
-    total_s = marked_s = 0.0
+    lines = utterances = marked = untranscribed = 0
+    total_s = marked_s = untranscribed_s = 0.0
     for line, item in tqdm(scan_manifest(path), desc=f"validating {Path(path).name}", unit="line", disable=None,
                            leave=False):
         lines += 1
@@ -403,6 +409,9 @@ def validate_manifest(
             continue
         utterances += 1
         total_s += item.duration
+        if is_untranscribed(item):
+            untranscribed += 1
+            untranscribed_s += item.duration
         checker.check(line, item)
     checker.format_outliers()
     problems = tuple(sorted(checker.problems, key=lambda p: p.line))
@@ -419,4 +428,6 @@ def validate_manifest(
         conv_stride=stride,
         marked=marked,
         marked_hours=marked_s / 3600.0,
+        untranscribed=untranscribed,
+        untranscribed_hours=untranscribed_s / 3600.0,
     )

@@ -201,6 +201,42 @@ def test_folder_import_speaker_disjoint_and_deterministic(tmp_path):
     assert validate_manifest(one.manifests["test"], lang="de").ok
 
 
+def test_folder_import_without_text_marks_lines_untranscribed_and_train_validate_skip_them(tmp_path, capsys):
+    from asr_transfer.text import get_normalizer
+    from asr_transfer.training.data import UNTRANSCRIBED_SKIP, SkipCounter, build_examples
+
+    root = tmp_path / "audio"
+    for i, seconds in enumerate((0.6, 0.9, 1.2)):
+        (root / f"spk{i % 2}").mkdir(parents=True, exist_ok=True)
+        sf.write(root / f"spk{i % 2}" / f"clip{i}.wav", tone(seconds), SR)
+    (root / "spk0" / "clip0.txt").write_text("ignored with no_text\n", encoding="utf-8")
+    (root / "spk1" / "broken.wav").write_bytes(b"RIFF....not audio")
+    summary = prepare_folder(root, tmp_path / "out", "de", no_text=True, speaker_from="parent")
+    assert list(summary.manifests) == ["untranscribed"] and summary.utterances["untranscribed"] == 3
+    assert summary.skipped == Counter({"unreadable audio": 1})
+    utts = read_manifest(summary.manifests["untranscribed"])
+    assert all(u.text == "" and u.extra["untranscribed"] is True and u.lang == "de" for u in utts)
+    assert [(u.id, u.speaker) for u in utts] == [("spk0/clip0", "spk0"), ("spk0/clip2", "spk0"), ("spk1/clip1", "spk1")]
+
+    report = validate_manifest(summary.manifests["untranscribed"], lang="de")
+    assert report.ok and report.untranscribed == 3 and "empty_text" not in report.by_kind()
+    assert "3 lines" in report.format() and "pseudo-label" in report.format()
+    # The same line without the mark is an error: empty text is never silently accepted.
+    plain = tmp_path / "out" / "plain.jsonl"
+    plain.write_text(summary.manifests["untranscribed"].read_text().replace(', "untranscribed": true', ""))
+    assert validate_manifest(plain, lang="de").by_kind() == {"empty_text": 3}
+
+    skips = SkipCounter()
+    vocab = {t: i for i, t in enumerate(["<pad>", "<s>", "</s>", "<unk>", "|", *"abcdefghijklmnopqrstuvwxyz"])}
+    assert build_examples(summary.manifests["untranscribed"], vocab, get_normalizer("de"), (10, 3, 3, 3, 3, 2, 2),
+                          (5, 2, 2, 2, 2, 2, 2), skips=skips) == []
+    assert skips.counts == Counter({UNTRANSCRIBED_SKIP: 3})
+
+    assert main(["prepare", "folder", str(root), "--no-text", "--lang", "de", "--out", str(tmp_path / "cli"),
+                 "--split", "pool"]) == 0
+    assert (tmp_path / "cli" / "pool.jsonl").is_file() and "pool" in capsys.readouterr().out
+
+
 # --- tabular ------------------------------------------------------------------------------------------------------
 
 

@@ -33,6 +33,12 @@ def markers(out: Path) -> dict[int, dict]:
     return {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in (out / ".done").glob("stage-[0-9].json")}
 
 
+TINY_TRAIN = ["--set", "lm.order=3", "--set", "train.stages.0.steps=2", "--set", "train.stages.1.steps=2",
+              "--set", "train.train.eval_every=2", "--set", 'train.stages.1.train=["head", "layers.-1:"]',
+              "--set", "train.data.max_batch_s=20", "--set", "eval.beam_size=4", "--set", "eval.tune_lm=true",
+              "--set", "eval.alphas=[0.5]", "--set", "eval.betas=[0.0, 1.0]"]
+
+
 @pytest.fixture(scope="module")
 def cv_release(tmp_path_factory) -> Path:
     """A tiny Common Voice language folder: 4 client_ids, mp3 clips, official TSVs, two broken clips."""
@@ -187,6 +193,7 @@ def test_whole_pipeline_mechanics_on_a_tiny_random_source(tmp_path, capsys):
         "baseline",
         "train",
         "evaluate",
+        "self-train",
         "report",
     ]
     vocab = json.loads((out / "lang" / "vocab.json").read_text())
@@ -215,7 +222,7 @@ def test_whole_pipeline_mechanics_on_a_tiny_random_source(tmp_path, capsys):
     assert all(f'data-system="{s}"' in page.replace("&quot;", '"') for s in ("raw", "adapted + LM", "control (greedy)"))
 
     rc, stdout, _ = recipe(capsys, *args)  # all done: every stage skipped, the table printed again
-    assert rc == 0 and stdout.count("skipping") == 7 and "adapted + LM" in stdout
+    assert rc == 0 and stdout.count("skipping") == 8 and "adapted + LM" in stdout
 
     # Only the control changed: stage 4 reruns the control and reuses the transfer run; evaluation follows.
     rc, stdout, stderr = recipe(capsys, *args, "--set", "control.steps=1")
@@ -229,6 +236,72 @@ def test_whole_pipeline_mechanics_on_a_tiny_random_source(tmp_path, capsys):
     assert rc == 0, stderr
     assert "stage 3 (baseline): its config changed since it ran (baseline.betas)" in stdout
     assert "stage 4 (train): done" in stdout and "stage 5 (evaluate): done" in stdout
+
+
+def test_self_training_stage_labels_withheld_audio_trains_on_the_mix_and_reports_the_pair(tmp_path, capsys):
+    """Stage 6 on a random 2-layer source, two rounds: what it labels, trains on, records and reports."""
+    from asr_transfer.files import sha256_file
+
+    source = make_source_model(tmp_path / "src")
+    (tmp_path / "lm.txt").write_text(LM_TEXT, encoding="utf-8")
+    out = tmp_path / "exp"
+    args = ["de-synth", "--out", out, "--set", f"source={source}", *TINY_SYNTH, "--set", "data.minutes=0.3",
+            "--set", f'lm.text_files=["{tmp_path / "lm.txt"}"]', *TINY_TRAIN, "--set", "baseline.enabled=false",
+            "--set", "selftrain.enabled=true", "--set", "selftrain.untranscribed_minutes=0.3",
+            "--set", "selftrain.rounds=2", "--set", "selftrain.oversample=2", "--set", "selftrain.top_share=0.5"]
+    rc, stdout, stderr = recipe(capsys, *args)
+    assert rc == 0, stderr
+    train, pool = read_manifest(out / "data" / "train.jsonl"), read_manifest(out / "data" / "untranscribed.jsonl")
+    truth = read_manifest(out / "data" / "untranscribed-truth.jsonl")
+    assert 0.3 <= sum(u.duration for u in train) / 60 < 0.3 + max(u.duration for u in train) / 60
+    assert all(u.text == "" and u.extra["untranscribed"] is True for u in pool) and len(pool) == len(truth)
+    assert not {u.uid for u in pool} & {u.uid for u in train} and all(u.text for u in truth)
+    test_voices = {u.speaker for u in read_manifest(out / "data" / "test.jsonl")}
+    assert test_voices and not test_voices & {u.speaker for u in pool}  # test voices stay held out
+    assert markers(out)[0]["result"]["untranscribed"]["utterances"] == len(pool)
+
+    result = markers(out)[6]["result"]
+    assert len(result["rounds"]) == 2 and "self-trained (greedy)" in result and "self-trained + LM" in result
+    for k, facts in enumerate(result["rounds"], start=1):
+        labels = json.loads((out / "selftrain" / f"round-{k}" / "labels" / "summary.json").read_text())
+        assert labels["filter"] == {"kind": "top_share", "value": 0.5} and labels["decoder"] == "beam"
+        assert labels["lm"]["dir"] == str((out / "lm").resolve())
+        assert labels["lm"]["lm_weight"] == markers(out)[5]["result"]["adapted + LM"]["lm_weight"]
+        want = out / ("train" if k == 1 else "selftrain/round-1/run")
+        assert Path(labels["model"]).parent == want.resolve()  # round 2 labels with round 1's model
+        mixed = read_manifest(out / "selftrain" / f"round-{k}" / "train.jsonl")
+        assert len(mixed) == 2 * len(train) + labels["kept"] and labels["kept"] == facts["labels"]["kept"]
+        record = json.loads((out / "selftrain" / f"round-{k}" / "run" / "run.json").read_text())
+        used = record["pseudo_labels"]
+        assert used["sha256"] == sha256_file(used["manifest"]) == labels["manifest_sha256"] and used["round"] == k
+        assert facts["label_accuracy"]["all"]["utterances"] == labels["labelled"]
+        config = json.loads((out / "selftrain" / f"round-{k}" / "run" / "config.resolved.json").read_text())
+        assert config["model"]["head_init"] == "keep" and config["model"]["source"] == labels["model"]
+    page = (out / "report" / "report.html").read_text()
+    assert "Paired comparisons" in page and "self-trained + LM" in page
+    table = stdout[stdout.index("system  "):]
+    assert [line.split("  ")[0] for line in table.splitlines()[2:6]] == [
+        "adapted (greedy)", "adapted + LM", "self-trained (greedy)", "self-trained + LM"]
+
+    # Only the filter changed: stages 0-5 are kept, stage 6 and the report rerun.
+    rc, stdout, stderr = recipe(capsys, *args[:-2], "--set", "selftrain.min_confidence=0.0")
+    assert rc == 0, stderr
+    assert "stage 5 (evaluate): done" in stdout and "stage 6 (self-train): its config changed" in stdout
+    labels = json.loads((out / "selftrain" / "round-1" / "labels" / "summary.json").read_text())
+    assert labels["filter"] == {"kind": "min_confidence", "value": 0.0} and labels["dropped"] == 0
+
+
+def test_a_marker_of_another_stage_under_a_number_is_no_marker(tmp_path):
+    """Output folders from before stage 6 existed hold the report's marker as stage-6.json."""
+    from asr_transfer.recipe import RecipeRunner
+
+    name, config, _ = load_recipe("de-synth")
+    runner = RecipeRunner(name, config, tmp_path)
+    runner.marker_path(6).parent.mkdir(parents=True)
+    runner.marker_path(6).write_text(json.dumps({"stage": 6, "name": "report", "hash": "x"}))
+    assert runner.marker(6) is None and not runner.is_fresh(6)
+    runner.marker_path(6).write_text(json.dumps({"stage": 6, "name": "self-train", "hash": "x"}))
+    assert runner.marker(6)["hash"] == "x"
 
 
 def test_stage3_keys_hold_the_lm_settings_only_when_the_lm_is_on(tmp_path):

@@ -40,6 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=None, help="put everything in this one split (e.g. test) instead of splitting")
     p.add_argument("--speaker-from", choices=("none", "parent"), default="none",
                    help="'parent': the audio file's folder name is the speaker")
+    p.add_argument("--no-text", action="store_true",
+                   help="audio without transcripts: every file becomes an untranscribed line (empty text, "
+                        "\"untranscribed\": true) in untranscribed.jsonl (or --split's name), for pseudo-label; "
+                        "validate and train skip such lines")
     _common(p)
     _split_options(p)
 
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
 
         summary = prepare_folder(args.root, args.out, args.lang, transcript_exts=tuple(args.transcript_ext),
                                  split=args.split, fractions=parse_fractions(args.fractions), seed=args.seed,
-                                 speaker_from=args.speaker_from, **limits)
+                                 speaker_from=args.speaker_from, no_text=args.no_text, **limits)
     elif args.corpus == "tabular":
         from ..corpora.tabular import prepare_tabular
 

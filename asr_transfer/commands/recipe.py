@@ -14,7 +14,7 @@ import argparse
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", nargs="?", help="recipe name under recipes/ or a path to a recipe.toml")
     p.add_argument("--stage", type=int, default=0, metavar="N", help="first stage to run (default: %(default)s)")
-    p.add_argument("--stop-stage", type=int, default=None, metavar="M", help="last stage to run (default: the last, 6)")
+    p.add_argument("--stop-stage", type=int, default=None, metavar="M", help="last stage to run (default: the last, 7)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set data.minutes=2 --set train.stages.0.steps=50 (repeatable)")
     p.add_argument("--force", action="store_true", help="rerun the selected stages even if they are done")

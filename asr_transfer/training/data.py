@@ -2,7 +2,8 @@
 
 Utterances that cannot be trained on are skipped and *counted by reason* (the run summary lists them): unreadable
 audio, too short/long, empty text after normalisation, a transcript that needs more CTC frames than the audio gives,
-or a segment ``asr-transfer align`` marked (``align_flag``) as possibly not matching its text.
+a segment ``asr-transfer align`` marked (``align_flag``) as possibly not matching its text, or a line imported
+without a transcript (``untranscribed``: pseudo-label it first).
 Batches are formed per epoch from ``(seed, epoch)`` alone, so a resumed run can regenerate the epoch and skip to the
 saved batch index: the sampler position is ``(epoch, batch_index)``.
 """
@@ -19,10 +20,11 @@ import numpy as np
 from ..audio import SAMPLE_RATE, audio_info, frames_for_samples, load_audio, resample
 from ..audio import normalize_wave as _normalize
 from ..errors import AudioError, UserError
-from ..manifest import ALIGN_FLAG, Utterance, is_marked, read_manifest
+from ..manifest import ALIGN_FLAG, Utterance, is_marked, is_untranscribed, read_manifest
 from ..validate import SILENCE_PEAK  # the same threshold `validate` reports as "silent"
 from ..vocab import ctc_min_frames, text_to_ids
 
+UNTRANSCRIBED_SKIP = "untranscribed (pseudo-label it first)"
 DURATION_TOLERANCE_S = 0.1  # s; manifest duration may exceed the file's by this much (validate's default)
 
 
@@ -85,6 +87,9 @@ def build_examples(
         uid = utt.uid
         if is_marked(utt):  # `align` found its text and audio may not match
             skips.add("marked by align", uid, str(utt.extra[ALIGN_FLAG]))
+            continue
+        if is_untranscribed(utt):  # no text to learn from: `asr-transfer pseudo-label` gives it one
+            skips.add(UNTRANSCRIBED_SKIP, uid)
             continue
         try:
             info = audio_info(utt.audio_filepath)

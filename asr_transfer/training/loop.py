@@ -51,6 +51,7 @@ from ..text import get_normalizer
 from . import checkpoint as ckpt
 from .cache import FeatureCache
 from .data import (
+    UNTRANSCRIBED_SKIP,
     AudioLoader,
     BucketSampler,
     Example,
@@ -174,9 +175,10 @@ class Trainer:
             self.skips,
         )
         if not self.train_examples:
-            raise UserError(
-                f"no usable training utterances (skipped: {dict(self.skips.counts)})", path=cfg.data.train_manifest
-            )
+            hint = (": the manifest holds audio without text; run `asr-transfer pseudo-label` on it first"
+                    if set(self.skips.counts) == {UNTRANSCRIBED_SKIP} else "")
+            raise UserError(f"no usable training utterances (skipped: {dict(self.skips.counts)}){hint}",
+                            path=cfg.data.train_manifest)
         self.num_target = len(self.train_examples)  # replay examples (train.mix) follow the target ones
         self.replay_skips = SkipCounter()
         self.replay_outside: dict[str, int] = {}

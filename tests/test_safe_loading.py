@@ -198,7 +198,8 @@ def test_trained_model_round_trips_through_transformers_pipeline(tmp_path):
     def norm(text: str) -> str:
         return " ".join(re.sub(r"<[^<>\s]+>", "", text).lower().split())
 
-    ours = [transcribe([c], final, device="cpu", progress=False)[0].text for c in clips]
+    # fp32 like the pipeline: transcription defaults to bf16 where the CPU has it (--precision auto).
+    ours = [transcribe([c], final, device="cpu", precision="fp32", progress=False)[0].text for c in clips]
     import soundfile as sf
 
     theirs = [asr({"raw": sf.read(str(c), dtype="float32")[0], "sampling_rate": 16000})["text"] for c in clips]

@@ -300,7 +300,7 @@ def stage_baseline(r, resume: bool = False) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- 4 train
-def _train_once(r, label: str, config, inputs: dict) -> dict:
+def train_once(r, label: str, config, inputs: dict) -> dict:
     """Train ``config`` unless its run folder already finished with the same inputs; resume an interrupted one.
 
     Stage 4 holds two runs; each keeps its own ``recipe-run.json`` so that changing only the control's settings
@@ -338,7 +338,7 @@ def stage_train(r, resume: bool = False) -> dict:
         r.log(f"replay: {config.train.mix.share:.0%} of the training audio seconds from {config.train.mix.manifest}")
     inputs = {"train": cfg.train_inputs(), "lang": cfg.lang, "source": cfg.source,
               "source_weights": r.source_digest(), "deps": upstream}
-    summary = _train_once(r, "transfer", config, inputs)
+    summary = train_once(r, "transfer", config, inputs)
     result = {"transfer": _run_facts(summary)}
     if cfg.control.enabled:
         c = cfg.control
@@ -351,7 +351,7 @@ def stage_train(r, resume: bool = False) -> dict:
         r.log(f"control: from scratch (same architecture, random weights, same data), {steps} steps, lr {c.lr:g}, "
               f"training {', '.join(c.groups)}")
         inputs = {**inputs, "train": cfg.train_inputs(**{**changes, "model.source": ""})}
-        result["control"] = _run_facts(_train_once(r, "control", control, inputs))
+        result["control"] = _run_facts(train_once(r, "control", control, inputs))
     return result
 
 
@@ -368,7 +368,8 @@ def _dev_line(summary: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- 5 evaluate
-def _model_dir(run_dir: Path, which: str) -> Path:
+def trained_model_dir(run_dir: Path, which: str) -> Path:
+    """The model a later stage scores: ``best/`` when ``which`` is "best" and the run saved one, else ``final/``."""
     best = run_dir / "best"
     return best if which == "best" and (best / "config.json").is_file() else run_dir / "final"
 
@@ -379,7 +380,7 @@ def stage_evaluate(r, resume: bool = False) -> dict:
         systems.append(("control", r.path("control")))
     result = {}
     for label, run_dir in systems:
-        result.update(_evaluate_system(r, label, _model_dir(run_dir, r.config.eval.model)))
+        result.update(_evaluate_system(r, label, trained_model_dir(run_dir, r.config.eval.model)))
     return result
 
 
@@ -457,7 +458,7 @@ def stage_selftrain(r, resume: bool = False) -> dict:
     lm = _tuned_lm(r)
     label_filter = LabelFilter(min_confidence=st.min_confidence,
                                top_share=None if st.min_confidence is not None else st.top_share)
-    model = _model_dir(r.path("train"), e.model)
+    model = trained_model_dir(r.path("train"), e.model)
     result: dict = {"rounds": []}
     for k in range(1, st.rounds + 1):
         folder = r.path("selftrain", f"round-{k}")
@@ -482,11 +483,11 @@ def stage_selftrain(r, resume: bool = False) -> dict:
                 "confidence": labels["confidence"], "filter": labels["filter"], "oversample": st.oversample}
         inputs = {"train": cfg.train_inputs(), "lang": cfg.lang, "pseudo_labels": used,
                   "deps": r.stage_inputs(6)["deps"]}
-        summary = _train_once(r, f"self-train round {k}", config, inputs)
+        summary = train_once(r, f"self-train round {k}", config, inputs)
         update_record(folder / "run", pseudo_labels=used)
         facts["train"] = _run_facts(summary)
         result["rounds"].append(facts)
-        model = _model_dir(folder / "run", e.model)
+        model = trained_model_dir(folder / "run", e.model)
     result.update(_evaluate_system(r, SELF_TRAINED, model, folder=("selftrain", "eval")))
     return result
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..inference import PRECISIONS
+from ..precision import PRECISIONS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ from asr_transfer.recipe import RECIPES_DIR, list_recipes, load_recipe
 SYNTH = ["de-synth", "nl-synth", "es-synth", "fr-synth"]
 COMMONVOICE = ["de", "nl", "es", "fr"]
 TINY_SYNTH = ["--set", "data.minutes=0.2", "--set", "data.dev_minutes=0.05", "--set", "data.test_minutes=0.05",
-              "--set", "data.source_test_minutes=0.1"]
+              "--set", "data.source_test_minutes=0.1", "--set", "data.source_train_minutes=0.2"]
 SHIPPED = RECIPES_DIR.parent / "models" / "en-synth-small"
 
 

@@ -35,7 +35,8 @@ def tiny_args(tmp_path) -> list[str]:
             "--minutes", *map(str, SIZES), "--set", f"source={source}", *TINY_SYNTH,
             "--set", f'lm.text_files=["{tmp_path / "lm.txt"}"]', "--set", "lm.order=3",
             "--set", 'train.stages.1.train=["head", "layers.-1:"]', "--set", "train.data.max_batch_s=20",
-            "--set", "train.train.eval_every=2", "--set", "train.train.save_every=1", "--set", "train.train.log_every=1", "--set", "eval.beam_size=4",
+            "--set", "train.train.eval_every=2", "--set", "train.train.save_every=1",
+            "--set", "train.train.log_every=1", "--set", "eval.beam_size=4",
             "--set", "eval.alphas=[0.5]", "--set", "eval.betas=[0.0, 1.0]",
             "--set", "baseline.alphas=[2.0]", "--set", "baseline.betas=[0.0]"]
 

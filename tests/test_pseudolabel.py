@@ -16,12 +16,7 @@ from asr_transfer.text import get_normalizer
 from asr_transfer.training.data import SkipCounter, build_examples
 from asr_transfer.vocab import build_vocab
 
-from test_evaluation import TEXTS, _tiny, _write_arpa
-
-
-@pytest.fixture(scope="module")
-def de_model(tmp_path_factory):
-    return _tiny(tmp_path_factory.mktemp("de") / "model", dict(build_vocab(TEXTS, "de")), "de", seed=1)
+from test_evaluation import TEXTS, _write_arpa, de_model  # noqa: F401 (de_model: a fixture)
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ from .files import atomic_write_json, read_json_or
 from .inference import InferenceOptions, as_recognizer
 from .manifest import fingerprint, read_manifest, write_manifest
 from .recipe import RecipeConfig, RecipeRunner, config_digest
-from .recipe_stages import train_once, trained_model_dir
+from .recipe_stages import replay_changes, train_once, trained_model_dir
 from .report import Document, best_zero_shot, load_evaluation, write_page
 from .zeroshot import FOLDER as ZERO_SHOT_LM_FOLDER
 
@@ -206,7 +206,8 @@ def run_point(r: RecipeRunner, system: str, minutes: float, train: Path, stages:
         r.log(f"{label}: done earlier; skipping")
         return done
     (run_dir / POINT_RECORD).unlink(missing_ok=True)
-    config = cfg.train_config(train, r.manifest("dev"), r.path("lang", "vocab.json"), run_dir, **changes)
+    config = cfg.train_config(train, r.manifest("dev"), r.path("lang", "vocab.json"), run_dir,
+                              **changes, **replay_changes(r))
     summary = train_once(r, label, config, train_inputs)
     shutil.rmtree(run_dir / "eval", ignore_errors=True)  # scored with other settings, or half scored when killed
     scores = score_point(r, system, minutes, trained_model_dir(run_dir, cfg.eval.model), run_dir, options)

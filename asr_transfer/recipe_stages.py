@@ -128,6 +128,11 @@ def stage_data(r, resume: bool = False) -> dict:
     return facts
 
 
+def replay_changes(r) -> dict:
+    """The ``train.mix.manifest`` change every training run of the recipe gets when it replays source speech."""
+    return {"train.mix.manifest": str(source_train_manifest(r))} if r.config.replays else {}
+
+
 def source_train_manifest(r) -> Path | None:
     """The source-language replay manifest: data.source_train, else stage 0's synthetic one, else None."""
     d = r.config.data
@@ -332,7 +337,7 @@ def stage_train(r, resume: bool = False) -> dict:
     common = (r.manifest("train"), r.manifest("dev"), r.path("lang", "vocab.json"))
     source = r.source
     upstream = r.stage_inputs(4)["deps"]
-    replay = {"train.mix.manifest": str(source_train_manifest(r))} if cfg.replays else {}
+    replay = replay_changes(r)
     config = cfg.train_config(*common, r.path("train"), **{"model.source": source, **replay})
     if replay:
         r.log(f"replay: {config.train.mix.share:.0%} of the training audio seconds from {config.train.mix.manifest}")
@@ -477,7 +482,8 @@ def stage_selftrain(r, resume: bool = False) -> dict:
         r.log(f"self-train round {k}: {facts['mix']['labelled_minutes']:.1f} labelled min x {st.oversample} + "
               f"{facts['mix']['pseudo_minutes']:.1f} pseudo-labelled min, from {model}")
         config = cfg.train_config(folder / "train.jsonl", r.manifest("dev"), r.path("lang", "vocab.json"),
-                                  folder / "run", **{"model.source": str(model), "model.head_init": "keep"})
+                                  folder / "run", **{"model.source": str(model), "model.head_init": "keep",
+                                                     **replay_changes(r)})
         used = {"manifest": labels["manifest"], "sha256": labels["manifest_sha256"], "round": k,
                 "labelled_by": labels["model"], "labelled_by_sha256": labels["model_sha256"], "lm": labels["lm"],
                 "confidence": labels["confidence"], "filter": labels["filter"], "oversample": st.oversample}

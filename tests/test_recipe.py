@@ -398,5 +398,6 @@ def test_replay_set_from_stage_0_is_trained_on_and_its_share_is_part_of_stage_4(
     ("train.train.mix.manifest=x.jsonl", "set by the recipe runner"),
 ])
 def test_replay_without_a_replay_set_is_a_config_error(override, message, tmp_path, capsys):
-    rc, _, stderr = recipe(capsys, "de-synth", "--out", tmp_path, "--set", override)
+    # nl-synth: de-synth makes a replay set by default (data.source_train_minutes), nl-synth does not.
+    rc, _, stderr = recipe(capsys, "nl-synth", "--out", tmp_path, "--set", override)
     assert rc == 1 and stderr.count("\n") == 1 and message in stderr

@@ -123,6 +123,11 @@ class MixArgs:
         "share/(1-share) x the target seconds of replay, and batches are length-bucketed over both", 0.0
     )
     lang: str = option("language of the replay manifest: its text goes through this language's normaliser", "en")
+    head: str = option(
+        "shared: replay text is labelled through the target head; own: the source model's CTC head (its rows and its "
+        "vocabulary) is kept beside the new one, replay utterances train it, the encoder is shared, and the saved "
+        "model gets a second folder heads/<train.mix.lang>/ (transcribe --lang picks the head)", "shared"
+    )
 
     def __post_init__(self):
         _range("train.mix.share", self.share, 0, MAX_MIX_SHARE)
@@ -130,6 +135,10 @@ class MixArgs:
             raise ConfigError("train.mix needs both a manifest and a share > 0 (or neither); got manifest "
                               f"{self.manifest!r}, share {self.share}")
         one_of("train.mix.lang", self.lang, LANGUAGES)
+        one_of("train.mix.head", self.head, MIX_HEADS)
+        if self.head == "own" and self.share <= 0:
+            raise ConfigError("train.mix.head = own trains the kept source head on replay utterances; it needs "
+                              "train.mix.share > 0 and train.mix.manifest")
 
 
 @dataclass(frozen=True)
@@ -230,8 +239,19 @@ class TrainConfig:
         if self.train.l2sp.alpha > 0 and (self.model.from_scratch or self.model.init_config):
             raise ConfigError("train.l2sp.alpha pulls weights toward the source model's, and a from-scratch or "
                               "init_config model has none; set train.l2sp.alpha = 0")
+        if self.train.mix.head == "own":
+            if self.model.from_scratch or self.model.init_config:
+                raise ConfigError("train.mix.head = own keeps the source model's CTC head, and a from-scratch or "
+                                  "init_config model has none; set train.mix.head = shared")
+            if self.model.adapter != "none":
+                raise ConfigError("train.mix.head = own is not supported with model.adapter (an adapter folder holds "
+                                  "one head); set model.adapter = none or train.mix.head = shared")
+            if self.train.mix.lang == self.model.lang:
+                raise ConfigError(f"train.mix.head = own: the replay language ({self.train.mix.lang}) is the target "
+                                  "language; a second head needs a second language (train.mix.lang)")
 
 
+MIX_HEADS = ("shared", "own")  # train.mix.head: replay through the target head, or the source head kept beside it
 # At 0.9 a tenth of the audio is target speech; more than that is pre-training the source again, not adapting it.
 MAX_MIX_SHARE = 0.9
 # numpy's legacy seeding takes 0 … 2**32 - 1; torch and numpy's Generator take that range too.

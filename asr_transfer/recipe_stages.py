@@ -349,9 +349,10 @@ def stage_train(r, resume: bool = False) -> dict:
         c = cfg.control
         steps = c.steps or max(1, int(summary["steps"]))
         stage = {"name": "scratch", "train": list(c.groups), "lr": c.lr, "steps": steps, "warmup_ratio": c.warmup_ratio}
-        # The control has no source weights for L2-SP to pull toward; replay it keeps (the same data).
+        # The control has no source weights for L2-SP to pull toward, nor a source head to keep (train.mix.head);
+        # replay it keeps (the same data), through its one head.
         changes = {"model.source": source, "model.from_scratch": True, "stages": [stage], "train.l2sp.alpha": 0.0,
-                   **replay}
+                   **replay, "train.mix.head": "shared"}
         control = cfg.train_config(*common, r.path("control"), **changes)
         r.log(f"control: from scratch (same architecture, random weights, same data), {steps} steps, lr {c.lr:g}, "
               f"training {', '.join(c.groups)}")

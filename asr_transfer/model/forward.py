@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .heads import logits_by_head
 
 _LAYER_RE = re.compile(r"encoder\.layers\.(\d+)\.")
 
@@ -163,10 +166,15 @@ def run_segments(base: nn.Module, x: torch.Tensor, start: int, stop: int, length
                 attn = create_bidirectional_mask(config=cfg, inputs_embeds=h, attention_mask=frame_mask)
             h = w.encoder.layers[i](h, attention_mask=attn)
         else:
-            if cfg.do_stable_layer_norm:
-                h = w.encoder.layer_norm(h)
-            h = base.lm_head(base.dropout(h))
+            h = base.lm_head(head_input(base, h))
     return h
+
+
+def head_input(base: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """The head segment up to its linear layer: [final LayerNorm (stable-LN models)] + dropout, ``(B, T, H)``."""
+    if base.config.do_stable_layer_norm:
+        h = base.wav2vec2.encoder.layer_norm(h)
+    return base.dropout(h)
 
 
 def _spec_augment(base, h, frame_mask, masks: MaskOptions, rng, use_embed: bool) -> torch.Tensor:
@@ -301,17 +309,22 @@ class Suffix(nn.Module):
         self.trains = segment_trains(model)
 
     def forward(
-        self, feats: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator | None = None, training: bool = True
+        self, feats: torch.Tensor, lengths: torch.Tensor, rng: np.random.Generator | None = None, training: bool = True,
+        heads: Sequence[str] | None = None,
     ):
+        """``(batch, frames, vocab)`` logits of the target head; with ``heads`` (one head name per row, see
+        :func:`asr_transfer.model.heads.logits_by_head`) each row's logits through its own head, by head name."""
         base = unwrap(self.model)
+        # With per-row heads the shared segments stop below the head; its LayerNorm + dropout run once for all rows.
+        stop = num_segments(base) - (heads is not None)
         if self.boundary == 0 and unwrap(self.model).config.feat_extract_norm == "layer":
             # Trainable CNN with per-frame LayerNorm: a real output frame sees only real samples, so the padded batch
             # gives the same real frames as per-utterance runs, 2-4x faster on CPU (one big conv instead of many).
-            return run_segments(base, feats, 0, num_segments(base), lengths, training, self.trains, self.masks, rng)
-        if self.boundary == 0:
+            h = run_segments(base, feats, 0, stop, lengths, training, self.trains, self.masks, rng)
+        elif self.boundary == 0:
             _set_modes(base, self.trains, training)
             h, frame_lengths = group_norm_cnn(base, feats, lengths)
-            return run_segments(base, h, 1, num_segments(base), frame_lengths, training, self.trains, self.masks, rng)
-        return run_segments(
-            base, feats, self.boundary, num_segments(base), lengths, training, self.trains, self.masks, rng
-        )
+            h = run_segments(base, h, 1, stop, frame_lengths, training, self.trains, self.masks, rng)
+        else:
+            h = run_segments(base, feats, self.boundary, stop, lengths, training, self.trains, self.masks, rng)
+        return h if heads is None else logits_by_head(base, head_input(base, h), heads)

@@ -1,7 +1,8 @@
 """Named parameter groups of a ``Wav2Vec2ForCTC``: what a stage of the unfreezing schedule can name.
 
 ``feature_encoder`` (the CNN), ``feature_projection`` (with ``masked_spec_embed``), ``pos_conv``, ``encoder_norm``,
-``layers.N`` for each transformer layer, ``head`` (``lm_head``) and ``adapters`` (LoRA or MMS adapter weights).
+``layers.N`` for each transformer layer, ``head`` (``lm_head`` and any kept source head) and ``adapters`` (LoRA or
+MMS adapter weights).
 Every parameter belongs to exactly one group.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ GROUP_ORDER = ("feature_encoder", "feature_projection", "pos_conv", "encoder_nor
 def _group_of(name: str) -> str:
     if ".lora_" in name or ".adapter_layer." in name or name.startswith("wav2vec2.adapter."):
         return "adapters"
-    if name.startswith("lm_head."):
+    if name.startswith("lm_head.") or name.startswith("kept_heads."):  # kept heads (model/heads.py) train with it
         return "head"
     if name.startswith("wav2vec2.feature_extractor."):
         return "feature_encoder"

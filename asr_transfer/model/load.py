@@ -28,6 +28,7 @@ from ..text import get_normalizer
 from ..vocab import load_vocab
 from .adapters import apply_saved_adapter
 from .checks import check_local_folder, non_finite_weights
+from .heads import HEADS_DIR
 from .record import RECORD_FILE, ModelRecord, make_processor, processor_vocab
 
 # Hub ids are "name" or "owner/name"; anything else that is not a folder is a mistyped path.
@@ -233,24 +234,35 @@ def _id_to_token(vocab: dict[str, int], path) -> list[str]:
 
 # ---------------------------------------------------------------- saving
 def save_model(out_dir: str | os.PathLike, model: nn.Module, processor, record: ModelRecord,
-               card: dict[str, Any] | None = None) -> Path:
+               card: dict[str, Any] | None = None, heads: dict[str, tuple] | None = None) -> Path:
     """Write an HF folder (safetensors + processor), ``asr_transfer.json`` and a model card ``README.md``, atomically.
 
     ``card`` maps section titles (e.g. ``"data"``, ``"stages"``, ``"metrics"``) to text, dicts, or lists of dicts.
-    The folder loads with ``transformers.pipeline("automatic-speech-recognition", model=out_dir)``.
+    The folder loads with ``transformers.pipeline("automatic-speech-recognition", model=out_dir)``. ``heads`` (a
+    kept head's language → ``(model, processor, record, card)``) are written as such folders in ``heads/<lang>/``
+    inside it, in the same atomic write (:mod:`asr_transfer.model.heads`).
     """
-    if any(".lora_" in n or ".base_layer." in n for n, _ in model.named_parameters()):
-        raise ModelError("the model still has LoRA layers: merge them (adapters.merge_adapters) or use save_adapter")
+    for m in [model, *(h[0] for h in (heads or {}).values())]:
+        if any(".lora_" in n or ".base_layer." in n for n, _ in m.named_parameters()):
+            raise ModelError("the model still has LoRA layers: merge them (adapters.merge_adapters) or use "
+                             "save_adapter")
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
-        processor.save_pretrained(tmp)
-        (tmp / RECORD_FILE).write_text(
-            json.dumps(record.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
-        )
-        (tmp / "README.md").write_text(model_card(record, card), encoding="utf-8")
+        _write_model(tmp, model, processor, record, card)
+        for lang, (head_model, head_processor, head_record, head_card) in (heads or {}).items():
+            sub = tmp / HEADS_DIR / lang
+            sub.mkdir(parents=True)
+            _write_model(sub, head_model, head_processor, head_record, head_card)
 
     return atomic_folder_write(out_dir, write)
+
+
+def _write_model(folder: Path, model: nn.Module, processor, record: ModelRecord, card: dict[str, Any] | None) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+    processor.save_pretrained(folder)
+    (folder / RECORD_FILE).write_text(json.dumps(record.to_dict(), indent=2, ensure_ascii=False) + "\n",
+                                      encoding="utf-8")
+    (folder / "README.md").write_text(model_card(record, card), encoding="utf-8")
 
 
 def _render(value: Any) -> str:

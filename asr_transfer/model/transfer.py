@@ -7,7 +7,7 @@ control reuse exactly what ``train`` does.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -15,10 +15,12 @@ import torch
 from ..config import AugmentArgs, ModelArgs
 from ..errors import UserError
 from ..manifest import read_manifest
+from ..text import get_normalizer
 from ..vocab import build_vocab, load_vocab
 from .adapters import add_adapters, merge_adapters, save_adapter
 from .checks import check_architecture
 from .head import swap_head
+from .heads import HEADS_DIR, head_model, keep_source_head, kept_heads, without_kept_heads
 from .load import load_model, save_model
 from .record import ModelRecord, make_processor
 
@@ -31,6 +33,7 @@ class PreparedModel:
     source_vocab: dict[str, int]
     head_report: dict
     source: str
+    kept_vocabs: dict[str, dict[str, int]] = field(default_factory=dict)  # kept head's language → its vocabulary
 
 
 def target_vocab_for(args: ModelArgs, train_manifest: str | Path) -> dict[str, int]:
@@ -44,8 +47,13 @@ def target_vocab_for(args: ModelArgs, train_manifest: str | Path) -> dict[str, i
     return dict(build_vocab(texts, args.lang))
 
 
-def prepare_model(args: ModelArgs, augment: AugmentArgs, train_manifest: str | Path, seed: int = 0) -> PreparedModel:
-    """Load ``args.source``, swap its CTC head for the target vocabulary and apply dropout/adapter settings."""
+def prepare_model(args: ModelArgs, augment: AugmentArgs, train_manifest: str | Path, seed: int = 0,
+                  keep_head: str | None = None) -> PreparedModel:
+    """Load ``args.source``, swap its CTC head for the target vocabulary and apply dropout/adapter settings.
+
+    ``keep_head`` (a language, ``train.mix.head = own``): keep the source head, its rows and its vocabulary, beside the
+    new one as ``model.kept_heads[keep_head]`` (:mod:`asr_transfer.model.heads`).
+    """
 
     vocab = target_vocab_for(args, train_manifest)
     if args.init_config:
@@ -60,6 +68,10 @@ def prepare_model(args: ModelArgs, augment: AugmentArgs, train_manifest: str | P
 
         torch.manual_seed(seed)
         model = Wav2Vec2ForCTC(model.config)
+    kept_vocabs = {}
+    if keep_head is not None:
+        keep_source_head(model, keep_head)
+        kept_vocabs[keep_head] = dict(source_vocab)
     mode = "random" if args.from_scratch else args.head_init
     report = swap_head(model, source_vocab, vocab, mode=mode, lang=args.lang, base_letters=args.base_letters, seed=seed)
     if augment.dropout is not None:
@@ -69,7 +81,8 @@ def prepare_model(args: ModelArgs, augment: AugmentArgs, train_manifest: str | P
         add_adapters(model, mode=args.adapter, r=args.lora_r, alpha=args.lora_alpha)
     processor = make_processor(vocab, feat_extract_norm=model.config.feat_extract_norm)
     model.train()
-    return PreparedModel(model, processor, vocab, source_vocab, report.to_dict(), str(args.init_config or args.source))
+    return PreparedModel(model, processor, vocab, source_vocab, report.to_dict(), str(args.init_config or args.source),
+                         kept_vocabs)
 
 
 def _random_model(args: ModelArgs, vocab: dict[str, int], seed: int):
@@ -109,8 +122,15 @@ def trained_record(config, source: str, normalizer_name: str, vocab: dict[str, i
                        extra={"train_manifest": str(config.data.train_manifest), "step": step})
 
 
-def save_trained(out_dir: Path, model: torch.nn.Module, processor, record, card: dict, config) -> Path:
-    """Save a trained model: adapter + head weights only when nothing else trained, else the whole (merged) model."""
+def save_trained(out_dir: Path, model: torch.nn.Module, processor, record, card: dict, config,
+                 kept_vocabs: dict[str, dict[str, int]] | None = None) -> Path:
+    """Save a trained model: adapter + head weights only when nothing else trained, else the whole (merged) model.
+
+    A model with kept heads (``kept_vocabs``: language → vocabulary) is saved as the target folder plus one standard
+    folder per kept head, ``heads/<lang>/`` (:mod:`asr_transfer.model.heads`), in one atomic write.
+    """
+    if kept_heads(model):
+        return _save_with_heads(out_dir, model, processor, record, card, kept_vocabs or {})
 
     if config.model.adapter != "none":
         if all(p in ("adapters", "head") for st in config.stages for p in st.train):
@@ -123,3 +143,21 @@ def save_trained(out_dir: Path, model: torch.nn.Module, processor, record, card:
 
         model = merge_adapters(copy.deepcopy(model))
     return save_model(out_dir, model, processor, record, card)
+
+
+def _save_with_heads(out_dir: Path, model: torch.nn.Module, processor, record: ModelRecord, card: dict,
+                     kept_vocabs: dict[str, dict[str, int]]) -> Path:
+    """The target folder (without the kept heads' weights) and ``heads/<lang>/`` per kept head."""
+    heads = {}
+    for lang in kept_heads(model):
+        vocab = kept_vocabs[lang]
+        head_record = ModelRecord(lang=lang, normalizer=get_normalizer(lang).name, source_model=record.source_model,
+                                  head_init="kept", vocab=vocab,
+                                  extra={**record.extra, "kept_head_of": record.lang})
+        heads[lang] = (head_model(model, lang, vocab), make_processor(vocab, model.config.feat_extract_norm),
+                       head_record, {**card, "head": f"the source model's CTC head ({lang}), kept beside the "
+                                                    f"{record.lang} head and trained on replay utterances; the "
+                                                    f"encoder is the {record.lang} model's (../../)"})
+    record = replace(record, extra={**record.extra, "heads": {lang: f"{HEADS_DIR}/{lang}" for lang in heads}})
+    with without_kept_heads(model):
+        return save_model(out_dir, model, processor, record, card, heads=heads)

@@ -43,6 +43,7 @@ from ..model.forward import (
     trainable_boundary,
     unwrap,
 )
+from ..model.heads import TARGET
 from ..model.load import model_fingerprint
 from ..model.transfer import prepare_model, save_trained, trained_record
 from ..outdir import check_output_dir
@@ -63,6 +64,7 @@ from .data import (
     normalize_wave,
 )
 from .devscore import DevScore, blank_collapse, watchdog_action
+from .heads import TrainHeads
 from .l2sp import L2SP
 from .launch import is_worker, launch
 from .mix import MixSampler, describe_outside, letters_outside
@@ -151,7 +153,10 @@ class Trainer:
             )
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed % 2**32)
-        self.prepared = prepare_model(cfg.model, cfg.augment, cfg.data.train_manifest, seed=cfg.train.seed)
+        mix = cfg.train.mix
+        own_head = mix.lang if mix.head == "own" else None  # keep the source head for the replay utterances
+        self.prepared = prepare_model(cfg.model, cfg.augment, cfg.data.train_manifest, seed=cfg.train.seed,
+                                      keep_head=own_head)
         self.model = self.prepared.model.to(self.acc.device)
         # L2-SP's anchor: the source weights as loaded, before a resume overwrites them; one copy on the device.
         l2 = cfg.train.l2sp
@@ -159,6 +164,8 @@ class Trainer:
         self.l2sp_value = None
         self.vocab = self.prepared.vocab
         self.blank_id = self.vocab["<pad>"]
+        blanks = {TARGET: self.blank_id, **{lang: v["<pad>"] for lang, v in self.prepared.kept_vocabs.items()}}
+        self.heads = TrainHeads(blanks, own_head or TARGET)
         validate_schedule(cfg.stages, self.model.config.num_hidden_layers, has_eval=bool(cfg.data.dev_manifest),
                           stable_layer_norm=bool(self.model.config.do_stable_layer_norm))
         self.normalizer = get_normalizer(cfg.model.lang)
@@ -238,16 +245,18 @@ class Trainer:
             self._load_resume()
 
     def _replay_examples(self, mc) -> list[Example]:
-        """The replay manifest's examples (train.mix): source-language text, the one target head."""
+        """The replay manifest's examples (train.mix): source-language text labelled for the head they train (the
+        target head, or the kept source head with train.mix.head = own)."""
         mix = self.config.train.mix
+        vocab = self.prepared.kept_vocabs.get(self.heads.replay_head, self.vocab)
         oov: list[str] = []
-        examples = build_examples(mix.manifest, self.vocab, get_normalizer(mix.lang), mc.conv_kernel, mc.conv_stride,
+        examples = build_examples(mix.manifest, vocab, get_normalizer(mix.lang), mc.conv_kernel, mc.conv_stride,
                                   self.config.data.min_utt_s, self.config.data.max_utt_s, self.replay_skips,
                                   replay=True, oov_texts=oov)
         total = len(examples) + sum(self.replay_skips.counts.values())
         if oov:
-            self.replay_outside = dict(letters_outside(oov, self.vocab).most_common())
-            self._say("warning: " + describe_outside(letters_outside(oov, self.vocab), len(oov), total))
+            self.replay_outside = dict(letters_outside(oov, vocab).most_common())
+            self._say("warning: " + describe_outside(letters_outside(oov, vocab), len(oov), total))
         if not examples:
             raise UserError(f"train.mix: no usable replay utterances (skipped: {dict(self.replay_skips.counts)})",
                             path=mix.manifest)
@@ -429,13 +438,14 @@ class Trainer:
 
         record = trained_record(self.config, self.prepared.source, self.normalizer.name, self.vocab, self.state.step)
         return save_trained(self.run_dir / name, unwrap(self.model), self.prepared.processor, record,
-                            self._card(metrics), self.config)
+                            self._card(metrics), self.config, self.prepared.kept_vocabs)
 
     def _mix_facts(self) -> dict:
         """What train.mix asked for and what the run actually trained on (train_summary.json, run.json, card)."""
         replay = self.train_examples[self.num_target:]
         return {"manifest": self.config.train.mix.manifest, "lang": self.config.train.mix.lang,
-                "share": self.config.train.mix.share, "share_trained": self.state.replay_share(),
+                "head": self.config.train.mix.head, "share": self.config.train.mix.share,
+                "share_trained": self.state.replay_share(),
                 "replay_utterances": len(replay), "replay_minutes": round(sum(e.duration_s for e in replay) / 60, 3),
                 "replay_skipped": self.replay_skips.as_dict(), "letters_outside_head": self.replay_outside}
 
@@ -525,11 +535,11 @@ class Trainer:
         with self.acc.no_sync(suffix) if (world > 1 and not last_micro) else nullcontext():
             loss = None
             if mine:  # empty when every utterance of this micro-batch had unusable audio
+                heads = self.heads.names([e for _, e in mine])  # per-row heads with train.mix.head = own
                 with self.acc.autocast():
-                    logits = suffix(feats, lengths, self.rng, training=True)
-                per_utt = ctc_loss_per_utt(
-                    logits, output_lengths(self.model, boundary, lengths), [e.labels for _, e in mine], self.blank_id
-                )
+                    outputs = suffix(feats, lengths, self.rng, training=True, heads=heads)
+                per_utt = self.heads.loss(outputs, output_lengths(self.model, boundary, lengths),
+                                          [e.labels for _, e in mine])
                 # Mean over the GLOBAL batch: each rank divides by the global count; DDP averages over ranks.
                 loss = weight * per_utt.sum() / len(batch) * world / cfg.train.grad_accum
                 self.micro += 1

@@ -44,7 +44,9 @@ from .retention import (
     SYNTH_UNUSED_MINUTES,
     UNADAPTED,
     is_source_eval,
+    kept_head_folder,
     retention_rows,
+    score_kept_head,
     score_source_test,
     source_eval_name,
     synth_source_test,
@@ -163,6 +165,23 @@ def _score_source_test(r, model, system: str, out_dir: Path) -> dict | None:
     e = r.config.eval
     s = score_source_test(model, manifest, system, out_dir, max_utts=e.max_utts, device=e.device,
                           precision=e.precision, extra={"recipe": r.name})
+    r.log(result_line(s))
+    return {"wer": s["wer"], "cer": s["cer"]}
+
+
+def _score_kept_head(r, model, system: str, source_dir: Path) -> dict | None:
+    """A two-head ``model``'s kept source head on the source test, beside the ``source_dir`` evaluation; None
+    without a source test or a kept head."""
+    from .evaluation import result_line
+
+    manifest = source_test_manifest(r)
+    if manifest is None:
+        return None
+    e = r.config.eval
+    s = score_kept_head(model, manifest, system, kept_head_folder(source_dir, SOURCE_LANG), max_utts=e.max_utts,
+                        device=e.device, precision=e.precision, extra={"recipe": r.name})
+    if s is None:
+        return None
     r.log(result_line(s))
     return {"wer": s["wer"], "cer": s["cer"]}
 
@@ -404,6 +423,9 @@ def _evaluate_system(r, label: str, model_dir: Path, folder: tuple[str, ...] = (
     source = _score_source_test(r, rec, s["name"], r.path(*folder, f"{label}-{SOURCE_TEST_FOLDER}"))
     if source is not None:
         out[source_eval_name(s["name"])] = source
+    kept = _score_kept_head(r, rec, s["name"], r.path(*folder, f"{label}-{SOURCE_TEST_FOLDER}"))
+    if kept is not None:  # a two-head model (train.mix.head = own): its kept source head on the source test too
+        out[source_eval_name(s["name"], SOURCE_LANG)] = kept
     if not e.beam:
         return out
     lm_dir = r.path("lm") if cfg.lm.enabled else None
@@ -515,9 +537,10 @@ def report_inputs(r) -> list[Path]:
     # Source-test evaluations (retention) go last; the report shows them in their own table, not among the systems.
     evals += [r.path("baseline", "source-test")] if r.config.baseline.enabled else []
     evals += [r.path("eval", f"{label}-source-test") for label in labels]
+    evals += [kept_head_folder(r.path("eval", f"{label}-source-test"), SOURCE_LANG) for label in labels]
     runs = [r.path("train"), r.path("control")][: len(labels)]
     if r.config.selftrain.enabled:
-        kinds = ("greedy", "lm", "beam", SOURCE_TEST_FOLDER)
+        kinds = ("greedy", "lm", "beam", SOURCE_TEST_FOLDER, kept_head_folder(SOURCE_TEST_FOLDER, SOURCE_LANG).name)
         # After adapted/control's rows, before the source tests: the report's system table keeps this order.
         first_source = next((i for i, p in enumerate(evals) if p.name.endswith(SOURCE_TEST_FOLDER)), len(evals))
         mine = [r.path("selftrain", "eval", f"{SELF_TRAINED}-{kind}") for kind in kinds]
@@ -557,11 +580,11 @@ def results_table(r) -> str:
     lines = text_table(("system", "WER % [95% CI]", "CER % [95% CI]", "utts"), rows)
     kept = retention_rows(summaries)
     if kept:
-        rows = [(row.system, cell(row.source, "wer"), cell(row.source, "cer"),
+        rows = [(row.system, row.head, cell(row.source, "wer"), cell(row.source, "cer"),
                  "n/a" if row.retention is None else f"{row.retention:.2f}") for row in kept]
-        lines += ["", f"source language ({SOURCE_LANG}) test, each model's own head, greedy; retention = source CER "
-                  "of the unadapted source / the system's"]
-        lines += text_table(("system", "source WER % [95% CI]", "source CER % [95% CI]", "retention"), rows)
+        lines += ["", f"source language ({SOURCE_LANG}) test, greedy, each model's own head (and a two-head model's "
+                  "kept source head); retention = source CER of the unadapted source / the system's"]
+        lines += text_table(("system", "head", "source WER % [95% CI]", "source CER % [95% CI]", "retention"), rows)
     return "\n".join(lines)
 
 

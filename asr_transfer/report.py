@@ -178,6 +178,9 @@ def collect(inputs) -> tuple[list[Evaluation], list[Run]]:
             evaluations.append(load_evaluation(folder))
             if (folder / SOURCE_TEST_FOLDER / "summary.json").is_file():  # evaluate --source-test: its retention
                 evaluations.append(load_evaluation(folder / SOURCE_TEST_FOLDER))
+            for kept in sorted(folder.glob(f"{SOURCE_TEST_FOLDER}-*-head")):  # a two-head model's kept source head
+                if (kept / "summary.json").is_file():
+                    evaluations.append(load_evaluation(kept))
             continue
         is_run = (folder / "metrics.jsonl").is_file() or (folder / "stages.json").is_file()
         below = _summaries_below(folder)
@@ -450,21 +453,23 @@ def _retention_section(doc: _Doc, evaluations: list[Evaluation]) -> None:
     rows = retention_rows([e.summary for e in evaluations])
     doc.heading("Source language (retention)")
     doc.para("Each model on the source-language test with its own head (greedy), the reference through the source "
-             "language's normaliser; letters the head lacks count as errors. Retention = source CER of the unadapted "
-             "source model / source CER of the system (1: nothing forgotten). WER/CER in %, bootstrap 95% intervals.")
+             "language's normaliser; letters the head lacks count as errors. A model trained with two heads "
+             "(train.mix.head = own) has a second row: its kept source head (head 'kept en'). Retention = source CER "
+             "of the unadapted source model / source CER of the system (1: nothing forgotten). WER/CER in %, "
+             "bootstrap 95% intervals.")
     table = []
     for row in rows:
         c = row.cells()
 
         def cell(metric):
-            return (_pct(c[metric]), {"data-system": row.system, "data-metric": metric, "data-value": repr(c[metric])})
+            return (_pct(c[metric]), {"data-system": row.label, "data-metric": metric, "data-value": repr(c[metric])})
 
-        table.append([row.system, cell("target_wer"), _ci(c["target_wer_ci95"]), cell("target_cer"),
+        table.append([row.system, row.head, cell("target_wer"), _ci(c["target_wer_ci95"]), cell("target_cer"),
                       _ci(c["target_cer_ci95"]), cell("source_wer"), _ci(c["source_wer_ci95"]), cell("source_cer"),
                       _ci(c["source_cer_ci95"]),
                       ("n/a" if row.retention is None else f"{row.retention:.2f}",
-                       {"data-system": row.system, "data-metric": "retention", "data-value": repr(row.retention)})])
-    doc.table(["system", "target WER %", "95% CI", "target CER %", "95% CI", "source WER %", "95% CI",
+                       {"data-system": row.label, "data-metric": "retention", "data-value": repr(row.retention)})])
+    doc.table(["system", "head", "target WER %", "95% CI", "target CER %", "95% CI", "source WER %", "95% CI",
                "source CER %", "95% CI", "retention"], table, cls="retention")
 
 

@@ -8,6 +8,11 @@ letter the head lacks (the apostrophe of "don't" for a German head) is an error 
 
 ``retention = source CER of the unadapted source model / source CER of the system``: 1.0 keeps the source as it
 was, 0.5 doubles its character errors.
+
+A model trained with two heads (``train.mix.head = own``, :mod:`asr_transfer.model.heads`) is scored twice: with its
+target head like any system, and with its kept source head (``heads/<lang>/``), in a folder named
+``<source-test folder>-<lang>-head`` whose summary also carries ``"head": "<lang>"``; each is a row of the retention
+table, its ``head`` column telling them apart.
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .evaluation import evaluate
+from .inference import Recognizer, as_recognizer
+from .model.heads import kept_head_path
 from .zeroshot import SOURCE_LANG
 
 SOURCE_TEST_FOLDER = "source-test"  # a source-test evaluation's folder inside an evaluate/baseline --out
@@ -31,8 +38,14 @@ def source_summary_extra(system: str) -> dict:
     return {"test_set": SOURCE_TEST_SET, "system": system}
 
 
-def source_eval_name(system: str) -> str:
-    return f"{system} [source test]"
+def source_eval_name(system: str, head: str | None = None) -> str:
+    return f"{system} [source test]" if head is None else f"{system} [source test, {head} head]"
+
+
+def kept_head_folder(source_folder, lang: str) -> Path:
+    """Where the kept ``lang`` head's source-test evaluation goes, beside the target head's ``source_folder``."""
+    source_folder = Path(source_folder)
+    return source_folder.with_name(f"{source_folder.name}-{lang}-head")
 
 
 def score_source_test(model, manifest, system: str, out_dir=None, lang: str = SOURCE_LANG, extra: dict | None = None,
@@ -41,6 +54,19 @@ def score_source_test(model, manifest, system: str, out_dir=None, lang: str = SO
     the summary names ``system`` (the target-test evaluation it belongs to). ``options`` go to :func:`evaluate`."""
     return evaluate(model, manifest, out_dir=out_dir, name=source_eval_name(system), lang=lang,
                     extra={**(extra or {}), **source_summary_extra(system)}, **options)
+
+
+def score_kept_head(model, manifest, system: str, out_dir=None, lang: str = SOURCE_LANG, extra: dict | None = None,
+                    **options) -> dict | None:
+    """``model``'s kept ``lang`` head (a two-head model's ``heads/<lang>/``) on the source-language ``manifest``, as
+    :func:`score_source_test` scores its target head; None when the model has no such head (or is no folder)."""
+    loaded = model.loaded if isinstance(model, Recognizer) else model
+    folder = kept_head_path(loaded if isinstance(loaded, (str, Path)) else getattr(loaded, "path", None), lang)
+    if folder is None:
+        return None
+    model = as_recognizer(str(folder), model.options) if isinstance(model, Recognizer) else folder
+    return evaluate(model, manifest, out_dir=out_dir, name=source_eval_name(system, lang), lang=lang,
+                    extra={**(extra or {}), **source_summary_extra(system), "head": lang}, **options)
 
 
 def is_source_eval(summary: dict) -> bool:
@@ -54,10 +80,23 @@ class RetentionRow:
     source: dict  # the source-test summary
     retention: float | None  # source CER of the unadapted model / this one's; None without the unadapted one
 
+    @property
+    def head(self) -> str:
+        """Which head read the source test: ``own`` (the model's, the target head of an adapted model) or
+        ``kept <lang>`` (a two-head model's kept source head)."""
+        kept = self.source.get("head")
+        return f"kept {kept}" if kept else "own"
+
+    @property
+    def label(self) -> str:
+        """The system, with the head when it is a kept one: unique per row (the report's ``data-system``)."""
+        return self.system if self.head == "own" else f"{self.system} ({self.head} head)"
+
     def cells(self) -> dict:
         t = self.target or {}
-        return {"system": self.system, "target_wer": t.get("wer"), "target_wer_ci95": t.get("wer_ci95"),
-                "target_cer": t.get("cer"), "target_cer_ci95": t.get("cer_ci95"), "source_wer": self.source.get("wer"),
+        return {"system": self.system, "head": self.head, "target_wer": t.get("wer"),
+                "target_wer_ci95": t.get("wer_ci95"), "target_cer": t.get("cer"), "target_cer_ci95": t.get("cer_ci95"),
+                "source_wer": self.source.get("wer"),
                 "source_wer_ci95": self.source.get("wer_ci95"), "source_cer": self.source.get("cer"),
                 "source_cer_ci95": self.source.get("cer_ci95"), "retention": self.retention}
 

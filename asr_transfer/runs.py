@@ -308,25 +308,30 @@ def compare_runs(folders: Sequence[str | Path]) -> dict:
 def _retention_metrics(infos) -> dict[str, dict[int, float]]:
     """``source_wer``/``source_cer`` per run from its ``source-test/`` evaluation (``evaluate``/``baseline``
     ``--source-test``, recipe folders) and ``retention`` = the unadapted source's source CER / the run's, when one of
-    the runs holds the unadapted source's score (a baseline's). Keys map run index -> value."""
-    scores: dict[int, dict] = {}
+    the runs holds the unadapted source's score (a baseline's). A two-head model's kept source head
+    (``source-test-<lang>-head/``) adds the same three as ``kept_<lang>_source_wer`` … ``kept_<lang>_retention``.
+    Keys map run index -> value."""
+    scores: dict[str, dict[int, dict]] = {}  # metric prefix → run index → source-test summary
     for n, info in enumerate(infos):
-        path = Path(info.path) / SOURCE_TEST_FOLDER / "summary.json"
-        try:
-            s = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, *PARSE_ERRORS):
-            continue
-        if isinstance(s, dict):
-            scores[n] = s
+        folders = [Path(info.path) / SOURCE_TEST_FOLDER, *sorted(Path(info.path).glob(f"{SOURCE_TEST_FOLDER}-*-head"))]
+        for folder in folders:
+            try:
+                s = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+            except (OSError, *PARSE_ERRORS):
+                continue
+            if isinstance(s, dict):
+                prefix = f"kept_{s['head']}_" if isinstance(s.get("head"), str) else ""
+                scores.setdefault(prefix, {})[n] = s
     out: dict[str, dict[int, float]] = {}
-    for key in ("wer", "cer"):
-        values = {n: s[key] for n, s in scores.items() if _number(s.get(key)) is not None}
-        if values:
-            out[f"source_{key}"] = values
-    ref = next((s.get("cer") for s in scores.values() if s.get("system") == UNADAPTED), None)
-    kept = {n: r for n, s in scores.items() if (r := retention(ref, s.get("cer"))) is not None}
-    if kept:
-        out["retention"] = kept
+    ref = next((s.get("cer") for s in scores.get("", {}).values() if s.get("system") == UNADAPTED), None)
+    for prefix, runs in scores.items():
+        for key in ("wer", "cer"):
+            values = {n: s[key] for n, s in runs.items() if _number(s.get(key)) is not None}
+            if values:
+                out[f"{prefix}source_{key}"] = values
+        kept = {n: r for n, s in runs.items() if (r := retention(ref, s.get("cer"))) is not None}
+        if kept:
+            out[f"{prefix}retention"] = kept
     return out
 
 

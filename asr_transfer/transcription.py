@@ -36,6 +36,7 @@ from .audio import SAMPLE_RATE, WaveStats, audio_info, load_audio, stream_audio,
 from .decode import DecodeOptions, Hypothesis, WordTiming
 from .errors import UserError
 from .inference import InferenceOptions, Recognizer, as_recognizer
+from .model.heads import head_folder
 
 # What soundfile (libsndfile 1.2) reads; m4a/aac/wma are not among them and are refused with a clear error.
 AUDIO_EXTENSIONS = frozenset({"wav", "wave", "flac", "ogg", "oga", "opus", "mp3", "aif", "aiff", "aifc", "au", "caf",
@@ -335,13 +336,14 @@ def iter_transcripts(paths, model, decoder="greedy", lm_dir=None, device: str = 
                      recursive: bool = False, chunk_s: float = 30.0, stride_s: float = 5.0, batch_s: float = 160.0,
                      on_error: Callable[[str, str], None] | None = None, *, beam_size: int | None = None,
                      allow_pickle: bool = False, segment_s: float = SEGMENT_S,
-                     progress: bool = True) -> Iterator[Transcript]:
+                     progress: bool = True, lang: str | None = None) -> Iterator[Transcript]:
     """Like :func:`transcribe`, but yields each :class:`Transcript` (in input order) as soon as it is ready."""
     from tqdm.auto import tqdm
 
     if isinstance(paths, (str, Path)):
         paths = [paths]
     inputs = expand_inputs(paths, recursive)
+    model = model_for_lang(model, lang)
     recognizer = as_recognizer(model, InferenceOptions(device=device, precision=precision, batch_s=batch_s),
                                allow_pickle=allow_pickle)
     dec = _build_decoder(decoder, recognizer, lm_dir, beam_size)
@@ -426,6 +428,24 @@ def _finish(path: Path, hyp: Hypothesis, duration_s: float, load_s: float, infer
     return Transcript(str(path), hyp.text, words, duration_s, timings, None)
 
 
+def model_for_lang(model, lang: str | None):
+    """``model``, or the folder of its head for ``lang`` (:func:`asr_transfer.model.heads.head_folder`).
+
+    A loaded model or recognizer of another language is looked up by its folder (``LoadedModel.path``).
+    """
+    if lang is None:
+        return model
+    if isinstance(model, (str, Path)):
+        return head_folder(model, lang)
+    loaded = model.loaded if isinstance(model, Recognizer) else model
+    if getattr(loaded, "lang", None) == lang:
+        return model
+    path = getattr(loaded, "path", None)
+    if path is None or not Path(path).is_dir():
+        raise UserError(f"lang {lang!r}: the model is {getattr(loaded, 'lang', '?')}; pass its folder to pick a head")
+    return head_folder(path, lang)
+
+
 def transcribe(paths, model, decoder="greedy", lm_dir=None, device: str = "auto", precision: str = "auto",
                recursive: bool = False, chunk_s: float = 30.0, stride_s: float = 5.0, batch_s: float = 160.0,
                on_error: Callable[[str, str], None] | None = None, **kwargs) -> list[Transcript]:
@@ -437,7 +457,8 @@ def transcribe(paths, model, decoder="greedy", lm_dir=None, device: str = "auto"
     LM), a :class:`~asr_transfer.decode.DecodeOptions` or a built decoder. Files longer than ``chunk_s`` seconds are
     streamed in windows of ``chunk_s`` with ``stride_s`` of context on each side. Unreadable files are reported
     through ``on_error(path, message)`` (default: one line on stderr) and come back with ``error`` set.
-    Keyword-only extras: ``beam_size``, ``allow_pickle``, ``segment_s``, ``progress``.
+    Keyword-only extras: ``beam_size``, ``allow_pickle``, ``segment_s``, ``progress`` and ``lang``: the head of a
+    model trained with two heads (``train.mix.head = own``, e.g. ``"en"``); default the model's own language.
     """
     return list(iter_transcripts(paths, model, decoder, lm_dir, device, precision, recursive, chunk_s, stride_s,
                                  batch_s, on_error, **kwargs))

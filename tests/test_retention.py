@@ -7,6 +7,7 @@ import math
 import pytest
 from test_evaluation import de_model, en_model, sine_manifest  # noqa: F401  (fixtures)
 from test_report import REFS, _write_eval
+from train_fixtures import make_source_model, make_two_head_model
 
 from asr_transfer.report import build_report
 from asr_transfer.retention import retention, retention_rows, source_eval_name, source_summary_extra
@@ -92,3 +93,46 @@ def test_runs_compare_shows_retention(en_model, de_model, sine_manifest, tmp_pat
     row = next(line for line in out.splitlines() if line.startswith("retention"))
     assert row.split()[1:3] == ["1", f"{retention(ref, cer):.6g}"], row
     assert any(line.startswith("source_cer") for line in out.splitlines())
+
+
+@pytest.fixture(scope="module")
+def two_head_model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("two")
+    return make_two_head_model(d / "model", make_source_model(d / "src"))
+
+
+def test_a_two_head_model_is_scored_on_the_source_test_with_both_heads(en_model, two_head_model, sine_manifest,
+                                                                        tmp_path, capsys):
+    """evaluate --source-test scores the target head and the kept English head; report and runs compare show both."""
+    from asr_transfer.cli import main
+
+    common = ["--manifest", str(sine_manifest), "--device", "cpu", "--lang", "de", "--source-test", str(sine_manifest)]
+    assert main(["baseline", "--model", str(en_model), "--out", str(tmp_path / "b"), *common]) == 0
+    assert main(["evaluate", "--model", str(two_head_model), "--name", "adapted", "--out", str(tmp_path / "e"),
+                 *common]) == 0
+    out = capsys.readouterr().out
+    assert "adapted [source test]: WER" in out and "adapted [source test, en head]: WER" in out
+    own = json.loads((tmp_path / "e" / "source-test" / "summary.json").read_text())
+    kept = json.loads((tmp_path / "e" / "source-test-en-head" / "summary.json").read_text())
+    assert kept["head"] == "en" and kept["system"] == "adapted" and kept["test_set"] == "source"
+    assert kept["model"].endswith("heads/en") and kept["normalizer"] == "en-v1" and "head" not in own
+    ref = json.loads((tmp_path / "b" / "source-test" / "summary.json").read_text())
+    assert main(["report", str(tmp_path / "b"), str(tmp_path / "e"), "--out", str(tmp_path / "r")]) == 0
+    section = (tmp_path / "r" / "report.md").read_text().split("## Source language")[1].split("\n## ")[0]
+    rows = {line.split("|")[2].strip(): line for line in section.splitlines() if line.startswith("| adapted |")}
+    assert set(rows) == {"own", "kept en"}
+    assert rows["kept en"].rstrip(" |").endswith(f"{retention(ref['cer'], kept['cer']):.2f}")
+    assert rows["own"].rstrip(" |").endswith(f"{retention(ref['cer'], own['cer']):.2f}")
+    html = (tmp_path / "r" / "report.html").read_text()
+    assert 'data-system="adapted (kept en head)" data-metric="retention"' in html
+    capsys.readouterr()
+    assert main(["runs", "compare", str(tmp_path / "b"), str(tmp_path / "e")]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("kept_en_retention"))
+    assert line.split()[2] == f"{retention(ref['cer'], kept['cer']):.6g}", line
+
+
+def test_a_one_head_model_gets_no_kept_head_row(de_model, sine_manifest, tmp_path):
+    from asr_transfer.retention import score_kept_head
+
+    assert score_kept_head(str(de_model), sine_manifest, "adapted", tmp_path / "x", device="cpu") is None
+    assert not (tmp_path / "x").exists()

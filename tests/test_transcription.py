@@ -442,3 +442,24 @@ def test_beam_decoder_on_a_chunked_file_keeps_absolute_times(tiny_rec, long_wav)
     assert t.error is None and len(t.words) > 20
     _check_words(t)
     assert t.words[-1].end_s > 60.0  # reaches the end of the 75 s file, not just the first segment
+
+
+def test_lang_picks_the_head_of_a_two_head_model(tmp_path, capsys):
+    from train_fixtures import make_source_model, make_two_head_model
+
+    model = make_two_head_model(tmp_path / "model", make_source_model(tmp_path / "src"))
+    wav = tmp_path / "a.wav"
+    write_wav(wav, synthetic_speechlike(1.5))
+    assert tr.model_for_lang(str(model), None) == str(model) and tr.model_for_lang(str(model), "de") == str(model)
+    assert tr.model_for_lang(str(model), "en") == model / "heads" / "en"
+    assert tr.model_for_lang(load_model(model), "en") == model / "heads" / "en"  # a loaded model, by its folder
+    de = load_model(model)
+    assert tr.model_for_lang(de, "de") is de
+    (en_text,) = [t.text for t in tr.transcribe([wav], str(model), device="cpu", lang="en", progress=False)]
+    (direct,) = [t.text for t in tr.transcribe([wav], str(model / "heads" / "en"), device="cpu", progress=False)]
+    assert en_text == direct
+    assert main(["transcribe", "--model", str(model), "--device", "cpu", "--lang", "en", str(wav)]) == 0
+    assert capsys.readouterr().out.strip() == en_text.strip()
+    assert main(["transcribe", "--model", str(model), "--device", "cpu", "--lang", "fr", str(wav)]) == 1
+    err = capsys.readouterr().err
+    assert "no head for 'fr'; it has: de, en" in err and len(err.strip().splitlines()) == 1

@@ -73,3 +73,19 @@ def tiny_config(tmp: Path, source: Path, train: Path, dev: Path, **overrides):
         ],
     }
     return load_config(TrainConfig, None, [f"{k}={v}" for k, v in overrides.items()], base=base)
+
+
+def make_two_head_model(out: Path, source: Path, seed: int = 0) -> Path:
+    """A German model with the source's English head kept beside its own (train.mix.head = own), saved untrained."""
+    from asr_transfer.config import AugmentArgs, ModelArgs
+    from asr_transfer.config import TrainConfig
+    from asr_transfer.model.record import ModelRecord
+    from asr_transfer.model.transfer import prepare_model, save_trained
+    from asr_transfer.vocab import build_vocab, save_vocab
+
+    vocab = save_vocab(dict(build_vocab(TEXTS, "de")), out.parent / f"{out.name}-vocab.json")
+    prepared = prepare_model(ModelArgs(source=str(source), lang="de", vocab=str(vocab)), AugmentArgs(), "", seed=seed,
+                             keep_head="en")
+    record = ModelRecord(lang="de", normalizer="de-v1", source_model=str(source), head_init="mapped",
+                         vocab=prepared.vocab)
+    return save_trained(out, prepared.model, prepared.processor, record, {}, TrainConfig(), prepared.kept_vocabs)

@@ -55,11 +55,16 @@ def run(args: argparse.Namespace) -> int:
     if args.source_test:
         from pathlib import Path
 
-        from ..retention import SOURCE_TEST_FOLDER, score_source_test
+        from ..retention import SOURCE_TEST_FOLDER, kept_head_folder, score_kept_head, score_source_test
 
         out = Path(args.out) / SOURCE_TEST_FOLDER
-        source = score_source_test(args.model, args.source_test, summary["name"], out, lang=args.source_lang,
-                                   device=args.device, precision=args.precision, max_utts=args.max_utts,
-                                   allow_pickle=args.allow_pickle)
+        options = dict(lang=args.source_lang, device=args.device, precision=args.precision, max_utts=args.max_utts,
+                       allow_pickle=args.allow_pickle)
+        source = score_source_test(args.model, args.source_test, summary["name"], out, **options)
         print(f"{result_line(source)} -> {out}")
+        # A two-head model (train.mix.head = own) is scored with its kept source head too.
+        kept_out = kept_head_folder(out, args.source_lang)
+        kept = score_kept_head(args.model, args.source_test, summary["name"], kept_out, **options)
+        if kept is not None:
+            print(f"{result_line(kept)} -> {kept_out}")
     return 0

@@ -34,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-s", type=float, default=30.0, help="window length for long files, s (default 30)")
     parser.add_argument("--stride-s", type=float, default=5.0, help="context on each side of a window, s (default 5)")
     parser.add_argument("--batch-s", type=float, default=160.0, help="padded audio per forward pass, s (default 160)")
+    parser.add_argument("--lang", default=None,
+                        help="which head of a two-head model (train.mix.head = own) transcribes, e.g. en; default: the "
+                             "model's own language (an unknown one lists those the model has)")
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow loading pickled pytorch_model.bin weights (can run code: trusted models only)")
 
@@ -85,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         [p for p, _ in inputs],  # expanding again is idempotent and reports the same errors
         args.model, decoder=args.decoder, lm_dir=args.lm, device=args.device, precision=args.precision,
         recursive=args.recursive, chunk_s=args.chunk_s, stride_s=args.stride_s, batch_s=args.batch_s,
-        beam_size=args.beam_size, allow_pickle=args.allow_pickle,
+        beam_size=args.beam_size, allow_pickle=args.allow_pickle, lang=args.lang,
     ):
         if t.error is not None:
             failed += 1

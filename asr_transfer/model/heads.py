@@ -87,6 +87,15 @@ def head_model(model: nn.Module, lang: str, vocab: dict[str, int]) -> nn.Module:
     return out
 
 
+def kept_head_path(model_dir: str | os.PathLike | None, lang: str) -> Path | None:
+    """``model_dir``'s kept ``lang`` head folder, or None when it is no folder or keeps no such head."""
+    if model_dir is None or not (Path(model_dir) / RECORD_FILE).is_file():
+        return None
+    record = ModelRecord.read(Path(model_dir) / RECORD_FILE)
+    sub = (record.extra.get("heads") or {}).get(lang) if record.lang != lang else None
+    return Path(model_dir) / sub if sub and (Path(model_dir) / sub / "config.json").is_file() else None
+
+
 def head_folder(model_dir: str | os.PathLike, lang: str | None) -> str | os.PathLike:
     """The folder holding ``model_dir``'s head for ``lang``: ``model_dir`` itself for its own language (or ``None``),
     ``heads/<lang>/`` for a kept head; anything else is a one-line :class:`UserError` naming the languages it has.

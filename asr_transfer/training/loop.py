@@ -67,7 +67,7 @@ from .devscore import DevScore, blank_collapse, watchdog_action
 from .heads import TrainHeads
 from .l2sp import L2SP
 from .launch import is_worker, launch
-from .mix import MixSampler, describe_outside, letters_outside
+from .mix import MixSampler, ReplaySet
 from .runlog import RunLog
 from .schedule import apply_stage, make_scheduler, optimizer_param_groups, validate_schedule
 from .state import Accum, State, config_hash, end_stage, record_evaluation, resume_problems, stage_total_steps
@@ -187,10 +187,11 @@ class Trainer:
             raise UserError(f"no usable training utterances (skipped: {dict(self.skips.counts)}){hint}",
                             path=cfg.data.train_manifest)
         self.num_target = len(self.train_examples)  # replay examples (train.mix) follow the target ones
-        self.replay_skips = SkipCounter()
-        self.replay_outside: dict[str, int] = {}
-        if cfg.train.mix.share > 0:
-            self.train_examples += self._replay_examples(mc)
+        self.replay: ReplaySet | None = None
+        if mix.share > 0:  # labelled for the head they train: the target one, or the kept one (train.mix.head)
+            replay_vocab = self.prepared.kept_vocabs.get(self.heads.replay_head, self.vocab)
+            self.replay = ReplaySet.build(mix, replay_vocab, mc, cfg.data.min_utt_s, cfg.data.max_utt_s, self._say)
+            self.train_examples += self.replay.examples
         self.bad_audio: set[str] = set()  # uids whose audio failed to decode during the run (skipped from then on)
         self.dev_skips = SkipCounter()
         self.dev_examples: list[Example] = []
@@ -243,24 +244,6 @@ class Trainer:
         self.resume_parts = None
         if self.resume:
             self._load_resume()
-
-    def _replay_examples(self, mc) -> list[Example]:
-        """The replay manifest's examples (train.mix): source-language text labelled for the head they train (the
-        target head, or the kept source head with train.mix.head = own)."""
-        mix = self.config.train.mix
-        vocab = self.prepared.kept_vocabs.get(self.heads.replay_head, self.vocab)
-        oov: list[str] = []
-        examples = build_examples(mix.manifest, vocab, get_normalizer(mix.lang), mc.conv_kernel, mc.conv_stride,
-                                  self.config.data.min_utt_s, self.config.data.max_utt_s, self.replay_skips,
-                                  replay=True, oov_texts=oov)
-        total = len(examples) + sum(self.replay_skips.counts.values())
-        if oov:
-            self.replay_outside = dict(letters_outside(oov, vocab).most_common())
-            self._say("warning: " + describe_outside(letters_outside(oov, vocab), len(oov), total))
-        if not examples:
-            raise UserError(f"train.mix: no usable replay utterances (skipped: {dict(self.replay_skips.counts)})",
-                            path=mix.manifest)
-        return examples
 
     def _load_resume(self) -> None:
         path = ckpt.latest_valid(self.run_dir / "checkpoints", log=self._say)
@@ -440,22 +423,13 @@ class Trainer:
         return save_trained(self.run_dir / name, unwrap(self.model), self.prepared.processor, record,
                             self._card(metrics), self.config, self.prepared.kept_vocabs)
 
-    def _mix_facts(self) -> dict:
-        """What train.mix asked for and what the run actually trained on (train_summary.json, run.json, card)."""
-        replay = self.train_examples[self.num_target:]
-        return {"manifest": self.config.train.mix.manifest, "lang": self.config.train.mix.lang,
-                "head": self.config.train.mix.head, "share": self.config.train.mix.share,
-                "share_trained": self.state.replay_share(),
-                "replay_utterances": len(replay), "replay_minutes": round(sum(e.duration_s for e in replay) / 60, 3),
-                "replay_skipped": self.replay_skips.as_dict(), "letters_outside_head": self.replay_outside}
-
     def _card(self, metrics: dict | None) -> dict:
         """The model card's sections: the data trained on, the stages run and the dev metrics."""
         data = {"train_manifest": self.config.data.train_manifest, "dev_manifest": self.config.data.dev_manifest,
                 "train_minutes": round(sum(e.duration_s for e in self.train_examples) / 60, 2),
                 "utterances": self.num_target, "skipped": self.skips.as_dict()}
         if self.config.train.mix.share > 0:
-            data["replay"] = self._mix_facts()
+            data["replay"] = self.replay.facts(self.state.replay_share())
         return {"data": data, "stages": self.state.stages, "metrics": metrics or {}}
 
     # ------------------------------------------------------------------ loop
@@ -638,7 +612,7 @@ class Trainer:
             "processes": self.acc.num_processes,
         }
         if cfg.train.mix.share > 0:
-            summary["mix"] = self._mix_facts()
+            summary["mix"] = self.replay.facts(self.state.replay_share())
         if self.l2sp is not None:
             summary["l2sp"] = {"alpha": self.l2sp.alpha, "beta": self.l2sp.beta,
                                "anchored_tensors": len(self.l2sp.anchors),

@@ -3,7 +3,9 @@
 Joint training on the target language plus a slice of the source language is the simplest defence against
 catastrophic forgetting (rehearsal). The replay set is its own manifest, read with the *source* language's normaliser
 and mapped through the one target head: the target head of a recipe built with ``vocab.all_letters`` already holds the
-English letters; a replay utterance with a letter the head lacks is skipped and the letters are reported.
+English letters; a replay utterance with a letter the head lacks is skipped and the letters are reported. With
+``train.mix.head = own`` the replay text is labelled with the kept source head's vocabulary instead
+(:mod:`asr_transfer.training.heads`).
 
 Sampling. Each epoch takes ``share / (1 - share)`` times the epoch's target seconds of replay from an endless stream
 of replay utterances: pass ``k`` over the replay set is its permutation by ``(seed, k)``, and epoch ``e`` takes the
@@ -17,11 +19,15 @@ share of seconds actually trained on). Everything is a function of ``(seed, epoc
 from __future__ import annotations
 
 from collections import Counter
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
-from .data import BucketSampler
+from ..config import MixArgs
+from ..errors import UserError
+from ..text import get_normalizer
+from .data import BucketSampler, Example, SkipCounter, build_examples
 
 _REPLAY_STREAM = 23  # a constant in the replay stream's seed, so it never equals the target order's (seed, epoch)
 
@@ -76,3 +82,35 @@ def describe_outside(outside: Counter, skipped: int, total: int) -> str:
     return (f"train.mix: {skipped} of {total} replay utterances skipped: characters outside the target head: "
             f"{letters} (the head cannot emit them; a target vocabulary holding them, model.vocab, would keep these "
             "utterances)")
+
+
+@dataclass
+class ReplaySet:
+    """The replay manifest's training examples and what was skipped building them (train_summary.json, run.json)."""
+
+    mix: MixArgs
+    examples: list[Example]
+    skips: SkipCounter
+    outside: dict[str, int]  # characters outside the head that labels them → count (skipped utterances' text)
+
+    @classmethod
+    def build(cls, mix: MixArgs, vocab: dict[str, int], model_config, min_utt_s: float, max_utt_s: float,
+              say: Callable[[str], None]) -> "ReplaySet":
+        """Read ``mix.manifest`` through ``mix.lang``'s normaliser, labelled with ``vocab`` (the head they train)."""
+        skips, oov = SkipCounter(), []
+        examples = build_examples(mix.manifest, vocab, get_normalizer(mix.lang), model_config.conv_kernel,
+                                  model_config.conv_stride, min_utt_s, max_utt_s, skips, replay=True, oov_texts=oov)
+        outside = letters_outside(oov, vocab)
+        if oov:
+            say("warning: " + describe_outside(outside, len(oov), len(examples) + sum(skips.counts.values())))
+        if not examples:
+            raise UserError(f"train.mix: no usable replay utterances (skipped: {dict(skips.counts)})",
+                            path=mix.manifest)
+        return cls(mix, examples, skips, dict(outside.most_common()))
+
+    def facts(self, share_trained: float) -> dict:
+        """What train.mix asked for and what the run trained on (train_summary.json, run.json, model card)."""
+        return {"manifest": self.mix.manifest, "lang": self.mix.lang, "head": self.mix.head, "share": self.mix.share,
+                "share_trained": share_trained, "replay_utterances": len(self.examples),
+                "replay_minutes": round(sum(e.duration_s for e in self.examples) / 60, 3),
+                "replay_skipped": self.skips.as_dict(), "letters_outside_head": self.outside}

@@ -14,6 +14,7 @@ import torch
 
 from ..decode import GreedyDecoder
 from ..metrics import error_rates
+from ..model.heads import HEADS_DIR, kept_heads
 
 
 class DevScore:
@@ -64,5 +65,8 @@ def watchdog_action(action: str, optimizer, scheduler, model, best_dir) -> str:
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(str(Path(best_dir) / "model.safetensors")), strict=False)
+        for lang, head in kept_heads(model).items():  # two heads: the kept head's weights are in heads/<lang>/
+            saved = load_file(str(Path(best_dir) / HEADS_DIR / lang / "model.safetensors"))
+            head.load_state_dict({"weight": saved["lm_head.weight"], "bias": saved["lm_head.bias"]})
         return "rolled back to best/"
     return "check the learning rate and warm-up (train.watchdog = lower-lr or rollback acts on it)"

@@ -163,3 +163,18 @@ def test_bad_head_settings_are_config_errors(tmp_path, corpus, setting, message)
 
     with pytest.raises(ConfigError, match=message):
         _cfg(tmp_path, corpus, **setting)
+
+
+def test_watchdog_rollback_restores_the_kept_head_too(two_head_run, corpus):
+    from asr_transfer.config import AugmentArgs, ModelArgs
+    from asr_transfer.model.transfer import prepare_model
+    from asr_transfer.training.devscore import watchdog_action
+
+    source, train, _, _ = corpus
+    model = prepare_model(ModelArgs(source=str(source), lang="de"), AugmentArgs(), train, keep_head="en").model
+    best = two_head_run / "best"
+    assert watchdog_action("rollback", None, None, model, best) == "rolled back to best/"
+    target, en = (load_file(str(best / sub / "model.safetensors")) for sub in ("", "heads/en"))
+    torch.testing.assert_close(model.lm_head.weight.detach(), target["lm_head.weight"])
+    torch.testing.assert_close(model.kept_heads["en"].weight.detach(), en["lm_head.weight"])
+    torch.testing.assert_close(model.kept_heads["en"].bias.detach(), en["lm_head.bias"])

@@ -34,10 +34,10 @@ HEADS_DIR = "heads"  # inside a saved model folder: one folder per kept head, na
 TARGET = ""  # the head name of the target head (``lm_head``) in per-utterance head lists
 
 
-def keep_source_head(model: nn.Module, lang: str) -> None:
-    """Copy ``model.lm_head`` (the source head, before the swap) into ``model.kept_heads[lang]``."""
+def keep_source_head(model: nn.Module, lang: str, head: nn.Linear | None = None) -> None:
+    """Copy ``head`` (default ``model.lm_head``: the source head, before the swap) into ``model.kept_heads[lang]``."""
     heads = getattr(model, KEPT_HEADS, None) or nn.ModuleDict()
-    heads[lang] = copy.deepcopy(model.lm_head)
+    heads[lang] = copy.deepcopy(model.lm_head if head is None else head)
     setattr(model, KEPT_HEADS, heads)
 
 

@@ -20,7 +20,7 @@ from ..vocab import build_vocab, load_vocab
 from .adapters import add_adapters, merge_adapters, save_adapter
 from .checks import check_architecture
 from .head import swap_head
-from .heads import HEADS_DIR, head_model, keep_source_head, kept_heads, without_kept_heads
+from .heads import HEADS_DIR, head_model, keep_source_head, kept_head_path, kept_heads, without_kept_heads
 from .load import load_model, save_model
 from .record import ModelRecord, make_processor
 
@@ -52,10 +52,12 @@ def prepare_model(args: ModelArgs, augment: AugmentArgs, train_manifest: str | P
     """Load ``args.source``, swap its CTC head for the target vocabulary and apply dropout/adapter settings.
 
     ``keep_head`` (a language, ``train.mix.head = own``): keep the source head, its rows and its vocabulary, beside the
-    new one as ``model.kept_heads[keep_head]`` (:mod:`asr_transfer.model.heads`).
+    new one as ``model.kept_heads[keep_head]`` (:mod:`asr_transfer.model.heads`). A source that is itself a two-head
+    model (self-training continues from the adapted one) passes on its kept head from ``heads/<keep_head>/``.
     """
 
     vocab = target_vocab_for(args, train_manifest)
+    loaded = None
     if args.init_config:
         model, source_vocab = _random_model(args, vocab, seed)
     else:
@@ -70,8 +72,7 @@ def prepare_model(args: ModelArgs, augment: AugmentArgs, train_manifest: str | P
         model = Wav2Vec2ForCTC(model.config)
     kept_vocabs = {}
     if keep_head is not None:
-        keep_source_head(model, keep_head)
-        kept_vocabs[keep_head] = dict(source_vocab)
+        kept_vocabs[keep_head] = _keep_head(model, args, loaded, source_vocab, keep_head)
     mode = "random" if args.from_scratch else args.head_init
     report = swap_head(model, source_vocab, vocab, mode=mode, lang=args.lang, base_letters=args.base_letters, seed=seed)
     if augment.dropout is not None:
@@ -161,3 +162,18 @@ def _save_with_heads(out_dir: Path, model: torch.nn.Module, processor, record: M
     record = replace(record, extra={**record.extra, "heads": {lang: f"{HEADS_DIR}/{lang}" for lang in heads}})
     with without_kept_heads(model):
         return save_model(out_dir, model, processor, record, card, heads=heads)
+
+
+def _keep_head(model: torch.nn.Module, args: ModelArgs, loaded, source_vocab: dict[str, int], lang: str
+               ) -> dict[str, int]:
+    """Put the source's ``lang`` head on ``model`` as a kept head (before the head swap); returns its vocabulary."""
+    if loaded.lang == lang:
+        keep_source_head(model, lang)
+        return dict(source_vocab)
+    folder = kept_head_path(loaded.path, lang)
+    if folder is None:
+        raise UserError(f"train.mix.head = own keeps the source model's {lang} head, but this {loaded.lang} model has "
+                        f"none (no heads/{lang}/); use a {lang} source or train.mix.head = shared", path=args.source)
+    kept = load_model(folder, device="cpu", allow_pickle=args.allow_pickle)
+    keep_source_head(model, lang, kept.model.lm_head)
+    return {tok: i for i, tok in enumerate(kept.vocab)}

@@ -178,3 +178,25 @@ def test_watchdog_rollback_restores_the_kept_head_too(two_head_run, corpus):
     torch.testing.assert_close(model.lm_head.weight.detach(), target["lm_head.weight"])
     torch.testing.assert_close(model.kept_heads["en"].weight.detach(), en["lm_head.weight"])
     torch.testing.assert_close(model.kept_heads["en"].bias.detach(), en["lm_head.bias"])
+
+
+def test_a_two_head_source_passes_on_its_kept_head_and_a_german_one_without_is_refused(two_head_run, corpus):
+    """Self-training continues from the adapted (German) model: its kept English head is the one to keep."""
+    from asr_transfer.config import AugmentArgs, ModelArgs
+    from asr_transfer.errors import UserError
+    from asr_transfer.model.transfer import prepare_model
+
+    train = corpus[1]
+    final = two_head_run / "final"
+    prepared = prepare_model(ModelArgs(source=str(final), lang="de", head_init="keep"), AugmentArgs(), train,
+                             keep_head="en")
+    en = load_file(str(final / "heads" / "en" / "model.safetensors"))
+    torch.testing.assert_close(prepared.model.kept_heads["en"].weight.detach(), en["lm_head.weight"])
+    assert prepared.kept_vocabs["en"] == json.loads((final / "heads" / "en" / "vocab.json").read_text())
+    plain = two_head_run.parent / "plain-de"
+    if not plain.exists():
+        import shutil
+
+        shutil.copytree(final, plain, ignore=shutil.ignore_patterns("heads"))
+    with pytest.raises(UserError, match="keeps the source model's en head, but this de model has none"):
+        prepare_model(ModelArgs(source=str(plain), lang="de", head_init="keep"), AugmentArgs(), train, keep_head="en")

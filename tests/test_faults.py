@@ -479,9 +479,10 @@ def test_inf_and_nan_losses_mid_accumulation_are_skipped(tmp_path, corpus, monke
     """Every 3rd micro-batch's loss is inf (or NaN) with grad_accum=2, so bad micro-batches fall on both the first
     and the second half of optimiser steps; those steps are skipped and counted and the weights stay finite.
     (tests/training/test_loop.py covers plain NaN injection with grad_accum=1.)"""
+    import asr_transfer.training.heads as heads_module  # the training loss (training/heads.py)
     import asr_transfer.training.loop as train_module
 
-    real = train_module.ctc_loss_per_utt
+    real = heads_module.ctc_loss_per_utt
     calls = [0]
 
     def poisoned(*args, **kwargs):
@@ -492,7 +493,7 @@ def test_inf_and_nan_losses_mid_accumulation_are_skipped(tmp_path, corpus, monke
                 return loss * (float("inf") if calls[0] % 2 else float("nan"))
         return loss
 
-    monkeypatch.setattr(train_module, "ctc_loss_per_utt", poisoned)
+    monkeypatch.setattr(heads_module, "ctc_loss_per_utt", poisoned)
     cfg = tiny_config(tmp_path, *corpus, **{"train.grad_accum": "2", "train.eval_every": "100", "stages.2.epochs": "2"})
     final = train_module.train(cfg, progress=False)
     run = Path(cfg.train.output_dir)

@@ -386,7 +386,7 @@ def test_replay_set_from_stage_0_is_trained_on_and_its_share_is_part_of_stage_4(
     assert summary["mix"]["share"] == 0.3 and summary["mix"]["share_trained"] > 0
     assert summary["mix"]["manifest"] == str(out / "data" / "source" / "train.jsonl")
     assert markers(out)[4]["inputs"]["config"]["train"]["train"]["mix"] == {"manifest": "", "share": 0.3,
-                                                                             "lang": "en"}
+                                                                             "lang": "en", "head": "shared"}
     rc, stdout, stderr = recipe(capsys, *args[:-2], "--set", "train.train.mix.share=0.5", "--stop-stage", 4)
     assert rc == 0, stderr
     assert "stage 0 (data): done" in stdout and "stage 4 (train): its config changed since it ran (train)" in stdout
@@ -401,3 +401,24 @@ def test_replay_without_a_replay_set_is_a_config_error(override, message, tmp_pa
     # nl-synth: de-synth makes a replay set by default (data.source_train_minutes), nl-synth does not.
     rc, _, stderr = recipe(capsys, "nl-synth", "--out", tmp_path, "--set", override)
     assert rc == 1 and stderr.count("\n") == 1 and message in stderr
+
+
+def test_two_heads_in_a_recipe_score_the_kept_english_head_into_retention(tmp_path, capsys):
+    """train.train.mix.head = own: stage 5 scores the German head and the kept English head on the English test; the
+    final table and the report show both retention rows (docs/forgetting.md, "Two heads")."""
+    source = make_source_model(tmp_path / "src")
+    out = tmp_path / "exp"
+    rc, stdout, stderr = recipe(
+        capsys, "de-synth", "--out", out, "--set", f"source={source}", *TINY_SYNTH, "--set", "data.minutes=0.3",
+        "--set", "train.train.mix.share=0.3", "--set", "train.train.mix.head=own", "--set", "lm.enabled=false",
+        "--set", "train.stages.0.steps=2", "--set", "train.stages.1.steps=2", "--set", "train.data.max_batch_s=20",
+        "--set", 'train.stages.1.train=["head", "layers.-1:"]', "--set", "control.enabled=false",
+        "--set", "eval.beam=false")
+    assert rc == 0, stderr
+    assert json.loads((out / "train" / "train_summary.json").read_text())["mix"]["head"] == "own"
+    kept = json.loads((out / "eval" / "adapted-source-test-en-head" / "summary.json").read_text())
+    assert kept["head"] == "en" and kept["model"].endswith("heads/en") and kept["system"] == "adapted (greedy)"
+    table = stdout[stdout.index("source language (en) test"):]
+    assert re.search(r"adapted \(greedy\)\s+own\s", table) and re.search(r"adapted \(greedy\)\s+kept en\s", table)
+    section = (out / "report" / "report.md").read_text().split("## Source language")[1]
+    assert "| adapted (greedy) | kept en |" in section and "| adapted (greedy) | own |" in section

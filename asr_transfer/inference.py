@@ -218,12 +218,13 @@ def as_recognizer(model, options: InferenceOptions, allow_pickle: bool = False) 
     """A recognizer from a path/id, a loaded model, or an existing recognizer (returned as is).
 
     A path runs on ONNX Runtime (:class:`~asr_transfer.onnx_engine.OnnxRecognizer`) when ``options.engine`` is
-    ``onnx``, or ``auto`` and the folder is, or holds, a fresh ONNX export; on torch otherwise.
+    ``onnx``, or ``auto`` and the folder is, or holds, a fresh ONNX export that can serve the device and precision
+    (:func:`~asr_transfer.onnx_engine.find_export`); on torch otherwise.
     """
     if isinstance(model, (Recognizer, OnnxRecognizer)):
         return model
     if isinstance(model, (str, Path)):
-        export = find_export(model, options.engine)
+        export = find_export(model, options.engine, options.precision, options.device)
         if export is not None:
             return OnnxRecognizer(export, options)
         from .model.load import load_model, resolve_device

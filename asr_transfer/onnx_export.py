@@ -6,8 +6,10 @@ torch's ``torch.export``-based exporter (``dynamo=True``; the TorchScript export
 The engine feeds one unpadded clip per run, so the graph needs no attention mask for either kind of wav2vec2.
 
 int8 is ONNX Runtime's dynamic quantisation of the matrix products (``MatMul``: attention, feed-forward, head):
-weights int8 per tensor, activations quantised per call. The CNN's convolutions stay fp32: ONNX Runtime's int8
-``ConvInteger`` has no fast CPU kernel, and quantising them made a base-size model slower.
+weights int8 per output channel, activations quantised per call. Per channel, because per tensor moved the shipped
+model's WER on its synthetic English test by 0.77 points (45.35 → 44.58 %), per channel by 0.10. The CNN's
+convolutions stay fp32: quantising them too (``ConvInteger``) made a base-size model 2.2× slower (38.7 s against
+17.5 s for 30 clips, ONNX Runtime 1.32 on this project's 2-core CPU).
 """
 from __future__ import annotations
 
@@ -140,7 +142,8 @@ def _quantize(src: Path, dst: Path) -> None:
     level = root.level
     root.setLevel(logging.ERROR)  # it logs "consider pre-processing" to the root logger; shape inference adds nothing
     try:
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
+                         per_channel=True)
     finally:
         root.setLevel(level)
 

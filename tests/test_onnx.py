@@ -95,7 +95,10 @@ def test_engine_choice(exported, tmp_path):
     assert find_export(bare, "auto") is None
     with pytest.raises(UserError, match="export-onnx --model"):
         find_export(bare, "onnx")
-    assert isinstance(as_recognizer(exported, InferenceOptions(engine="auto")), OnnxRecognizer)
+    assert find_export(exported, "auto", precision="bf16") is None  # the export cannot serve it: torch does
+    assert find_export(exported, "auto", device="cuda:0") is None
+    auto = as_recognizer(exported, InferenceOptions(engine="auto", device="cpu", precision="auto"))
+    assert isinstance(auto, OnnxRecognizer) and auto.precision == "int8"  # auto precision: int8 when exported
     assert isinstance(as_recognizer(exported, InferenceOptions(engine="torch")), Recognizer)
     with pytest.raises(UserError, match="bf16"):
         as_recognizer(exported, InferenceOptions(engine="onnx", precision="bf16"))
@@ -166,3 +169,21 @@ def test_cli_exports_and_transcribes(tmp_path):
     proc = subprocess.run(cli + ["transcribe", "--model", str(folder), str(wav), "--engine", "onnx", "--precision",
                                  "bf16"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1 and "bf16" in proc.stderr
+
+
+def test_evaluate_scores_an_export(exported, tmp_path):
+    from asr_transfer.evaluation import evaluate
+
+    rng = np.random.default_rng(5)
+    lines = []
+    for i in range(3):
+        wav = tmp_path / f"u{i}.wav"
+        write_wav(wav, (0.1 * rng.standard_normal(24000)).astype(np.float32))
+        lines.append(json.dumps({"audio_filepath": str(wav), "duration": 1.5, "text": "hello world"}))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(lines) + "\n")
+    scores = {e: evaluate(exported, manifest, engine=e, precision="fp32", device="cpu", lang="en")
+              for e in ("torch", "onnx")}
+    assert scores["onnx"]["engine"] == "onnx" and scores["torch"]["engine"] == "torch"
+    assert scores["onnx"]["model_params"] is None
+    assert scores["onnx"]["cer"] == scores["torch"]["cer"] and scores["onnx"]["wer"] == scores["torch"]["wer"]

@@ -31,11 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto (default): bf16 where the CPU (AMX, avx512_bf16) or GPU computes it natively, "
-                             "else fp32 (with the ONNX engine: fp32); bf16: weights and activations in bf16; "
+                             "else fp32 (with the ONNX engine: int8); bf16: weights and activations in bf16; "
                              "int8: dynamic quantisation (CPU)")
     parser.add_argument("--engine", choices=ENGINES, default="auto",
                         help="auto (default): ONNX Runtime when the model folder is, or holds in onnx/, an export "
-                             "from `asr-transfer export-onnx`, else torch; onnx: fp32 or int8 only, CPU only")
+                             "from `asr-transfer export-onnx` and the run is on the CPU and not bf16, else torch; "
+                             "onnx: CPU, fp32 or int8 (auto: int8)")
     parser.add_argument("--chunk-s", type=float, default=30.0, help="window length for long files, s (default 30)")
     parser.add_argument("--stride-s", type=float, default=5.0, help="context on each side of a window, s (default 5)")
     parser.add_argument("--batch-s", type=float, default=160.0, help="padded audio per forward pass, s (default 160)")

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "baseline": ("baseline", "source-only baselines (raw English head, zero-shot mapped head, zero-shot + LM)"),
     "report": ("report", "markdown + HTML report comparing evaluations and runs"),
     "transcribe": ("transcribe", "transcribe audio files (txt/json/srt/vtt/tsv)"),
+    "export-onnx": ("export_onnx", "export a model to ONNX (fp32 + int8) for transcribe --engine onnx"),
     "recipe": ("recipe", "run a per-language recipe stage by stage"),
     "curve": ("curve", "the data-efficiency curve of a recipe: test CER/WER against training minutes per system"),
     "runs": ("runs", "list and compare run folders"),

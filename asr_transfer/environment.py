@@ -28,7 +28,7 @@ SHIPPED_SOURCE = PACKAGE_DIR.parent / "models" / "en-synth-small"
 FIX = "run 'make install' again, or see README \"Dependencies\""
 # Versions that decide results, recorded in every run.json and summary.json.
 VERSIONED = ("torch", "torchaudio", "transformers", "accelerate", "jiwer", "numpy", "flashlight-text", "kenlm",
-             "soundfile")
+             "soundfile", "onnxruntime")
 # The Makefile writes the Debian package names it installed here (one per line); without it (a pip install) the two
 # packages whose versions change results are asked for.
 SYSTEM_DEPS_STAMP = Path(sys.prefix) / ".system-deps"
@@ -167,6 +167,7 @@ CHECKS: tuple[tuple[str, str, Callable[[], object]], ...] = (
     ("transformers", "transformers", lambda: importlib.import_module("transformers")),
     ("soundfile", "soundfile", lambda: importlib.import_module("soundfile")),
     ("kenlm", "kenlm", lambda: importlib.import_module("kenlm")),
+    ("ONNX Runtime", "onnxruntime", lambda: importlib.import_module("onnxruntime")),
 )
 
 

@@ -73,8 +73,9 @@ class LogProbItem:
     forward_s: float  # this utterance's share of its chunk's forward time
 
 
-def _load(model, device: str, precision: str, batch_s: float | None = None, allow_pickle: bool = False):
-    options = InferenceOptions(device=device, precision=precision)
+def _load(model, device: str, precision: str, batch_s: float | None = None, allow_pickle: bool = False,
+          engine: str = "torch"):
+    options = InferenceOptions(device=device, precision=precision, engine=engine)
     if batch_s is not None:
         options = dataclasses.replace(options, batch_s=float(batch_s))
     return as_recognizer(model, options, allow_pickle=allow_pickle)
@@ -210,14 +211,19 @@ def _model_facts(recognizer, model) -> dict:
         record = dict(vars(record))
     path = getattr(loaded, "path", None) or (str(model) if isinstance(model, (str, Path)) else None)
     size_mb = None
-    if path and Path(path).is_dir():
+    onnx_file = getattr(recognizer, "onnx_file", None)
+    if onnx_file is not None:
+        size_mb = Path(onnx_file).stat().st_size / 1e6
+    elif path and Path(path).is_dir():
         weights = [p for p in Path(path).iterdir() if p.suffix in (".safetensors", ".bin", ".pt")]
         size_mb = sum(p.stat().st_size for p in weights) / 1e6 if weights else None
     return {
         "model": str(path) if path else None,
         "model_record": record,
-        "model_params": int(sum(p.numel() for p in loaded.model.parameters())),
+        # An ONNX export has no torch module to count; its file size stands for it.
+        "model_params": None if loaded.model is None else int(sum(p.numel() for p in loaded.model.parameters())),
         "model_size_mb": size_mb,
+        "engine": "torch" if onnx_file is None else "onnx",
     }
 
 
@@ -285,6 +291,7 @@ def evaluate(
     batch_s: float | None = None,
     allow_pickle: bool = False,
     lexicon=None,
+    engine: str = "torch",
 ) -> dict:
     """Run ``model`` (path, id, loaded model or Recognizer) over ``manifest``, decode, score; return the summary.
 
@@ -297,6 +304,8 @@ def evaluate(
     weights (pickle can run code: trusted files only). Audio that cannot be read, or that holds less than the
     manifest's duration (a truncated copy), is skipped and listed in ``skipped``. ``lexicon``: a flashlight lexicon
     file for the beam decoder instead of ``lm_dir/lexicon.txt`` (the zero-shot + LM system's respelled one).
+    ``engine``: ``"torch"`` (default: the reference), or ``"onnx"``/``"auto"`` to score an ONNX export
+    (:mod:`asr_transfer.onnx_engine`), e.g. what its int8 model costs.
     """
     utts = read_manifest(manifest)
     if max_utts is not None:
@@ -308,9 +317,9 @@ def evaluate(
     if out_dir is not None:  # provenance hook: run.json (options, code, env, manifest fingerprint) at start
         begin_evaluation(out_dir, model, manifest, dict(decoder=decoder, lm_dir=lm_dir, lang=lang, beam_size=beam_size,
                          lm_weight=lm_weight, word_score=word_score, device=device, precision=precision,
-                         max_utts=max_utts, name=name, batch_s=batch_s, allow_pickle=allow_pickle,
+                         max_utts=max_utts, name=name, batch_s=batch_s, allow_pickle=allow_pickle, engine=engine,
                          **({"lexicon": str(lexicon)} if lexicon is not None else {})))
-    recognizer = _load(model, device, precision, batch_s, allow_pickle)
+    recognizer = _load(model, device, precision, batch_s, allow_pickle, engine)
     normalizer = _normalizer_for(recognizer, lang, utts)
     options = decode_options(decoder, lm_dir, beam_size, lm_weight, word_score, lexicon)
     dec = options.build(recognizer.vocab, blank_id=recognizer.blank_id)

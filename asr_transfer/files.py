@@ -100,6 +100,12 @@ def _fsync_tree(folder: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_folder_write(out_dir: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_dir)`` then move the finished folder into place, replacing ``out_dir`` if it exists.
 
@@ -108,6 +114,7 @@ def atomic_folder_write(out_dir: str | os.PathLike, write: Callable[[Path], None
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private (0700); the finished folder gets a folder's usual mode
     try:
         write(tmp)
         _fsync_tree(tmp)

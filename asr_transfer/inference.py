@@ -30,10 +30,11 @@ import numpy as np
 
 from .audio import SAMPLE_RATE, frames_for_samples, normalize_wave
 from .errors import UserError
-from .model.forward import PAD_QUANTUM_SAMPLES, group_norm_cnn, num_segments, run_segments, unwrap
-from .model.load import load_model, resolve_device
+from .onnx_engine import ENGINES, OnnxRecognizer, find_export
 from .precision import PRECISIONS, check_precision
 
+# torch and the model modules are imported where they are used: transcription with the ONNX engine never needs them,
+# and importing torch and transformers is 4-5 s of a short transcription's start-up (docs/speed.md).
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,12 @@ class InferenceOptions:
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     precision: str = "fp32"  # "auto" | "fp32" | "bf16" (weights and activations) | "int8" (dynamic, CPU only)
     batch_s: float = 160.0  # s of padded audio per forward pass
-    num_threads: int | None = None  # torch intra-op threads on CPU; None leaves torch's default
+    num_threads: int | None = None  # intra-op threads on CPU; None leaves the engine's default
+    engine: str = "torch"  # "torch" | "onnx" (an export made by export_onnx) | "auto" (the export when there is one)
 
     def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise UserError(f"unknown engine {self.engine!r}; use one of {', '.join(ENGINES)}")
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}; use one of {', '.join(PRECISIONS)}")
         if not self.batch_s > 0:
@@ -88,6 +92,8 @@ class Recognizer:
 
     def __init__(self, loaded, options: InferenceOptions = InferenceOptions()):
         import torch
+
+        from .model.load import resolve_device
 
         self.loaded = loaded
         self.options = options
@@ -166,6 +172,8 @@ class Recognizer:
         """One padded forward pass; ``waves`` are already sorted longest first."""
         import torch
 
+        from .model.forward import PAD_QUANTUM_SAMPLES
+
         # Padded up to a multiple of 0.5 s: oneDNN builds kernels for each new input shape, and in a fresh process
         # that build, once per distinct clip length, was most of the time of the first pass over 10 short clips.
         longest = max(len(w) for w in waves)
@@ -196,6 +204,8 @@ class Recognizer:
         """
         import torch
 
+        from .model.forward import group_norm_cnn, num_segments, run_segments, unwrap
+
         base = unwrap(self.model)
         h, frames = group_norm_cnn(base, input_values, torch.tensor(lengths, device=input_values.device))
         return run_segments(base, h, 1, num_segments(base), frames)
@@ -204,13 +214,25 @@ class Recognizer:
         return f"Recognizer(device={self.device}, precision={self.precision}, vocab={len(self.vocab)})"
 
 
-def as_recognizer(model, options: InferenceOptions, allow_pickle: bool = False) -> Recognizer:
-    """A :class:`Recognizer` from a path/id, a loaded model, or an existing recognizer (returned as is)."""
-    if isinstance(model, Recognizer):
+def as_recognizer(model, options: InferenceOptions, allow_pickle: bool = False) -> Recognizer | OnnxRecognizer:
+    """A recognizer from a path/id, a loaded model, or an existing recognizer (returned as is).
+
+    A path runs on ONNX Runtime (:class:`~asr_transfer.onnx_engine.OnnxRecognizer`) when ``options.engine`` is
+    ``onnx``, or ``auto`` and the folder is, or holds, a fresh ONNX export that can serve the device and precision
+    (:func:`~asr_transfer.onnx_engine.find_export`); on torch otherwise.
+    """
+    if isinstance(model, (Recognizer, OnnxRecognizer)):
         return model
     if isinstance(model, (str, Path)):
+        export = find_export(model, options.engine, options.precision, options.device)
+        if export is not None:
+            return OnnxRecognizer(export, options)
+        from .model.load import load_model, resolve_device
+
         device = str(resolve_device(options.device))
         model = load_model(model, device=device, allow_pickle=allow_pickle)
+    if options.engine == "onnx":
+        raise UserError("the ONNX engine takes a folder made by `asr-transfer export-onnx`, not a loaded model")
     if not hasattr(model, "model") or not hasattr(model, "processor"):
         raise UserError(f"model must be a path, a model id or a loaded model, not {type(model).__name__}")
     return Recognizer(model, options)

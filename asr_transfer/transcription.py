@@ -336,7 +336,7 @@ def iter_transcripts(paths, model, decoder="greedy", lm_dir=None, device: str = 
                      recursive: bool = False, chunk_s: float = 30.0, stride_s: float = 5.0, batch_s: float = 160.0,
                      on_error: Callable[[str, str], None] | None = None, *, beam_size: int | None = None,
                      allow_pickle: bool = False, segment_s: float = SEGMENT_S,
-                     progress: bool = True, lang: str | None = None) -> Iterator[Transcript]:
+                     progress: bool = True, engine: str = "auto", lang: str | None = None) -> Iterator[Transcript]:
     """Like :func:`transcribe`, but yields each :class:`Transcript` (in input order) as soon as it is ready."""
     from tqdm.auto import tqdm
 
@@ -344,8 +344,8 @@ def iter_transcripts(paths, model, decoder="greedy", lm_dir=None, device: str = 
         paths = [paths]
     inputs = expand_inputs(paths, recursive)
     model = model_for_lang(model, lang)
-    recognizer = as_recognizer(model, InferenceOptions(device=device, precision=precision, batch_s=batch_s),
-                               allow_pickle=allow_pickle)
+    recognizer = as_recognizer(model, InferenceOptions(device=device, precision=precision, batch_s=batch_s,
+                                                       engine=engine), allow_pickle=allow_pickle)
     dec = _build_decoder(decoder, recognizer, lm_dir, beam_size)
     chunk_plan(recognizer, chunk_s, stride_s)  # bad chunk settings fail before any file is read
     pending: list[tuple[Path, np.ndarray, float]] = []  # short files waiting for a shared forward pass
@@ -457,8 +457,11 @@ def transcribe(paths, model, decoder="greedy", lm_dir=None, device: str = "auto"
     LM), a :class:`~asr_transfer.decode.DecodeOptions` or a built decoder. Files longer than ``chunk_s`` seconds are
     streamed in windows of ``chunk_s`` with ``stride_s`` of context on each side. Unreadable files are reported
     through ``on_error(path, message)`` (default: one line on stderr) and come back with ``error`` set.
-    Keyword-only extras: ``beam_size``, ``allow_pickle``, ``segment_s``, ``progress`` and ``lang``: the head of a
-    model trained with two heads (``train.mix.head = own``, e.g. ``"en"``); default the model's own language.
+    ``engine``: ``"auto"`` (default) runs a model folder's ONNX export on ONNX Runtime when it has a fresh one
+    (:func:`asr_transfer.onnx_export.export_onnx`), torch otherwise; ``"torch"`` or ``"onnx"`` force one.
+    Keyword-only extras: ``beam_size``, ``allow_pickle``, ``segment_s``, ``progress``, ``engine`` and ``lang``: the
+    head of a model trained with two heads (``train.mix.head = own``, e.g. ``"en"``; its ``heads/en/`` folder);
+    default the model's own language.
     """
     return list(iter_transcripts(paths, model, decoder, lm_dir, device, precision, recursive, chunk_s, stride_s,
                                  batch_s, on_error, **kwargs))

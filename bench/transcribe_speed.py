@@ -19,8 +19,10 @@ are reported apart, with their speed-ups over our fp32 and their WER deltas.
 reading the audio and writing the transcripts all count. One untimed warm-up round (page cache), then ``--pairs``
 rounds; a round runs the pipeline and each of our precisions once, in an order that rotates by round, and each of
 ours gets the ratio pipeline wall ÷ ours wall of its round; the median of those ratios is reported. ``--model base``
-is a random model with base-960h's architecture (94.4M parameters; speed only, its transcripts are noise). A last
-row times one 3-s file alone (latency: start-up dominates).
+is a random model with base-960h's architecture (94.4M parameters; speed only, its transcripts are noise). The
+``ours onnx P`` rows run ``transcribe --engine onnx --precision P`` on the model's ONNX export, made once beforehand
+with ``asr-transfer export-onnx`` (its time is reported apart: a one-off, like downloading a model). A last row times
+one 3-s file alone (latency: start-up dominates).
 """
 
 from __future__ import annotations
@@ -135,6 +137,16 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     return wall, (after.children_user - before.children_user) + (after.children_system - before.children_system)
 
 
+def onnx_export(model: Path, work_dir: Path) -> tuple[Path, float | None]:
+    """The model's ONNX export under ``work_dir/onnx/`` (made once, by the CLI, timed), and its wall seconds."""
+    out = work_dir / "onnx" / f"{model.name}-{common.short_hash(model / 'model.safetensors')}"
+    if (out / "onnx.json").is_file():
+        return out, None
+    cli = str(Path(sys.executable).with_name("asr-transfer"))
+    wall, _ = timed([cli, "export-onnx", "--model", str(model), "--out", str(out)])
+    return out, wall
+
+
 def read_texts(out: Path, names: list[str]) -> list[str]:
     return [(out / f"{Path(n).stem}.txt").read_text(encoding="utf-8").strip() for n in names]
 
@@ -157,7 +169,17 @@ def whole_process(args, model: Path, section: Section) -> dict:
             section.add(f"- ours {prec}: not available on this CPU, skipped\n")
             continue
         systems[f"ours {prec}"] = [cli, "transcribe", "--model", str(model), str(clips), "--format", "txt",
-                                   "--precision", prec, "--device", "cpu", "--out", str(outs / prec)]
+                                   "--precision", prec, "--device", "cpu", "--engine", "torch", "--out",
+                                   str(outs / prec)]
+    onnx_precisions = [x for x in args.onnx_precisions.split(",") if x]
+    if onnx_precisions:
+        export, export_wall = onnx_export(model, Path(args.work_dir))
+        section.add(f"- ONNX export (`asr-transfer export-onnx --model {model} --out {export}`, one process): "
+                    + (f"{export_wall:.1f} s wall\n" if export_wall is not None else "reused from an earlier run\n"))
+        for prec in onnx_precisions:
+            systems[f"ours onnx {prec}"] = [cli, "transcribe", "--model", str(export), str(clips), "--format", "txt",
+                                            "--engine", "onnx", "--precision", prec, "--out",
+                                            str(outs / f"onnx-{prec}")]
     names_order = list(systems)
     walls: dict[str, list[float]] = {n: [] for n in names_order}
     cpus: dict[str, list[float]] = {n: [] for n in names_order}
@@ -177,7 +199,7 @@ def whole_process(args, model: Path, section: Section) -> dict:
         ratios = [p / w for p, w in zip(pipe, walls[name])]
         same = None
         if name != "pipeline fp32":
-            texts = read_texts(outs / name.split()[-1], names)
+            texts = read_texts(Path(systems[name][systems[name].index("--out") + 1]), names)
             same = sum(a == b for a, b in zip(texts, ref_texts)) / len(names)
         rows.append([name, statistics.median(walls[name]), min(walls[name]), max(walls[name]),
                      statistics.median(cpus[name]), audio_s / statistics.median(walls[name]),
@@ -217,6 +239,9 @@ def main(argv=None) -> int:
     p.add_argument("--whole-process", action="store_true",
                    help="time whole CLI processes against a pipeline script (default 5 min of clips, 5 pairs)")
     p.add_argument("--pairs", type=int, default=5, help="--whole-process: timed rounds")
+    p.add_argument("--onnx-precisions", default="fp32,int8",
+                   help="--whole-process: also time `transcribe --engine onnx` at these precisions on the model's "
+                        "ONNX export (made once under WORK_DIR/onnx/; empty: none)")
     args = p.parse_args(argv)
     common.setup_threads(args.threads)
     if args.whole_process:

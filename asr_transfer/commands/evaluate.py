@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow pickled pytorch_model.bin / .pt weights; unpickling can run arbitrary code, so "
                              "only for models from a source you trust (convert them to safetensors instead)")
+    parser.add_argument("--engine", choices=("torch", "onnx", "auto"), default="torch",
+                        help="torch (default, the reference); onnx: score the model's ONNX export (export-onnx), "
+                             "e.g. its --precision int8")
     parser.add_argument("--name", default=None, help="system name in reports (default: the --out folder name)")
     parser.add_argument("--out", required=True, help="output folder for summary.json and utterances.jsonl")
     parser.add_argument("--source-test", default=None, metavar="MANIFEST",
@@ -48,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.manifest, decoder=decoder, lm_dir=args.lm, out_dir=args.out, lang=args.lang,
         beam_size=args.beam_size, lm_weight=args.lm_weight, word_score=args.word_score, device=args.device,
         precision=args.precision, max_utts=args.max_utts, name=args.name, allow_pickle=args.allow_pickle,
+        engine=args.engine,
     )
     print(f"{result_line(summary)} -> {args.out}")
     for item in summary.get("skipped", [])[:5]:

@@ -13,6 +13,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from ..onnx_engine import ENGINES
 from ..precision import PRECISIONS
 
 
@@ -30,7 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
                         help="auto (default): bf16 where the CPU (AMX, avx512_bf16) or GPU computes it natively, "
-                             "else fp32; bf16: weights and activations in bf16; int8: dynamic quantisation (CPU)")
+                             "else fp32 (with the ONNX engine: int8); bf16: weights and activations in bf16; "
+                             "int8: dynamic quantisation (CPU)")
+    parser.add_argument("--engine", choices=ENGINES, default="auto",
+                        help="auto (default): ONNX Runtime when the model folder is, or holds in onnx/, an export "
+                             "from `asr-transfer export-onnx` and the run is on the CPU and not bf16, else torch; "
+                             "onnx: CPU, fp32 or int8 (auto: int8)")
     parser.add_argument("--chunk-s", type=float, default=30.0, help="window length for long files, s (default 30)")
     parser.add_argument("--stride-s", type=float, default=5.0, help="context on each side of a window, s (default 5)")
     parser.add_argument("--batch-s", type=float, default=160.0, help="padded audio per forward pass, s (default 160)")
@@ -88,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
         [p for p, _ in inputs],  # expanding again is idempotent and reports the same errors
         args.model, decoder=args.decoder, lm_dir=args.lm, device=args.device, precision=args.precision,
         recursive=args.recursive, chunk_s=args.chunk_s, stride_s=args.stride_s, batch_s=args.batch_s,
-        beam_size=args.beam_size, allow_pickle=args.allow_pickle, lang=args.lang,
+        beam_size=args.beam_size, allow_pickle=args.allow_pickle, engine=args.engine, lang=args.lang,
     ):
         if t.error is not None:
             failed += 1

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .evaluation import evaluate
 from .inference import Recognizer, as_recognizer
-from .model.heads import kept_head_path
+from .model.record import kept_head_path
 from .zeroshot import SOURCE_LANG
 
 SOURCE_TEST_FOLDER = "source-test"  # a source-test evaluation's folder inside an evaluate/baseline --out

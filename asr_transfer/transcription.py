@@ -36,7 +36,7 @@ from .audio import SAMPLE_RATE, WaveStats, audio_info, load_audio, stream_audio,
 from .decode import DecodeOptions, Hypothesis, WordTiming
 from .errors import UserError
 from .inference import InferenceOptions, Recognizer, as_recognizer
-from .model.heads import head_folder
+from .model.record import head_folder  # torch-free: the ONNX engine transcribes without importing torch
 
 # What soundfile (libsndfile 1.2) reads; m4a/aac/wma are not among them and are refused with a clear error.
 AUDIO_EXTENSIONS = frozenset({"wav", "wave", "flac", "ogg", "oga", "opus", "mp3", "aif", "aiff", "aifc", "au", "caf",

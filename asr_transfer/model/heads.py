@@ -12,25 +12,22 @@ heads' weights, what every command loads — plus one standard ``Wav2Vec2ForCTC`
 
 ``transformers.pipeline("automatic-speech-recognition", model="final/heads/en")`` loads the second one as it is.
 The target folder's ``asr_transfer.json`` lists the kept heads (``extra.heads``: language → folder), which is how
-:func:`head_folder` (``transcribe --lang``) finds them.
+:func:`asr_transfer.model.record.head_folder` (``transcribe --lang``) finds them; that lookup lives in the torch-free
+record module, so transcription on the ONNX engine can use it without importing torch.
 """
 from __future__ import annotations
 
 import copy
-import os
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 
-from ..errors import UserError
 from .head import set_vocab_config
-from .record import RECORD_FILE, ModelRecord
+from .record import HEADS_DIR
 
 KEPT_HEADS = "kept_heads"  # the attribute (and state_dict prefix) of the kept heads on a Wav2Vec2ForCTC
-HEADS_DIR = "heads"  # inside a saved model folder: one folder per kept head, named by language
 TARGET = ""  # the head name of the target head (``lm_head``) in per-utterance head lists
 
 
@@ -85,33 +82,3 @@ def head_model(model: nn.Module, lang: str, vocab: dict[str, int]) -> nn.Module:
     out.lm_head = copy.deepcopy(heads[lang])
     set_vocab_config(out.config, vocab)
     return out
-
-
-def kept_head_path(model_dir: str | os.PathLike | None, lang: str) -> Path | None:
-    """``model_dir``'s kept ``lang`` head folder, or None when it is no folder or keeps no such head."""
-    if model_dir is None or not (Path(model_dir) / RECORD_FILE).is_file():
-        return None
-    record = ModelRecord.read(Path(model_dir) / RECORD_FILE)
-    sub = (record.extra.get("heads") or {}).get(lang) if record.lang != lang else None
-    return Path(model_dir) / sub if sub and (Path(model_dir) / sub / "config.json").is_file() else None
-
-
-def head_folder(model_dir: str | os.PathLike, lang: str | None) -> str | os.PathLike:
-    """The folder holding ``model_dir``'s head for ``lang``: ``model_dir`` itself for its own language (or ``None``),
-    ``heads/<lang>/`` for a kept head; anything else is a one-line :class:`UserError` naming the languages it has.
-
-    A folder without ``asr_transfer.json`` (or a hub id) counts as English, as :func:`~.load.load_model` reads it.
-    """
-    if lang is None:
-        return model_dir
-    folder = Path(model_dir)
-    record_file = folder / RECORD_FILE
-    record = ModelRecord.read(record_file) if record_file.is_file() else None
-    own = record.lang if record is not None else "en"
-    if lang == own:
-        return model_dir
-    heads = dict((record.extra.get("heads") or {}) if record is not None else {})
-    if lang in heads and (folder / heads[lang] / "config.json").is_file():
-        return folder / heads[lang]
-    have = ", ".join([own, *sorted(heads)])
-    raise UserError(f"--lang {lang}: this model has no head for {lang!r}; it has: {have}", path=folder)

@@ -28,8 +28,7 @@ from ..text import get_normalizer
 from ..vocab import load_vocab
 from .adapters import apply_saved_adapter
 from .checks import check_local_folder, non_finite_weights
-from .heads import HEADS_DIR
-from .record import RECORD_FILE, ModelRecord, make_processor, processor_vocab
+from .record import HEADS_DIR, RECORD_FILE, ModelRecord, make_processor, processor_vocab
 
 # Hub ids are "name" or "owner/name"; anything else that is not a folder is a mistyped path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")

@@ -2,7 +2,9 @@
 
 :class:`ModelRecord` says which language, normaliser, source and head initialisation a folder's model has; the
 processor (tokenizer + feature extractor) maps text to label ids and audio to input values. Both the loader
-(:mod:`asr_transfer.model.load`) and the adapters (:mod:`asr_transfer.model.adapters`) read and write them.
+(:mod:`asr_transfer.model.load`) and the adapters (:mod:`asr_transfer.model.adapters`) read and write them. A
+two-head model's record also lists its kept heads' folders (``heads/<lang>/``, :mod:`asr_transfer.model.heads`);
+:func:`head_folder` finds the one ``transcribe --lang`` asks for. This module imports no torch.
 """
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..errors import PARSE_ERRORS, ConfigError, ModelError
+from ..errors import PARSE_ERRORS, ConfigError, ModelError, UserError
 
 RECORD_FILE = "asr_transfer.json"
+HEADS_DIR = "heads"  # inside a saved model folder: one folder per kept head (train.mix.head = own), named by language
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 
 
@@ -100,3 +103,33 @@ def processor_vocab(processor) -> dict[str, int]:
     """The tokenizer's own token→id map (vocab.json), without tokens added later."""
     tokenizer = processor.tokenizer
     return dict(getattr(tokenizer, "encoder", None) or tokenizer.get_vocab())
+
+
+def kept_head_path(model_dir: str | os.PathLike | None, lang: str) -> Path | None:
+    """``model_dir``'s kept ``lang`` head folder, or None when it is no folder or keeps no such head."""
+    if model_dir is None or not (Path(model_dir) / RECORD_FILE).is_file():
+        return None
+    record = ModelRecord.read(Path(model_dir) / RECORD_FILE)
+    sub = (record.extra.get("heads") or {}).get(lang) if record.lang != lang else None
+    return Path(model_dir) / sub if sub and (Path(model_dir) / sub / "config.json").is_file() else None
+
+
+def head_folder(model_dir: str | os.PathLike, lang: str | None) -> str | os.PathLike:
+    """The folder holding ``model_dir``'s head for ``lang``: ``model_dir`` itself for its own language (or ``None``),
+    ``heads/<lang>/`` for a kept head; anything else is a one-line :class:`UserError` naming the languages it has.
+
+    A folder without ``asr_transfer.json`` (or a hub id) counts as English, as :func:`.load.load_model` reads it.
+    """
+    if lang is None:
+        return model_dir
+    folder = Path(model_dir)
+    record_file = folder / RECORD_FILE
+    record = ModelRecord.read(record_file) if record_file.is_file() else None
+    own = record.lang if record is not None else "en"
+    if lang == own:
+        return model_dir
+    heads = dict((record.extra.get("heads") or {}) if record is not None else {})
+    if lang in heads and (folder / heads[lang] / "config.json").is_file():
+        return folder / heads[lang]
+    have = ", ".join([own, *sorted(heads)])
+    raise UserError(f"--lang {lang}: this model has no head for {lang!r}; it has: {have}", path=folder)

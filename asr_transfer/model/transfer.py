@@ -20,9 +20,9 @@ from ..vocab import build_vocab, load_vocab
 from .adapters import add_adapters, merge_adapters, save_adapter
 from .checks import check_architecture
 from .head import swap_head
-from .heads import HEADS_DIR, head_model, keep_source_head, kept_head_path, kept_heads, without_kept_heads
+from .heads import head_model, keep_source_head, kept_heads, without_kept_heads
 from .load import load_model, save_model
-from .record import ModelRecord, make_processor
+from .record import HEADS_DIR, ModelRecord, kept_head_path, make_processor
 
 
 @dataclass

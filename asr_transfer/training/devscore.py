@@ -14,7 +14,8 @@ import torch
 
 from ..decode import GreedyDecoder
 from ..metrics import error_rates
-from ..model.heads import HEADS_DIR, kept_heads
+from ..model.heads import kept_heads
+from ..model.record import HEADS_DIR
 
 
 class DevScore:

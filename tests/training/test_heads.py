@@ -14,7 +14,8 @@ from train_fixtures import make_corpus, make_source_model, tiny_config
 
 from asr_transfer.manifest import read_manifest, write_manifest
 from asr_transfer.model.forward import ctc_loss_per_utt
-from asr_transfer.model.heads import TARGET, head_folder, logits_by_head
+from asr_transfer.model.heads import TARGET, logits_by_head
+from asr_transfer.model.record import head_folder
 from asr_transfer.training.heads import TrainHeads
 
 # English replay text; "it's cool" has the apostrophe a German head lacks and the English head has.

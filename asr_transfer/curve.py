@@ -168,7 +168,9 @@ def scratch_stage(config: RecipeConfig, stages: list[dict]) -> dict:
 def system_changes(r: RecipeRunner, system: str, stages: list[dict]) -> dict:
     """``--set``-style changes of the recipe's train table for one trained system."""
     if system == "scratch":
-        return {"model.source": r.source, "model.from_scratch": True, "stages": [scratch_stage(r.config, stages)]}
+        # As the recipe's control: no source weights for L2-SP to pull toward, no source head to keep.
+        return {"model.source": r.source, "model.from_scratch": True, "stages": [scratch_stage(r.config, stages)],
+                "train.l2sp.alpha": 0.0, "train.mix.head": "shared"}
     return {"model.source": r.source, "model.head_init": "random" if system == "random-head" else "mapped",
             "stages": stages}
 

@@ -386,7 +386,7 @@ def test_replay_set_from_stage_0_is_trained_on_and_its_share_is_part_of_stage_4(
     assert summary["mix"]["share"] == 0.3 and summary["mix"]["share_trained"] > 0
     assert summary["mix"]["manifest"] == str(out / "data" / "source" / "train.jsonl")
     assert markers(out)[4]["inputs"]["config"]["train"]["train"]["mix"] == {"manifest": "", "share": 0.3,
-                                                                             "lang": "en", "head": "shared"}
+                                                                             "lang": "en", "head": "own"}
     rc, stdout, stderr = recipe(capsys, *args[:-2], "--set", "train.train.mix.share=0.5", "--stop-stage", 4)
     assert rc == 0, stderr
     assert "stage 0 (data): done" in stdout and "stage 4 (train): its config changed since it ran (train)" in stdout

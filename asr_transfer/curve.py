@@ -44,7 +44,7 @@ from .files import atomic_write_json, read_json_or
 from .inference import InferenceOptions, as_recognizer
 from .manifest import fingerprint, read_manifest, write_manifest
 from .recipe import RecipeConfig, RecipeRunner, config_digest
-from .recipe_stages import replay_changes, train_once, trained_model_dir
+from .recipe_stages import from_scratch_changes, replay_changes, train_once, trained_model_dir
 from .report import Document, best_zero_shot, load_evaluation, write_page
 from .zeroshot import FOLDER as ZERO_SHOT_LM_FOLDER
 
@@ -168,9 +168,7 @@ def scratch_stage(config: RecipeConfig, stages: list[dict]) -> dict:
 def system_changes(r: RecipeRunner, system: str, stages: list[dict]) -> dict:
     """``--set``-style changes of the recipe's train table for one trained system."""
     if system == "scratch":
-        # As the recipe's control: no source weights for L2-SP to pull toward, no source head to keep.
-        return {"model.source": r.source, "model.from_scratch": True, "stages": [scratch_stage(r.config, stages)],
-                "train.l2sp.alpha": 0.0, "train.mix.head": "shared"}
+        return from_scratch_changes(r.source, scratch_stage(r.config, stages))
     return {"model.source": r.source, "model.head_init": "random" if system == "random-head" else "mapped",
             "stages": stages}
 

@@ -135,6 +135,16 @@ def replay_changes(r) -> dict:
     return {"train.mix.manifest": str(source_train_manifest(r))} if r.config.replays else {}
 
 
+def from_scratch_changes(source, stage: dict) -> dict:
+    """The changes that make a recipe's train table a from-scratch run of one ``stage`` (the control, curve points).
+
+    Such a run has no source weights for L2-SP to pull toward, nor a source head to keep (``train.mix.head``):
+    replay goes through its one head.
+    """
+    return {"model.source": source, "model.from_scratch": True, "stages": [stage], "train.l2sp.alpha": 0.0,
+            "train.mix.head": "shared"}
+
+
 def source_train_manifest(r) -> Path | None:
     """The source-language replay manifest: data.source_train, else stage 0's synthetic one, else None."""
     d = r.config.data
@@ -368,10 +378,7 @@ def stage_train(r, resume: bool = False) -> dict:
         c = cfg.control
         steps = c.steps or max(1, int(summary["steps"]))
         stage = {"name": "scratch", "train": list(c.groups), "lr": c.lr, "steps": steps, "warmup_ratio": c.warmup_ratio}
-        # The control has no source weights for L2-SP to pull toward, nor a source head to keep (train.mix.head);
-        # replay it keeps (the same data), through its one head.
-        changes = {"model.source": source, "model.from_scratch": True, "stages": [stage], "train.l2sp.alpha": 0.0,
-                   **replay, "train.mix.head": "shared"}
+        changes = {**from_scratch_changes(source, stage), **replay}  # replay it keeps: the same data
         control = cfg.train_config(*common, r.path("control"), **changes)
         r.log(f"control: from scratch (same architecture, random weights, same data), {steps} steps, lr {c.lr:g}, "
               f"training {', '.join(c.groups)}")

@@ -238,7 +238,9 @@ class RecipeConfig:
         for key in RUNNER_KEYS:
             section, name = key.split(".")
             if name in (self.train.get(section) or {}):
-                raise ConfigError(f"train.{key} is set by the recipe runner; set lang/source instead or leave it out")
+                instead = "data.train_manifest (a train split of your own)" if key == "data.train_manifest" \
+                    else "lang/source"
+                raise ConfigError(f"train.{key} is set by the recipe runner; set {instead} instead or leave it out")
         if "manifest" in ((self.train.get("train") or {}).get("mix") or {}):
             raise ConfigError("train.train.mix.manifest is set by the recipe runner; set data.source_train (or, for "
                               "synth, data.source_train_minutes) instead")

@@ -457,6 +457,7 @@ def test_train_manifest_replaces_the_train_split_and_its_contents_are_part_of_st
 @pytest.mark.parametrize("override, message", [
     ("data.train_manifest={tmp}/no.jsonl", "no.jsonl"),
     ("data.train_manifest={tmp}/aligned.jsonl", "set one of them"),
+    ("train.data.train_manifest={tmp}/aligned.jsonl", "set data.train_manifest (a train split of your own)"),
 ])
 def test_train_manifest_errors_are_one_line_before_any_synthesis(override, message, tmp_path, capsys):
     _long_recording_manifest(tmp_path)

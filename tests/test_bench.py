@@ -216,3 +216,33 @@ def test_lm_exclusion_drops_pieces_of_a_test_sentence(tmp_path):
     record = json.loads((out / "lm.json").read_text())
     assert record["sentences_excluded_within"] == 2 and record["sentences_used"] == 2
     assert "läuft" not in (out / "unigrams.txt").read_text().split()
+
+
+@pytest.mark.slow
+def test_aligned_train_micro_trains_on_aligned_books_and_compares_on_one_test_split(tmp_path, tiny):
+    """The recipe twice (true train split; the same audio as books, cut by `align` with the shipped English source),
+    compared on the same test utterances. A tiny random model trained 2 steps: mechanics, not quality."""
+    import aligned_train
+    from test_recipe import LM_TEXT, TINY_SYNTH
+
+    pytest.importorskip("soxr")
+    text = tmp_path / "lm.txt"
+    text.write_text(LM_TEXT, encoding="utf-8")
+    sets = [*TINY_SYNTH, "--set", f"source={tiny['src']}", "--set", f'lm.text_files=["{text}"]',
+            "--set", "lm.order=2", "--set", "train.stages.0.steps=2", "--set", "train.stages.1.steps=2",
+            "--set", 'train.stages.1.train=["head", "layers.-1:"]', "--set", "train.data.max_batch_s=20",
+            "--set", "eval.beam_size=4", "--set", "eval.alphas=[0.5]", "--set", "eval.betas=[0.0]",
+            "--set", "data.source_train_minutes=0.1", "--set", "data.source_test_minutes=0.05"]
+    assert aligned_train.main(["--out", str(tmp_path / "w"), "--chapters", "2", *sets]) == 0
+    result = json.loads((tmp_path / "w" / "comparison.json").read_text())
+    assert result["books"]["chapters"] == 2 and sorted(p.name for p in (tmp_path / "w" / "books").glob("*.txt")) == [
+        "chapter-01.txt", "chapter-02.txt"]
+    seg = result["segments"]
+    assert seg["segments"] == seg["kept"] + seg["marked"] > 0 and seg["true_utterances"] > 0
+    # The aligned run trained on the aligned segments, minus the marked ones.
+    assert result["train"]["aligned"]["skipped"]["by_reason"].get("marked by align", 0) == seg["marked"]
+    assert result["same_test_split"]  # stage 0 of both runs: the same test utterances, the same audio bytes
+    for decoder in ("greedy", "+ LM"):
+        row = result["comparison"][decoder]
+        assert row["paired_utterances"] == row["true"]["n_utterances"] == row["aligned"]["n_utterances"]
+        assert 0 <= row["p_aligned_better"]["cer"] <= 1 and 0 <= row["p_true_better"]["cer"] <= 1

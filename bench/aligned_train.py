@@ -1,0 +1,181 @@
+"""Does aligned data train as well as true data? The demo's recipe trained on its true train segments and on the
+same audio cut again by ``asr-transfer align``, scored on the same held-out-voice test split.
+
+1. ``asr-transfer recipe de-synth`` (stages 0-5) in ``OUT/true``: the demo, trained on the true train segments.
+2. Its train split (``OUT/true/data/train.jsonl``), in manifest order, becomes ``--chapters`` books of about equal
+   length (``books.py``: random 0.2-1.5 s pauses, each chapter's text one line, sentences joined by ". ").
+3. ``asr-transfer align OUT/books`` with ``models/en-synth-small`` (English only, before any German training).
+4. The same recipe and settings in ``OUT/aligned`` with ``--set data.train_manifest=OUT/aligned-segments/
+   manifest.jsonl``: stage 0 makes the same dev/test; vocab, LM text and training read the aligned segments
+   (marked ones skipped and counted).
+5. Both adapted models on the same test split, greedy and beam + LM (each tuned on dev as the demo does): CER/WER
+   with 95% bootstrap intervals and one-sided paired bootstrap p-values each way (``report.compare``).
+
+    python bench/aligned_train.py                       # data/bench/aligned-train, 3 chapters, one thread
+    python bench/aligned_train.py --set data.minutes=5  # any recipe key, for both runs
+
+Stage 3 (baselines) is off in both runs: the comparison does not read it. Runs and alignment resume: a finished
+step is skipped when rerun with the same settings.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from books import write_chapters  # noqa: E402
+from common import git_state, loadavg, other_heavy_processes  # noqa: E402
+
+from asr_transfer.cli import main as cli  # noqa: E402
+from asr_transfer.files import sha256_files  # noqa: E402
+from asr_transfer.manifest import is_marked, read_manifest  # noqa: E402
+from asr_transfer.report import compare, load_evaluation  # noqa: E402
+
+DEFAULT_MODEL = ROOT / "models" / "en-synth-small"
+SYSTEMS = {"greedy": "adapted-greedy", "+ LM": "adapted-lm"}  # eval/ folders of stage 5
+
+
+def _recipe(recipe: str, out: Path, sets: list[str]) -> float:
+    t0 = time.perf_counter()
+    args = ["recipe", recipe, "--out", str(out), "--stop-stage", "5", "--no-progress"]
+    if cli(args + [a for s in sets for a in ("--set", s)]):
+        raise SystemExit(f"recipe run in {out} failed")
+    return time.perf_counter() - t0
+
+
+def _align(books: Path, out: Path, model: Path, max_s: float) -> float:
+    if (out / "summary.json").is_file():
+        return 0.0
+    t0 = time.perf_counter()
+    if cli(["align", str(books), "--model", str(model), "--lang", "de", "--out", str(out), "--max-s", str(max_s),
+            "--overwrite"]):
+        raise SystemExit("align failed")
+    return time.perf_counter() - t0
+
+
+def _minutes(utts) -> float:
+    return round(sum(u.duration for u in utts) / 60, 3)
+
+
+def segment_facts(true_train: Path, aligned: Path) -> dict:
+    """Minutes of the true train split against the aligned segments: all, kept, marked (with their flags)."""
+    truth, segments = read_manifest(true_train), read_manifest(aligned)
+    kept = [u for u in segments if not is_marked(u)]
+    marked = [u for u in segments if is_marked(u)]
+    flags: dict[str, int] = {}
+    for u in marked:
+        for flag in str(u.extra["align_flag"]).split(","):
+            flags[flag] = flags.get(flag, 0) + 1
+    return {"true_utterances": len(truth), "true_minutes": _minutes(truth), "segments": len(segments),
+            "kept": len(kept), "kept_minutes": _minutes(kept), "marked": len(marked),
+            "marked_minutes": _minutes(marked), "marked_by_flag": flags}
+
+
+def same_test_split(true_run: Path, aligned_run: Path) -> bool:
+    """Both runs' stage 0 made the same test split: the same ids, texts and durations, and the same audio bytes."""
+    a, b = (read_manifest(run / "data" / "test.jsonl") for run in (true_run, aligned_run))
+    if [(u.uid, u.text, u.duration) for u in a] != [(u.uid, u.text, u.duration) for u in b]:
+        return False
+    return all(sha256_files([x.audio_filepath]).digest() == sha256_files([y.audio_filepath]).digest()
+               for x, y in zip(a, b))
+
+
+def comparison(true_run: Path, aligned_run: Path) -> dict:
+    """Per decoder: both systems' WER/CER with intervals, whether aligned lies inside true's interval, p-values."""
+    out = {}
+    for decoder, folder in SYSTEMS.items():
+        t = load_evaluation(true_run / "eval" / folder, f"true ({decoder})")
+        a = load_evaluation(aligned_run / "eval" / folder, f"aligned ({decoder})")
+        # One-sided each way (report.compare: p = share of resamples where the system is not better than the base).
+        rows = {r["name"]: r for r in compare([t, a], baseline=t.name)[1]}
+        back = {r["name"]: r for r in compare([t, a], baseline=a.name)[1]}
+        row = {}
+        for name, ev in (("true", t), ("aligned", a)):
+            s = ev.summary
+            row[name] = {k: s.get(k) for k in ("wer", "wer_ci95", "cer", "cer_ci95", "n_utterances")}
+            if ev.summary.get("lm_weight") is not None:
+                row[name].update(lm_weight=s.get("lm_weight"), word_score=s.get("word_score"))
+        lo, hi = row["true"]["cer_ci95"]
+        row["aligned_cer_inside_true_ci95"] = lo <= row["aligned"]["cer"] <= hi
+        row["p_aligned_better"] = {"cer": rows[a.name]["p_cer"], "wer": rows[a.name]["p_wer"]}
+        row["p_true_better"] = {"cer": back[t.name]["p_cer"], "wer": back[t.name]["p_wer"]}
+        row["paired_utterances"] = rows[a.name]["n_paired"]
+        out[decoder] = row
+    return out
+
+
+def _train_facts(run: Path) -> dict:
+    s = json.loads((run / "train" / "train_summary.json").read_text())
+    return {k: s.get(k) for k in ("steps", "wall_s", "cpu_s", "train_minutes", "train_utterances", "skipped")}
+
+
+def markdown(result: dict) -> str:
+    seg = result["segments"]
+    lines = [f"true train: {seg['true_utterances']} utterances, {seg['true_minutes']:.2f} min; aligned: "
+             f"{seg['segments']} segments, {seg['kept']} kept ({seg['kept_minutes']:.2f} min), {seg['marked']} marked "
+             f"({seg['marked_minutes']:.2f} min: {seg['marked_by_flag']})", "",
+             "| decoder | train data | CER % [95% CI] | WER % [95% CI] | p (aligned better), CER / WER "
+             "| p (true better), CER / WER |", "|---|---|---|---|---|---|"]
+    for decoder, row in result["comparison"].items():
+        for name in ("true", "aligned"):
+            r = row[name]
+            cells = [f"{100 * r[k]:.2f} [{100 * r[k + '_ci95'][0]:.2f}, {100 * r[k + '_ci95'][1]:.2f}]"
+                     for k in ("cer", "wer")]
+            p = (f"{row['p_aligned_better']['cer']:.3f} / {row['p_aligned_better']['wer']:.3f} | "
+                 f"{row['p_true_better']['cer']:.3f} / {row['p_true_better']['wer']:.3f}") if name == "aligned" \
+                else " | "
+            lines.append(f"| {decoder} | {name} | {cells[0]} | {cells[1]} | {p} |")
+    return "\n".join(lines)
+
+
+def run(out: Path, recipe: str, chapters: int, model: Path, max_s: float, sets: list[str], seed: int = 0) -> dict:
+    """Steps 1-5 of the module docstring; writes ``OUT/comparison.json`` and returns it."""
+    machine = {"git": git_state(), "load_before": loadavg(), "busy_before": other_heavy_processes()}
+    walls = {"true_recipe_s": _recipe(recipe, out / "true", sets)}
+    books = out / "books"
+    if not (books / "truth.json").is_file():
+        write_chapters(read_manifest(out / "true" / "data" / "train.jsonl"), books, chapters, seed)
+    segments = out / "aligned-segments"
+    walls["align_s"] = _align(books, segments, model, max_s)
+    walls["aligned_recipe_s"] = _recipe(recipe, out / "aligned",
+                                        [*sets, f"data.train_manifest={(segments / 'manifest.jsonl').resolve()}"])
+    result = {"recipe": recipe, "sets": sets, "books": json.loads((books / "truth.json").read_text()),
+              "segments": segment_facts(out / "true" / "data" / "train.jsonl", segments / "manifest.jsonl"),
+              "train": {"true": _train_facts(out / "true"), "aligned": _train_facts(out / "aligned")},
+              "same_test_split": same_test_split(out / "true", out / "aligned"),
+              "comparison": comparison(out / "true", out / "aligned"),
+              "wall_s_this_call": {k: round(v, 1) for k, v in walls.items()},
+              "machine": {**machine, "load_after": loadavg()}}
+    (out / "comparison.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", default="de-synth", help="recipe (default de-synth, the demo's)")
+    p.add_argument("--chapters", type=int, default=3, help="books the train split is cut into (default 3)")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="alignment model (default the English source)")
+    p.add_argument("--max-s", type=float, default=15.0, help="align --max-s (the recipe's train.data.max_utt_s)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (recipe num_threads; default 1)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="recipe override for both runs (repeatable)")
+    p.add_argument("--seed", type=int, default=0, help="pauses between the books' utterances")
+    p.add_argument("--out", type=Path, default=ROOT / "data" / "bench" / "aligned-train")
+    args = p.parse_args(argv)
+    if args.chapters < 1:
+        p.error("--chapters must be >= 1")
+    sets = ["baseline.enabled=false", f"num_threads={args.threads}", *args.sets]
+    result = run(args.out, args.recipe, args.chapters, args.model, args.max_s, sets, args.seed)
+    print(json.dumps(result, indent=1))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -69,6 +69,6 @@ def write_chapters(utts: Sequence[Utterance], out_dir: Path, chapters: int, seed
              for i, part in enumerate(np.split(np.array(utts, dtype=object), bounds)) if len(part)]
     record = {"chapters": len(books), "minutes": round(sum(b["minutes"] for b in books), 3),
               "speech_minutes": round(total / 60, 3), "utterances": len(utts),
-              "books": [{k: b[k] for k in ("minutes", "utterances")} for b in books]}
+              "books": [{"name": f"chapter-{i + 1:02d}", **b} for i, b in enumerate(books)]}
     (out_dir / "truth.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
     return record

@@ -237,6 +237,7 @@ def test_aligned_train_micro_trains_on_aligned_books_and_compares_on_one_test_sp
     result = json.loads((tmp_path / "w" / "comparison.json").read_text())
     assert result["books"]["chapters"] == 2 and sorted(p.name for p in (tmp_path / "w" / "books").glob("*.txt")) == [
         "chapter-01.txt", "chapter-02.txt"]
+    assert result["start_accuracy"]["starts"] == result["segments"]["true_utterances"]
     seg = result["segments"]
     assert seg["segments"] == seg["kept"] + seg["marked"] > 0 and seg["true_utterances"] > 0
     # The aligned run trained on the aligned segments, minus the marked ones.

@@ -106,6 +106,30 @@ def start_accuracy(books: dict, aligned: Path, tolerance_s: float = 0.2) -> dict
             "p95_error_s": round(float(np.percentile(errors, 95)), 3)}
 
 
+def segments_against_truth(books: dict, aligned: Path, tolerance_s: float = 0.2, trailing_s: float = 0.8) -> dict:
+    """Each segment against the true utterance whose start is nearest its ``align_start``, kept and marked apart.
+
+    ``right``: the same text, the start within ``tolerance_s``, the end at most ``trailing_s`` before the true end
+    (which runs on through espeak's trailing silence under the noise, see :func:`start_accuracy`) and at most
+    ``tolerance_s`` after it. ``edge_off``: the same text, an edge outside that. ``other_text``: not the sentence
+    spoken there (a word left out, or another sentence): what would train a model on wrong text if kept.
+    """
+    truth = {b["name"]: b["utterances_truth"] for b in books["books"]}
+    counts = {kind: {"right": 0, "edge_off": 0, "other_text": 0} for kind in ("kept", "marked")}
+    for line in aligned.read_text(encoding="utf-8").splitlines():
+        r = json.loads(line)
+        u = min(truth[r["id"].rsplit("-", 1)[0]], key=lambda t: abs(t["start"] - r["align_start"]))
+        if u["text"] != r["text"]:
+            verdict = "other_text"
+        elif abs(u["start"] - r["align_start"]) <= tolerance_s and -trailing_s <= r["align_end"] - u["end"] <= \
+                tolerance_s:
+            verdict = "right"
+        else:
+            verdict = "edge_off"
+        counts["marked" if r.get("align_flag") else "kept"][verdict] += 1
+    return counts
+
+
 def comparison(true_run: Path, aligned_run: Path) -> dict:
     """Per decoder: both systems' WER/CER with intervals, whether aligned lies inside true's interval, p-values."""
     out = {}
@@ -141,7 +165,8 @@ def markdown(result: dict) -> str:
              f"{seg['segments']} segments, {seg['kept']} kept ({seg['kept_minutes']:.2f} min), {seg['marked']} marked "
              f"({seg['marked_minutes']:.2f} min: {seg['marked_by_flag']})",
              "utterance starts within {tolerance_s} s of a segment start: {within} of {starts} (median error "
-             "{median_error_s} s)".format(**result["start_accuracy"]), "",
+             "{median_error_s} s)".format(**result["start_accuracy"]),
+             f"segments against the true utterances: {result['against_truth']}", "",
              "| decoder | train data | CER % [95% CI] | WER % [95% CI] | p (aligned better), CER / WER "
              "| p (true better), CER / WER |", "|---|---|---|---|---|---|"]
     for decoder, row in result["comparison"].items():
@@ -172,6 +197,7 @@ def run(out: Path, recipe: str, chapters: int, model: Path, max_s: float, sets: 
               "books": {**truth, "books": [{k: b[k] for k in ("name", "minutes", "utterances")} for b in truth["books"]]},
               "segments": segment_facts(out / "true" / "data" / "train.jsonl", segments / "manifest.jsonl"),
               "start_accuracy": start_accuracy(truth, segments / "manifest.jsonl"),
+              "against_truth": segments_against_truth(truth, segments / "manifest.jsonl"),
               "train": {"true": _train_facts(out / "true"), "aligned": _train_facts(out / "aligned")},
               "same_test_split": same_test_split(out / "true", out / "aligned"),
               "comparison": comparison(out / "true", out / "aligned"),

@@ -239,6 +239,8 @@ def test_aligned_train_micro_trains_on_aligned_books_and_compares_on_one_test_sp
         "chapter-01.txt", "chapter-02.txt"]
     assert result["start_accuracy"]["starts"] == result["segments"]["true_utterances"]
     seg = result["segments"]
+    assert {k: sum(v.values()) for k, v in result["against_truth"].items()} == {"kept": seg["kept"],
+                                                                              "marked": seg["marked"]}
     assert seg["segments"] == seg["kept"] + seg["marked"] > 0 and seg["true_utterances"] > 0
     # The aligned run trained on the aligned segments, minus the marked ones.
     assert result["train"]["aligned"]["skipped"]["by_reason"].get("marked by align", 0) == seg["marked"]

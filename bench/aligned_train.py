@@ -37,6 +37,7 @@ from common import git_state, loadavg, other_heavy_processes  # noqa: E402
 from asr_transfer.cli import main as cli  # noqa: E402
 from asr_transfer.files import sha256_files  # noqa: E402
 from asr_transfer.manifest import is_marked, read_manifest  # noqa: E402
+from asr_transfer.recipe_stages import trained_model_dir  # noqa: E402
 from asr_transfer.report import compare, load_evaluation  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "models" / "en-synth-small"
@@ -160,47 +161,64 @@ def _train_facts(run: Path) -> dict:
 
 
 def markdown(result: dict) -> str:
-    seg = result["segments"]
-    lines = [f"true train: {seg['true_utterances']} utterances, {seg['true_minutes']:.2f} min; aligned: "
-             f"{seg['segments']} segments, {seg['kept']} kept ({seg['kept_minutes']:.2f} min), {seg['marked']} marked "
-             f"({seg['marked_minutes']:.2f} min: {seg['marked_by_flag']})",
-             "utterance starts within {tolerance_s} s of a segment start: {within} of {starts} (median error "
-             "{median_error_s} s)".format(**result["start_accuracy"]),
-             f"segments against the true utterances: {result['against_truth']}", "",
-             "| decoder | train data | CER % [95% CI] | WER % [95% CI] | p (aligned better), CER / WER "
-             "| p (true better), CER / WER |", "|---|---|---|---|---|---|"]
-    for decoder, row in result["comparison"].items():
-        for name in ("true", "aligned"):
-            r = row[name]
-            cells = [f"{100 * r[k]:.2f} [{100 * r[k + '_ci95'][0]:.2f}, {100 * r[k + '_ci95'][1]:.2f}]"
-                     for k in ("cer", "wer")]
-            p = (f"{row['p_aligned_better']['cer']:.3f} / {row['p_aligned_better']['wer']:.3f} | "
-                 f"{row['p_true_better']['cer']:.3f} / {row['p_true_better']['wer']:.3f}") if name == "aligned" \
-                else " | "
-            lines.append(f"| {decoder} | {name} | {cells[0]} | {cells[1]} | {p} |")
+    lines = []
+    for label, one in result["passes"].items():
+        seg = one["segments"]
+        lines += [f"{label}: aligned with {one['model']}",
+                  f"true train: {seg['true_utterances']} utterances, {seg['true_minutes']:.2f} min; aligned: "
+                  f"{seg['segments']} segments, {seg['kept']} kept ({seg['kept_minutes']:.2f} min), {seg['marked']} "
+                  f"marked ({seg['marked_minutes']:.2f} min: {seg['marked_by_flag']})",
+                  "utterance starts within {tolerance_s} s of a segment start: {within} of {starts} (median error "
+                  "{median_error_s} s)".format(**one["start_accuracy"]),
+                  f"segments against the true utterances: {one['against_truth']}", "",
+                  "| decoder | train data | CER % [95% CI] | WER % [95% CI] | p (aligned better), CER / WER "
+                  "| p (true better), CER / WER |", "|---|---|---|---|---|---|"]
+        for decoder, row in one["comparison"].items():
+            for name in ("true", "aligned"):
+                r = row[name]
+                cells = [f"{100 * r[k]:.2f} [{100 * r[k + '_ci95'][0]:.2f}, {100 * r[k + '_ci95'][1]:.2f}]"
+                         for k in ("cer", "wer")]
+                p = (f"{row['p_aligned_better']['cer']:.3f} / {row['p_aligned_better']['wer']:.3f} | "
+                     f"{row['p_true_better']['cer']:.3f} / {row['p_true_better']['wer']:.3f}") if name == "aligned" \
+                    else " | "
+                lines.append(f"| {decoder} | {name} | {cells[0]} | {cells[1]} | {p} |")
+        lines.append("")
     return "\n".join(lines)
 
 
-def run(out: Path, recipe: str, chapters: int, model: Path, max_s: float, sets: list[str], seed: int = 0) -> dict:
-    """Steps 1-5 of the module docstring; writes ``OUT/comparison.json`` and returns it."""
+def aligned_pass(out: Path, label: str, recipe: str, sets: list[str], model: Path, max_s: float, truth: dict,
+                 walls: dict) -> dict:
+    """Align ``OUT/books`` with ``model`` into ``OUT/<label>-segments``, train the recipe on them in ``OUT/<label>``
+    and compare it with ``OUT/true``."""
+    segments = out / f"{label}-segments"
+    walls[f"{label}_align_s"] = _align(out / "books", segments, model, max_s)
+    walls[f"{label}_recipe_s"] = _recipe(recipe, out / label,
+                                         [*sets, f"data.train_manifest={(segments / 'manifest.jsonl').resolve()}"])
+    return {"model": str(model),
+            "segments": segment_facts(out / "true" / "data" / "train.jsonl", segments / "manifest.jsonl"),
+            "start_accuracy": start_accuracy(truth, segments / "manifest.jsonl"),
+            "against_truth": segments_against_truth(truth, segments / "manifest.jsonl"),
+            "train": _train_facts(out / label),
+            "same_test_split": same_test_split(out / "true", out / label),
+            "comparison": comparison(out / "true", out / label)}
+
+
+def run(out: Path, recipe: str, chapters: int, model: Path, max_s: float, sets: list[str], seed: int = 0,
+        second_pass: bool = False) -> dict:
+    """Steps 1-5 of the module docstring (and the second pass); writes ``OUT/comparison.json`` and returns it."""
     machine = {"git": git_state(), "load_before": loadavg(), "busy_before": other_heavy_processes()}
     walls = {"true_recipe_s": _recipe(recipe, out / "true", sets)}
     books = out / "books"
     if not (books / "truth.json").is_file():
         write_chapters(read_manifest(out / "true" / "data" / "train.jsonl"), books, chapters, seed)
-    segments = out / "aligned-segments"
-    walls["align_s"] = _align(books, segments, model, max_s)
-    walls["aligned_recipe_s"] = _recipe(recipe, out / "aligned",
-                                        [*sets, f"data.train_manifest={(segments / 'manifest.jsonl').resolve()}"])
     truth = json.loads((books / "truth.json").read_text())
+    passes = {"aligned": aligned_pass(out, "aligned", recipe, sets, model, max_s, truth, walls)}
+    if second_pass:
+        adapted = trained_model_dir(out / "aligned" / "train", "best")
+        passes["realigned"] = aligned_pass(out, "realigned", recipe, sets, adapted, max_s, truth, walls)
     result = {"recipe": recipe, "sets": sets,
               "books": {**truth, "books": [{k: b[k] for k in ("name", "minutes", "utterances")} for b in truth["books"]]},
-              "segments": segment_facts(out / "true" / "data" / "train.jsonl", segments / "manifest.jsonl"),
-              "start_accuracy": start_accuracy(truth, segments / "manifest.jsonl"),
-              "against_truth": segments_against_truth(truth, segments / "manifest.jsonl"),
-              "train": {"true": _train_facts(out / "true"), "aligned": _train_facts(out / "aligned")},
-              "same_test_split": same_test_split(out / "true", out / "aligned"),
-              "comparison": comparison(out / "true", out / "aligned"),
+              "train_true": _train_facts(out / "true"), "passes": passes,
               "wall_s_this_call": {k: round(v, 1) for k, v in walls.items()},
               "machine": {**machine, "load_after": loadavg()}}
     (out / "comparison.json").write_text(json.dumps(result, indent=1), encoding="utf-8")
@@ -217,12 +235,15 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="recipe override for both runs (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="pauses between the books' utterances")
+    p.add_argument("--second-pass", action="store_true",
+                   help="also align the books again with the adapted model of the aligned run and train on that")
     p.add_argument("--out", type=Path, default=ROOT / "data" / "bench" / "aligned-train")
     args = p.parse_args(argv)
     if args.chapters < 1:
         p.error("--chapters must be >= 1")
     sets = ["baseline.enabled=false", f"num_threads={args.threads}", *args.sets]
-    result = run(args.out, args.recipe, args.chapters, args.model, args.max_s, sets, args.seed)
+    result = run(args.out, args.recipe, args.chapters, args.model, args.max_s, sets, args.seed,
+                 args.second_pass)
     print(json.dumps(result, indent=1))
     print(markdown(result))
     return 0

@@ -219,7 +219,7 @@ def test_lm_exclusion_drops_pieces_of_a_test_sentence(tmp_path):
 
 
 @pytest.mark.slow
-def test_aligned_train_micro_trains_on_aligned_books_and_compares_on_one_test_split(tmp_path, tiny):
+def test_aligned_train_micro_trains_on_aligned_books_and_compares_on_one_test_split(tmp_path, tiny, monkeypatch):
     """The recipe twice (true train split; the same audio as books, cut by `align` with the shipped English source),
     compared on the same test utterances. A tiny random model trained 2 steps: mechanics, not quality."""
     import aligned_train
@@ -233,19 +233,26 @@ def test_aligned_train_micro_trains_on_aligned_books_and_compares_on_one_test_sp
             "--set", 'train.stages.1.train=["head", "layers.-1:"]', "--set", "train.data.max_batch_s=20",
             "--set", "eval.beam_size=4", "--set", "eval.alphas=[0.5]", "--set", "eval.betas=[0.0]",
             "--set", "data.source_train_minutes=0.1", "--set", "data.source_test_minutes=0.05"]
-    assert aligned_train.main(["--out", str(tmp_path / "w"), "--chapters", "2", *sets]) == 0
+    # The second pass aligns with the first aligned run's model; the tiny random one here would mark every segment,
+    # so it aligns with the shipped source again (the mechanics: a second alignment, a third run, its comparison).
+    shipped = ROOT / "models" / "en-synth-small"
+    monkeypatch.setattr(aligned_train, "trained_model_dir", lambda run_dir, which: shipped)
+    assert aligned_train.main(["--out", str(tmp_path / "w"), "--chapters", "2", "--second-pass", *sets]) == 0
     result = json.loads((tmp_path / "w" / "comparison.json").read_text())
     assert result["books"]["chapters"] == 2 and sorted(p.name for p in (tmp_path / "w" / "books").glob("*.txt")) == [
         "chapter-01.txt", "chapter-02.txt"]
-    assert result["start_accuracy"]["starts"] == result["segments"]["true_utterances"]
-    seg = result["segments"]
-    assert {k: sum(v.values()) for k, v in result["against_truth"].items()} == {"kept": seg["kept"],
-                                                                              "marked": seg["marked"]}
-    assert seg["segments"] == seg["kept"] + seg["marked"] > 0 and seg["true_utterances"] > 0
-    # The aligned run trained on the aligned segments, minus the marked ones.
-    assert result["train"]["aligned"]["skipped"]["by_reason"].get("marked by align", 0) == seg["marked"]
-    assert result["same_test_split"]  # stage 0 of both runs: the same test utterances, the same audio bytes
-    for decoder in ("greedy", "+ LM"):
-        row = result["comparison"][decoder]
-        assert row["paired_utterances"] == row["true"]["n_utterances"] == row["aligned"]["n_utterances"]
-        assert 0 <= row["p_aligned_better"]["cer"] <= 1 and 0 <= row["p_true_better"]["cer"] <= 1
+    assert list(result["passes"]) == ["aligned", "realigned"]
+    assert result["passes"]["realigned"]["model"] == str(shipped)
+    for one in result["passes"].values():
+        seg = one["segments"]
+        assert seg["segments"] == seg["kept"] + seg["marked"] > 0 and seg["true_utterances"] > 0
+        assert one["start_accuracy"]["starts"] == seg["true_utterances"]
+        assert {k: sum(v.values()) for k, v in one["against_truth"].items()} == {"kept": seg["kept"],
+                                                                                "marked": seg["marked"]}
+        # The run trained on the aligned segments, minus the marked ones.
+        assert one["train"]["skipped"]["by_reason"].get("marked by align", 0) == seg["marked"]
+        assert one["same_test_split"]  # stage 0 of both runs: the same test utterances, the same audio bytes
+        for decoder in ("greedy", "+ LM"):
+            row = one["comparison"][decoder]
+            assert row["paired_utterances"] == row["true"]["n_utterances"] == row["aligned"]["n_utterances"]
+            assert 0 <= row["p_aligned_better"]["cer"] <= 1 and 0 <= row["p_true_better"]["cer"] <= 1

@@ -36,7 +36,7 @@ from common import git_state, loadavg, other_heavy_processes  # noqa: E402
 
 from asr_transfer.cli import main as cli  # noqa: E402
 from asr_transfer.files import sha256_files  # noqa: E402
-from asr_transfer.manifest import is_marked, read_manifest  # noqa: E402
+from asr_transfer.manifest import is_marked, read_manifest, write_manifest  # noqa: E402
 from asr_transfer.recipe_stages import trained_model_dir  # noqa: E402
 from asr_transfer.report import compare, load_evaluation  # noqa: E402
 
@@ -115,11 +115,10 @@ def segments_against_truth(books: dict, aligned: Path, tolerance_s: float = 0.2,
     ``tolerance_s`` after it. ``edge_off``: the same text, an edge outside that. ``other_text``: not the sentence
     spoken there (a word left out, or another sentence): what would train a model on wrong text if kept.
     """
-    truth = {b["name"]: b["utterances_truth"] for b in books["books"]}
     counts = {kind: {"right": 0, "edge_off": 0, "other_text": 0} for kind in ("kept", "marked")}
     for line in aligned.read_text(encoding="utf-8").splitlines():
         r = json.loads(line)
-        u = min(truth[r["id"].rsplit("-", 1)[0]], key=lambda t: abs(t["start"] - r["align_start"]))
+        u = _nearest_utterance(books, r)
         if u["text"] != r["text"]:
             verdict = "other_text"
         elif abs(u["start"] - r["align_start"]) <= tolerance_s and -trailing_s <= r["align_end"] - u["end"] <= \
@@ -129,6 +128,21 @@ def segments_against_truth(books: dict, aligned: Path, tolerance_s: float = 0.2,
             verdict = "edge_off"
         counts["marked" if r.get("align_flag") else "kept"][verdict] += 1
     return counts
+
+
+def _nearest_utterance(truth: dict, row: dict) -> dict:
+    """The true utterance (of the segment's chapter) whose start is nearest the segment's ``align_start``."""
+    book = next(b for b in truth["books"] if b["name"] == row["id"].rsplit("-", 1)[0])
+    return min(book["utterances_truth"], key=lambda t: abs(t["start"] - row["align_start"]))
+
+
+def true_clips_of_kept(truth: dict, aligned: Path, true_train: Path, out: Path) -> Path:
+    """The true train split less the utterances whose aligned segment was marked: the data the marks lose, and
+    nothing else changed (the true clips, the true boundaries). Written to ``out`` (absolute audio paths)."""
+    lost = {_nearest_utterance(truth, r)["id"] for r in map(json.loads, aligned.read_text().splitlines())
+            if r.get("align_flag")}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_manifest(out, [u for u in read_manifest(true_train) if u.uid not in lost], relative=False)
 
 
 def comparison(true_run: Path, aligned_run: Path) -> dict:
@@ -163,15 +177,18 @@ def _train_facts(run: Path) -> dict:
 def markdown(result: dict) -> str:
     lines = []
     for label, one in result["passes"].items():
-        seg = one["segments"]
-        lines += [f"{label}: aligned with {one['model']}",
-                  f"true train: {seg['true_utterances']} utterances, {seg['true_minutes']:.2f} min; aligned: "
-                  f"{seg['segments']} segments, {seg['kept']} kept ({seg['kept_minutes']:.2f} min), {seg['marked']} "
-                  f"marked ({seg['marked_minutes']:.2f} min: {seg['marked_by_flag']})",
-                  "utterance starts within {tolerance_s} s of a segment start: {within} of {starts} (median error "
-                  "{median_error_s} s)".format(**one["start_accuracy"]),
-                  f"segments against the true utterances: {one['against_truth']}", "",
-                  "| decoder | train data | CER % [95% CI] | WER % [95% CI] | p (aligned better), CER / WER "
+        if "segments" not in one:  # the lost-minutes control: true clips
+            lines += [f"{label}: {one['utterances']} utterances, {one['minutes']:.2f} min", ""]
+        else:
+            seg = one["segments"]
+            lines += [f"{label}: aligned with {one['model']}",
+                      f"true train: {seg['true_utterances']} utterances, {seg['true_minutes']:.2f} min; aligned: "
+                      f"{seg['segments']} segments, {seg['kept']} kept ({seg['kept_minutes']:.2f} min), "
+                      f"{seg['marked']} marked ({seg['marked_minutes']:.2f} min: {seg['marked_by_flag']})",
+                      "utterance starts within {tolerance_s} s of a segment start: {within} of {starts} (median "
+                      "error {median_error_s} s)".format(**one["start_accuracy"]),
+                      f"segments against the true utterances: {one['against_truth']}", ""]
+        lines += ["| decoder | train data | CER % [95% CI] | WER % [95% CI] | p (aligned better), CER / WER "
                   "| p (true better), CER / WER |", "|---|---|---|---|---|---|"]
         for decoder, row in one["comparison"].items():
             for name in ("true", "aligned"):
@@ -181,7 +198,7 @@ def markdown(result: dict) -> str:
                 p = (f"{row['p_aligned_better']['cer']:.3f} / {row['p_aligned_better']['wer']:.3f} | "
                      f"{row['p_true_better']['cer']:.3f} / {row['p_true_better']['wer']:.3f}") if name == "aligned" \
                     else " | "
-                lines.append(f"| {decoder} | {name} | {cells[0]} | {cells[1]} | {p} |")
+                lines.append(f"| {decoder} | {label if name == 'aligned' else name} | {cells[0]} | {cells[1]} | {p} |")
         lines.append("")
     return "\n".join(lines)
 
@@ -204,7 +221,7 @@ def aligned_pass(out: Path, label: str, recipe: str, sets: list[str], model: Pat
 
 
 def run(out: Path, recipe: str, chapters: int, model: Path, max_s: float, sets: list[str], seed: int = 0,
-        second_pass: bool = False) -> dict:
+        second_pass: bool = False, lost_control: bool = False) -> dict:
     """Steps 1-5 of the module docstring (and the second pass); writes ``OUT/comparison.json`` and returns it."""
     machine = {"git": git_state(), "load_before": loadavg(), "busy_before": other_heavy_processes()}
     walls = {"true_recipe_s": _recipe(recipe, out / "true", sets)}
@@ -213,6 +230,14 @@ def run(out: Path, recipe: str, chapters: int, model: Path, max_s: float, sets: 
         write_chapters(read_manifest(out / "true" / "data" / "train.jsonl"), books, chapters, seed)
     truth = json.loads((books / "truth.json").read_text())
     passes = {"aligned": aligned_pass(out, "aligned", recipe, sets, model, max_s, truth, walls)}
+    if lost_control:
+        kept = true_clips_of_kept(truth, out / "aligned-segments" / "manifest.jsonl",
+                                  out / "true" / "data" / "train.jsonl", out / "true-kept-clips" / "train.jsonl")
+        walls["true_kept_recipe_s"] = _recipe(recipe, out / "true-kept", [*sets, f"data.train_manifest={kept}"])
+        passes["true clips of the kept segments"] = {
+            "manifest": str(kept), "utterances": len(read_manifest(kept)), "minutes": _minutes(read_manifest(kept)),
+            "train": _train_facts(out / "true-kept"), "same_test_split": same_test_split(out / "true", out / "true-kept"),
+            "comparison": comparison(out / "true", out / "true-kept")}
     if second_pass:
         adapted = trained_model_dir(out / "aligned" / "train", "best")
         passes["realigned"] = aligned_pass(out, "realigned", recipe, sets, adapted, max_s, truth, walls)
@@ -235,6 +260,9 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="recipe override for both runs (repeatable)")
     p.add_argument("--seed", type=int, default=0, help="pauses between the books' utterances")
+    p.add_argument("--lost-control", action="store_true",
+                   help="also train on the true clips less the utterances whose aligned segment was marked: what the "
+                        "marked minutes alone cost")
     p.add_argument("--second-pass", action="store_true",
                    help="also align the books again with the adapted model of the aligned run and train on that")
     p.add_argument("--out", type=Path, default=ROOT / "data" / "bench" / "aligned-train")
@@ -243,7 +271,7 @@ def main(argv=None) -> int:
         p.error("--chapters must be >= 1")
     sets = ["baseline.enabled=false", f"num_threads={args.threads}", *args.sets]
     result = run(args.out, args.recipe, args.chapters, args.model, args.max_s, sets, args.seed,
-                 args.second_pass)
+                 args.second_pass, args.lost_control)
     print(json.dumps(result, indent=1))
     print(markdown(result))
     return 0

@@ -237,10 +237,15 @@ def test_aligned_train_micro_trains_on_aligned_books_and_compares_on_one_test_sp
     # so it aligns with the shipped source again (the mechanics: a second alignment, a third run, its comparison).
     shipped = ROOT / "models" / "en-synth-small"
     monkeypatch.setattr(aligned_train, "trained_model_dir", lambda run_dir, which: shipped)
-    assert aligned_train.main(["--out", str(tmp_path / "w"), "--chapters", "2", "--second-pass", *sets]) == 0
+    assert aligned_train.main(["--out", str(tmp_path / "w"), "--chapters", "2", "--second-pass", "--lost-control",
+                               *sets]) == 0
     result = json.loads((tmp_path / "w" / "comparison.json").read_text())
     assert result["books"]["chapters"] == 2 and sorted(p.name for p in (tmp_path / "w" / "books").glob("*.txt")) == [
         "chapter-01.txt", "chapter-02.txt"]
+    control = result["passes"].pop("true clips of the kept segments")
+    marked = result["passes"]["aligned"]["segments"]["marked"]
+    assert control["utterances"] == result["passes"]["aligned"]["segments"]["true_utterances"] - marked
+    assert control["same_test_split"] and control["train"]["train_utterances"] == control["utterances"]
     assert list(result["passes"]) == ["aligned", "realigned"]
     assert result["passes"]["realigned"]["model"] == str(shipped)
     for one in result["passes"].values():

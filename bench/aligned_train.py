@@ -158,8 +158,9 @@ def comparison(true_run: Path, aligned_run: Path) -> dict:
         for name, ev in (("true", t), ("aligned", a)):
             s = ev.summary
             row[name] = {k: s.get(k) for k in ("wer", "wer_ci95", "cer", "cer_ci95", "n_utterances")}
-            if ev.summary.get("lm_weight") is not None:
-                row[name].update(lm_weight=s.get("lm_weight"), word_score=s.get("word_score"))
+            decoder_settings = s.get("decoder") or {}
+            if decoder_settings.get("lm_dir"):  # tuned on dev by stage 5: the same grid for every run
+                row[name].update(lm_weight=decoder_settings["lm_weight"], word_score=decoder_settings["word_score"])
         lo, hi = row["true"]["cer_ci95"]
         row["aligned_cer_inside_true_ci95"] = lo <= row["aligned"]["cer"] <= hi
         row["p_aligned_better"] = {"cer": rows[a.name]["p_cer"], "wer": rows[a.name]["p_wer"]}

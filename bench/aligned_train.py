@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ if str(ROOT) not in sys.path:
 from books import write_chapters  # noqa: E402
 from common import git_state, loadavg, other_heavy_processes  # noqa: E402
 
+from asr_transfer.audio import audio_info  # noqa: E402
 from asr_transfer.cli import main as cli  # noqa: E402
 from asr_transfer.files import sha256_files  # noqa: E402
 from asr_transfer.manifest import is_marked, read_manifest, write_manifest  # noqa: E402
@@ -145,6 +147,30 @@ def true_clips_of_kept(truth: dict, aligned: Path, true_train: Path, out: Path) 
     return write_manifest(out, [u for u in read_manifest(true_train) if u.uid not in lost], relative=False)
 
 
+def widened(aligned: Path, out: Path, context_s: float) -> Path:
+    """``aligned``'s segments with up to ``context_s`` of audio before the first and after the last letter
+    (``align_start``/``align_end``; at most half the gap to the neighbouring segment, within the file), instead of
+    ``align``'s 0.1 s. Written to ``out`` (absolute audio paths)."""
+    utts = read_manifest(aligned)
+    edges = {}
+    for u in utts:
+        edges.setdefault(u.audio_filepath, []).append((u.extra["align_start"], u.extra["align_end"]))
+    for spans in edges.values():
+        spans.sort()
+    rows = []
+    for u in utts:
+        spans = edges[u.audio_filepath]
+        k = spans.index((u.extra["align_start"], u.extra["align_end"]))
+        a, b = spans[k]
+        before = a - spans[k - 1][1] if k else a
+        after = spans[k + 1][0] - b if k + 1 < len(spans) else audio_info(u.audio_filepath).duration_s - b
+        start = a - min(context_s, before / 2 if k else before)
+        end = b + min(context_s, after / 2 if k + 1 < len(spans) else after)
+        rows.append(replace(u, offset=round(start, 3), duration=round(end - start, 3)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return write_manifest(out, rows, relative=False)
+
+
 def comparison(true_run: Path, aligned_run: Path) -> dict:
     """Per decoder: both systems' WER/CER with intervals, whether aligned lies inside true's interval, p-values."""
     out = {}
@@ -178,7 +204,7 @@ def _train_facts(run: Path) -> dict:
 def markdown(result: dict) -> str:
     lines = []
     for label, one in result["passes"].items():
-        if "segments" not in one:  # the lost-minutes control: true clips
+        if "segments" not in one:  # the lost-minutes control (true clips) or widened segments
             lines += [f"{label}: {one['utterances']} utterances, {one['minutes']:.2f} min", ""]
         else:
             seg = one["segments"]
@@ -222,7 +248,7 @@ def aligned_pass(out: Path, label: str, recipe: str, sets: list[str], model: Pat
 
 
 def run(out: Path, recipe: str, chapters: int, model: Path, max_s: float, sets: list[str], seed: int = 0,
-        second_pass: bool = False, lost_control: bool = False) -> dict:
+        second_pass: bool = False, lost_control: bool = False, context_s: float | None = None) -> dict:
     """Steps 1-5 of the module docstring (and the second pass); writes ``OUT/comparison.json`` and returns it."""
     machine = {"git": git_state(), "load_before": loadavg(), "busy_before": other_heavy_processes()}
     walls = {"true_recipe_s": _recipe(recipe, out / "true", sets)}
@@ -239,6 +265,16 @@ def run(out: Path, recipe: str, chapters: int, model: Path, max_s: float, sets: 
             "manifest": str(kept), "utterances": len(read_manifest(kept)), "minutes": _minutes(read_manifest(kept)),
             "train": _train_facts(out / "true-kept"), "same_test_split": same_test_split(out / "true", out / "true-kept"),
             "comparison": comparison(out / "true", out / "true-kept")}
+    if context_s is not None:
+        label = f"aligned, {context_s:g} s context"
+        wide = widened(out / "aligned-segments" / "manifest.jsonl", out / "wide-segments" / "manifest.jsonl",
+                       context_s)
+        walls["wide_recipe_s"] = _recipe(recipe, out / "aligned-wide", [*sets, f"data.train_manifest={wide}"])
+        kept = [u for u in read_manifest(wide) if not is_marked(u)]
+        passes[label] = {"manifest": str(wide), "utterances": len(kept), "minutes": _minutes(kept),
+                         "train": _train_facts(out / "aligned-wide"),
+                         "same_test_split": same_test_split(out / "true", out / "aligned-wide"),
+                         "comparison": comparison(out / "true", out / "aligned-wide")}
     if second_pass:
         adapted = trained_model_dir(out / "aligned" / "train", "best")
         passes["realigned"] = aligned_pass(out, "realigned", recipe, sets, adapted, max_s, truth, walls)
@@ -264,6 +300,9 @@ def main(argv=None) -> int:
     p.add_argument("--lost-control", action="store_true",
                    help="also train on the true clips less the utterances whose aligned segment was marked: what the "
                         "marked minutes alone cost")
+    p.add_argument("--context-s", type=float, default=None,
+                   help="also train on the first pass's segments widened to this much context around their letters "
+                        "(align adds 0.1 s; the recipe's clips carry espeak's silences)")
     p.add_argument("--second-pass", action="store_true",
                    help="also align the books again with the adapted model of the aligned run and train on that")
     p.add_argument("--out", type=Path, default=ROOT / "data" / "bench" / "aligned-train")
@@ -272,7 +311,7 @@ def main(argv=None) -> int:
         p.error("--chapters must be >= 1")
     sets = ["baseline.enabled=false", f"num_threads={args.threads}", *args.sets]
     result = run(args.out, args.recipe, args.chapters, args.model, args.max_s, sets, args.seed,
-                 args.second_pass, args.lost_control)
+                 args.second_pass, args.lost_control, args.context_s)
     print(json.dumps(result, indent=1))
     print(markdown(result))
     return 0

@@ -225,6 +225,8 @@ def test_aligned_train_micro_trains_on_aligned_books_and_compares_on_one_test_sp
     import aligned_train
     from test_recipe import LM_TEXT, TINY_SYNTH
 
+    from asr_transfer.manifest import read_manifest
+
     pytest.importorskip("soxr")
     text = tmp_path / "lm.txt"
     text.write_text(LM_TEXT, encoding="utf-8")
@@ -238,10 +240,18 @@ def test_aligned_train_micro_trains_on_aligned_books_and_compares_on_one_test_sp
     shipped = ROOT / "models" / "en-synth-small"
     monkeypatch.setattr(aligned_train, "trained_model_dir", lambda run_dir, which: shipped)
     assert aligned_train.main(["--out", str(tmp_path / "w"), "--chapters", "2", "--second-pass", "--lost-control",
-                               *sets]) == 0
+                               "--context-s", "0.3", *sets]) == 0
     result = json.loads((tmp_path / "w" / "comparison.json").read_text())
     assert result["books"]["chapters"] == 2 and sorted(p.name for p in (tmp_path / "w" / "books").glob("*.txt")) == [
         "chapter-01.txt", "chapter-02.txt"]
+    wide = result["passes"].pop("aligned, 0.3 s context")
+    assert wide["same_test_split"] and wide["train"]["train_utterances"] == wide["utterances"]
+    widened = read_manifest(wide["manifest"])
+    aligned = read_manifest(tmp_path / "w" / "aligned-segments" / "manifest.jsonl")
+    for w, a in zip(widened, aligned):  # the same letters, more audio around them
+        assert w.offset <= a.offset and w.offset + w.duration >= a.offset + a.duration
+        assert w.extra["align_start"] - w.offset <= 0.3 + 1e-3 and w.text == a.text
+    assert sum(w.duration for w in widened) > sum(a.duration for a in aligned)
     control = result["passes"].pop("true clips of the kept segments")
     marked = result["passes"]["aligned"]["segments"]["marked"]
     assert control["utterances"] == result["passes"]["aligned"]["segments"]["true_utterances"] - marked

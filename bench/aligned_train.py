@@ -12,7 +12,12 @@ same audio cut again by ``asr-transfer align``, scored on the same held-out-voic
    with 95% bootstrap intervals and one-sided paired bootstrap p-values each way (``report.compare``).
 
     python bench/aligned_train.py                       # data/bench/aligned-train, 3 chapters, one thread
-    python bench/aligned_train.py --set data.minutes=5  # any recipe key, for both runs
+    python bench/aligned_train.py --set data.minutes=5  # any recipe key, for every run
+
+More runs, each compared with the true run the same way: ``--second-pass`` (the books aligned again with the
+aligned run's adapted model, then trained on), ``--lost-control`` (the true clips less the utterances whose segment
+was marked: what the marked minutes alone cost), ``--context-s S`` (the first pass's segments widened to S s of
+audio around their letters). Results and the exact numbers: docs/long-recordings.md.
 
 Stage 3 (baselines) is off in both runs: the comparison does not read it. Runs and alignment resume: a finished
 step is skipped when rerun with the same settings.

@@ -83,6 +83,10 @@ class DataSection:
     source_train_minutes: float | None = option(
         "synth: minutes of English speech by the source model's training voices made in stage 0 as the replay set "
         "(train.train.mix), its sentences disjoint from the English test's (None: none)", None)
+    train_manifest: str | None = option(
+        "train on this manifest instead of the corpus's train split, e.g. `asr-transfer align`'s segments of long "
+        "recordings (marked ones are skipped and counted); stage 0 still makes dev/test and keeps the corpus's own "
+        "train split as train-corpus.jsonl; vocab, LM text and training read it (None: the corpus's)", None)
 
     def __post_init__(self):
         one_of("data.kind", self.kind, ("synth", "commonvoice"))
@@ -94,6 +98,9 @@ class DataSection:
                 raise ConfigError(f"data.{key} must be > 0, got {value}")
         if self.jobs < 1:
             raise ConfigError(f"data.jobs must be >= 1, got {self.jobs}")
+        if self.train_manifest is not None and self.train_minutes is not None:
+            raise ConfigError("data.train_minutes subsets the corpus's train split, which data.train_manifest "
+                              "replaces: set one of them")
 
 
 @dataclass(frozen=True)
@@ -231,7 +238,9 @@ class RecipeConfig:
         for key in RUNNER_KEYS:
             section, name = key.split(".")
             if name in (self.train.get(section) or {}):
-                raise ConfigError(f"train.{key} is set by the recipe runner; set lang/source instead or leave it out")
+                instead = "data.train_manifest (a train split of your own)" if key == "data.train_manifest" \
+                    else "lang/source"
+                raise ConfigError(f"train.{key} is set by the recipe runner; set {instead} instead or leave it out")
         if "manifest" in ((self.train.get("train") or {}).get("mix") or {}):
             raise ConfigError("train.train.mix.manifest is set by the recipe runner; set data.source_train (or, for "
                               "synth, data.source_train_minutes) instead")
@@ -384,12 +393,26 @@ class RecipeRunner:
         config = {k: _lookup(self.data, k) for k in keys}
         if "source" in keys:
             config["source_weights"] = self.source_digest()
+        if "data" in keys:
+            config["data"] = self._data_inputs(config["data"])
         if n == 0 and self.config.data.kind == "commonvoice":
             config["cv_root"] = self.cv_root or (self.marker(0) or {}).get("inputs", {}).get("config", {}).get(
                 "cv_root"
             )
         deps = {str(d): [(self.marker(d) or {}).get("hash"), (self.marker(d) or {}).get("finished")] for d in spec.deps}
         return {"config": config, "deps": deps}
+
+    def _data_inputs(self, data: dict) -> dict:
+        """The data section as stage 0 depends on it: with data.train_manifest, that file's sha256 too (an edited
+        manifest reruns the stages that read it); without, no train_manifest key at all, so that the markers of
+        output folders made before the key existed still hold."""
+        data = dict(data)
+        given = data.pop("train_manifest", None)
+        if given is not None:
+            path = Path(given).expanduser()
+            data["train_manifest"] = given
+            data["train_manifest_sha256"] = sha256_files([path]).hexdigest()[:16] if path.is_file() else None
+        return data
 
     @staticmethod
     def digest(obj) -> str:

@@ -33,7 +33,7 @@ from .evaluation import baseline, evaluate, result_line, tune_lm
 from .files import read_json_or
 from .inference import InferenceOptions, as_recognizer
 from .lm import build_lm
-from .manifest import read_manifest, write_manifest
+from .manifest import is_marked, read_manifest, write_manifest
 from .provenance import update_record
 from .pseudolabel import LabelFilter, format_summary, label_accuracy, pseudo_label
 from .report import build_report
@@ -59,6 +59,7 @@ from .zeroshot import FOLDER as ZERO_SHOT_LM_FOLDER
 from .zeroshot import SOURCE_LANG, write_spelled_lexicon
 
 SPLITS = ("train", "dev", "test")
+CORPUS_TRAIN = "train-corpus"  # data/train-corpus.jsonl: the corpus's own train split when data.train_manifest is set
 UNTRANSCRIBED = "untranscribed"  # data/untranscribed.jsonl: the synthetic self-training pool, text withheld
 TRUTH = "untranscribed-truth"  # its true text: scores the pseudo-labels, never trains
 SELF_TRAINED = "self-trained"
@@ -86,6 +87,8 @@ def stage_data(r, resume: bool = False) -> dict:
         raise UserError("data.source_test: manifest not found", path=source_test)
     if d.source_train and not Path(d.source_train).expanduser().is_file():
         raise UserError("data.source_train: manifest not found", path=d.source_train)
+    if d.train_manifest:
+        given_train = read_manifest(Path(d.train_manifest).expanduser())  # bad lines fail before minutes of synthesis
     if d.kind == "synth":
         pool_minutes = cfg.selftrain.untranscribed_minutes if cfg.selftrain.enabled else 0.0
         # dev/test as a corpus of d.minutes would hold them (their default is a share of the train minutes).
@@ -119,7 +122,18 @@ def stage_data(r, resume: bool = False) -> dict:
         r.log(summary.format())
         if d.train_minutes is not None:
             _subset_train(r.manifest("train"), d.train_minutes * 60, d.seed, r.log)
+    if d.train_manifest:
+        r.manifest("train").replace(r.manifest(CORPUS_TRAIN))
+        write_manifest(r.manifest("train"), given_train, relative=False)
     facts = {split: _split_facts(r.manifest(split)) for split in SPLITS}
+    if d.train_manifest:
+        facts["train"]["from"] = str(Path(d.train_manifest).expanduser().resolve())
+        facts[CORPUS_TRAIN] = _split_facts(r.manifest(CORPUS_TRAIN))
+        t = facts["train"]
+        r.log(f"train: {t['utterances']} lines, {t['minutes']:.1f} min from data.train_manifest "
+              f"({t.get('marked', 0)} marked by align, {t.get('marked_minutes', 0):.1f} min: training skips them); "
+              f"the corpus's own train split ({facts[CORPUS_TRAIN]['minutes']:.1f} min) is kept as "
+              f"{r.manifest(CORPUS_TRAIN)}, not trained on")
     if r.manifest(UNTRANSCRIBED).is_file():
         facts[UNTRANSCRIBED] = _split_facts(r.manifest(UNTRANSCRIBED))
     if source_test is not None:
@@ -197,9 +211,14 @@ def _score_kept_head(r, model, system: str, source_dir: Path) -> dict | None:
 
 
 def _split_facts(path: Path) -> dict:
+    """Utterances, minutes and speakers of a split; with segments ``align`` marked, those too (training skips them)."""
     utts = read_manifest(path)
-    return {"utterances": len(utts), "minutes": round(sum(u.duration for u in utts) / 60, 3),
-            "speakers": len({u.speaker for u in utts if u.speaker})}
+    facts = {"utterances": len(utts), "minutes": round(sum(u.duration for u in utts) / 60, 3),
+             "speakers": len({u.speaker for u in utts if u.speaker})}
+    marked = [u for u in utts if is_marked(u)]
+    if marked:
+        facts.update(marked=len(marked), marked_minutes=round(sum(u.duration for u in marked) / 60, 3))
+    return facts
 
 
 def _subset_train(path: Path, budget_s: float, seed: int, log) -> None:

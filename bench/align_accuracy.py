@@ -28,19 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from asr_transfer.audio import SAMPLE_RATE, load_audio, write_wav  # noqa: E402
+from books import write_book  # noqa: E402
+
 from asr_transfer.manifest import read_manifest  # noqa: E402
 
-PAUSE_S = (0.2, 1.5)  # s, uniform, between utterances
-NOISE_DB = -70.0  # dBFS white noise under the whole book
-ONSET_FRACTION = 0.01  # a clip's speech starts at its first sample above this share of its peak
 DEFAULT_MODEL = ROOT / "models" / "en-synth-small"
-
-
-def speech_edges(x: np.ndarray) -> tuple[int, int]:
-    """First and last sample above :data:`ONSET_FRACTION` of the peak of a ``(samples,)`` clip."""
-    loud = np.flatnonzero(np.abs(x) > ONSET_FRACTION * np.abs(x).max())
-    return int(loud[0]), int(loud[-1])
 
 
 def build_book(out_dir: Path, minutes: float, seed: int = 0, delete: float = 0.0, jobs: int = 2) -> dict:
@@ -54,30 +46,11 @@ def build_book(out_dir: Path, minutes: float, seed: int = 0, delete: float = 0.0
     corpus = out_dir.parent / f"corpus-{minutes:g}min-seed{seed}"
     paths = prepare_synth("de", corpus, minutes=0.05, seed=seed, dev_minutes=0.05, test_minutes=minutes, jobs=jobs)
     utts = read_manifest(paths["test"])
-    rng = np.random.default_rng(seed)
     n = len(utts)
     lo = int(round(n * (0.5 - delete / 2)))
     hi = lo + int(round(n * delete))
-    pieces, truth, sentences = [], [], []
-    position = 0
-    for k, u in enumerate(utts):
-        pause = np.zeros(int(rng.uniform(*PAUSE_S) * SAMPLE_RATE), np.float32) if k else np.zeros(0, np.float32)
-        x = load_audio(u.audio_filepath)
-        a, b = speech_edges(x)
-        position += len(pause)
-        truth.append({"start": (position + a) / SAMPLE_RATE, "end": (position + b + 1) / SAMPLE_RATE,
-                      "text": u.text, "deleted": lo <= k < hi})
-        pieces += [pause, x]
-        position += len(x)
-        if not lo <= k < hi:
-            sentences.append(u.text)
-    wave = np.concatenate(pieces)
-    wave += (10 ** (NOISE_DB / 20) * rng.standard_normal(len(wave))).astype(np.float32)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_wav(out_dir / "book.wav", wave)
-    (out_dir / "book.txt").write_text(". ".join(sentences) + ".", encoding="utf-8")
-    record = {"minutes": round(len(wave) / SAMPLE_RATE / 60, 3), "utterances": n, "deleted": [lo, hi],
-              "utterances_truth": truth}
+    record = write_book(utts, out_dir / "book.wav", np.random.default_rng(seed), text_left_out=range(lo, hi))
+    record["deleted"] = [lo, hi]
     (out_dir / "truth.json").write_text(json.dumps(record, ensure_ascii=False, indent=1), encoding="utf-8")
     return record
 

@@ -216,3 +216,58 @@ def test_lm_exclusion_drops_pieces_of_a_test_sentence(tmp_path):
     record = json.loads((out / "lm.json").read_text())
     assert record["sentences_excluded_within"] == 2 and record["sentences_used"] == 2
     assert "läuft" not in (out / "unigrams.txt").read_text().split()
+
+
+@pytest.mark.slow
+def test_aligned_train_micro_trains_on_aligned_books_and_compares_on_one_test_split(tmp_path, tiny, monkeypatch):
+    """The recipe twice (true train split; the same audio as books, cut by `align` with the shipped English source),
+    compared on the same test utterances. A tiny random model trained 2 steps: mechanics, not quality."""
+    import aligned_train
+    from test_recipe import LM_TEXT, TINY_SYNTH
+
+    from asr_transfer.manifest import read_manifest
+
+    pytest.importorskip("soxr")
+    text = tmp_path / "lm.txt"
+    text.write_text(LM_TEXT, encoding="utf-8")
+    sets = [*TINY_SYNTH, "--set", f"source={tiny['src']}", "--set", f'lm.text_files=["{text}"]',
+            "--set", "lm.order=2", "--set", "train.stages.0.steps=2", "--set", "train.stages.1.steps=2",
+            "--set", 'train.stages.1.train=["head", "layers.-1:"]', "--set", "train.data.max_batch_s=20",
+            "--set", "eval.beam_size=4", "--set", "eval.alphas=[0.5]", "--set", "eval.betas=[0.0]",
+            "--set", "data.source_train_minutes=0.1", "--set", "data.source_test_minutes=0.05"]
+    # The second pass aligns with the first aligned run's model; the tiny random one here would mark every segment,
+    # so it aligns with the shipped source again (the mechanics: a second alignment, a third run, its comparison).
+    shipped = ROOT / "models" / "en-synth-small"
+    monkeypatch.setattr(aligned_train, "trained_model_dir", lambda run_dir, which: shipped)
+    assert aligned_train.main(["--out", str(tmp_path / "w"), "--chapters", "2", "--second-pass", "--lost-control",
+                               "--context-s", "0.3", *sets]) == 0
+    result = json.loads((tmp_path / "w" / "comparison.json").read_text())
+    assert result["books"]["chapters"] == 2 and sorted(p.name for p in (tmp_path / "w" / "books").glob("*.txt")) == [
+        "chapter-01.txt", "chapter-02.txt"]
+    wide = result["passes"].pop("aligned, 0.3 s context")
+    assert wide["same_test_split"] and wide["train"]["train_utterances"] == wide["utterances"]
+    widened = read_manifest(wide["manifest"])
+    aligned = read_manifest(tmp_path / "w" / "aligned-segments" / "manifest.jsonl")
+    for w, a in zip(widened, aligned):  # the same letters, more audio around them
+        assert w.offset <= a.offset and w.offset + w.duration >= a.offset + a.duration
+        assert w.extra["align_start"] - w.offset <= 0.3 + 1e-3 and w.text == a.text
+    assert sum(w.duration for w in widened) > sum(a.duration for a in aligned)
+    control = result["passes"].pop("true clips of the kept segments")
+    marked = result["passes"]["aligned"]["segments"]["marked"]
+    assert control["utterances"] == result["passes"]["aligned"]["segments"]["true_utterances"] - marked
+    assert control["same_test_split"] and control["train"]["train_utterances"] == control["utterances"]
+    assert list(result["passes"]) == ["aligned", "realigned"]
+    assert result["passes"]["realigned"]["model"] == str(shipped)
+    for one in result["passes"].values():
+        seg = one["segments"]
+        assert seg["segments"] == seg["kept"] + seg["marked"] > 0 and seg["true_utterances"] > 0
+        assert one["start_accuracy"]["starts"] == seg["true_utterances"]
+        assert {k: sum(v.values()) for k, v in one["against_truth"].items()} == {"kept": seg["kept"],
+                                                                                "marked": seg["marked"]}
+        # The run trained on the aligned segments, minus the marked ones.
+        assert one["train"]["skipped"]["by_reason"].get("marked by align", 0) == seg["marked"]
+        assert one["same_test_split"]  # stage 0 of both runs: the same test utterances, the same audio bytes
+        for decoder in ("greedy", "+ LM"):
+            row = one["comparison"][decoder]
+            assert row["paired_utterances"] == row["true"]["n_utterances"] == row["aligned"]["n_utterances"]
+            assert 0 <= row["p_aligned_better"]["cer"] <= 1 and 0 <= row["p_true_better"]["cer"] <= 1

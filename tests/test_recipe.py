@@ -422,3 +422,68 @@ def test_two_heads_in_a_recipe_score_the_kept_english_head_into_retention(tmp_pa
     assert re.search(r"adapted \(greedy\)\s+own\s", table) and re.search(r"adapted \(greedy\)\s+kept en\s", table)
     section = (out / "report" / "report.md").read_text().split("## Source language")[1]
     assert "| adapted (greedy) | kept en |" in section and "| adapted (greedy) | own |" in section
+
+
+def _long_recording_manifest(folder: Path) -> Path:
+    """An `asr-transfer align`-style manifest: three segments of one long file, one of them marked."""
+    import numpy as np
+
+    from asr_transfer.audio import write_wav
+
+    t = np.arange(12 * 16000) / 16000
+    noise = 0.01 * np.random.default_rng(0).normal(size=t.size)
+    write_wav(folder / "book.wav", 0.3 * np.sin(2 * np.pi * 220 * t) + noise)
+    rows = [{"audio_filepath": "book.wav", "offset": 0.5, "duration": 2.5, "text": "Guten Morgen.", "id": "book-1",
+             "align_score": -0.9},
+            {"audio_filepath": "book.wav", "offset": 4.0, "duration": 3.0, "text": "Das Haus ist groß.", "id": "book-2",
+             "align_score": -1.1},
+            {"audio_filepath": "book.wav", "offset": 8.0, "duration": 3.5, "text": "Nicht gesagt.", "id": "book-3",
+             "align_score": -4.0, "align_flag": "low_score"}]
+    manifest = folder / "aligned.jsonl"
+    manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return manifest
+
+
+def test_train_manifest_replaces_the_train_split_and_its_contents_are_part_of_stage_0(tmp_path, capsys):
+    """data.train_manifest (e.g. `align`'s segments): stage 0 keeps dev/test, keeps the corpus's train split apart,
+    counts the marked segments; validate and the LM read the given segments; editing the file reruns stage 0, and
+    a recipe that leaves the key unset hashes as before the key existed (its old markers hold)."""
+    from asr_transfer.recipe import RecipeRunner
+
+    manifest = _long_recording_manifest(tmp_path)
+    out = tmp_path / "exp"
+    args = ["de-synth", "--out", out, "--stop-stage", 1, *TINY_SYNTH, "--set", f"data.train_manifest={manifest}"]
+    rc, stdout, stderr = recipe(capsys, *args)
+    assert rc == 0, stderr
+    train = read_manifest(out / "data" / "train.jsonl")
+    assert [u.id for u in train] == ["book-1", "book-2", "book-3"]
+    assert {u.audio_filepath for u in train} == {str(tmp_path / "book.wav")} and train[1].offset == 4.0
+    assert read_manifest(out / "data" / "train-corpus.jsonl")  # the synthetic train split, not trained on
+    facts = markers(out)[0]["result"]["train"]
+    assert facts["utterances"] == 3 and facts["marked"] == 1 and facts["marked_minutes"] == round(3.5 / 60, 3)
+    assert "1 marked by align" in stdout
+    assert json.loads((out / "validate" / "train.json").read_text())["utterances"] == 2  # the marked one skipped
+    rc, stdout, _ = recipe(capsys, *args)
+    assert rc == 0 and stdout.count("skipping") == 2
+    manifest.write_text(manifest.read_text().replace("Guten Morgen", "Guten Abend"), encoding="utf-8")
+    rc, stdout, _ = recipe(capsys, *args)
+    assert rc == 0 and "stage 0 (data): its config changed since it ran (data); rerunning" in stdout
+    assert read_manifest(out / "data" / "train.jsonl")[0].text == "Guten Abend."
+
+    name, config, _ = load_recipe("de-synth")
+    data_inputs = RecipeRunner(name, config, tmp_path / "plain").stage_inputs(0)["config"]["data"]
+    assert "train_manifest" not in data_inputs and "train_manifest_sha256" not in data_inputs
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.train_manifest={tmp}/no.jsonl", "no.jsonl"),
+    ("data.train_manifest={tmp}/aligned.jsonl", "set one of them"),
+    ("train.data.train_manifest={tmp}/aligned.jsonl", "set data.train_manifest (a train split of your own)"),
+])
+def test_train_manifest_errors_are_one_line_before_any_synthesis(override, message, tmp_path, capsys):
+    _long_recording_manifest(tmp_path)
+    extra = ["--set", "data.train_minutes=1"] if "set one" in message else []
+    rc, _, stderr = recipe(capsys, "de-synth", "--out", tmp_path / "exp", "--stop-stage", 0,
+                           "--set", override.format(tmp=tmp_path), *extra)
+    assert rc == 1 and stderr.count("\n") == 1 and message in stderr, stderr
+    assert not (tmp_path / "exp" / "data" / "train.jsonl").exists()

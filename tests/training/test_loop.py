@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -65,6 +66,40 @@ def test_cached_and_uncached_training_give_the_same_losses(tmp_path, corpus):
         losses[cache] = [r["loss"] for r in _metrics(tmp_path / str(cache) / "run", "train")]
     assert len(losses[True]) == len(losses[False]) > 10
     assert losses[True] == pytest.approx(losses[False], rel=1e-5, abs=1e-6)
+
+
+def test_segments_of_one_long_file_train_exactly_like_the_clips(tmp_path, corpus):
+    """An `asr-transfer align` manifest: offset/duration slices of one long recording (the clips joined with pauses)
+    read the same samples as the clips, so the (cached) run's losses equal the clips' run; a marked segment is
+    skipped and counted, and every segment is its own cache entry."""
+    from asr_transfer.audio import SAMPLE_RATE, load_audio, write_wav
+    from asr_transfer.manifest import Utterance, read_manifest, write_manifest
+    from asr_transfer.training.loop import train
+
+    source, clips, dev = corpus
+    pieces, segments, position = [], [], 0
+    for k, u in enumerate(read_manifest(clips)):
+        pause = np.full(SAMPLE_RATE // 2 + 37 * k, 0.001, np.float32)  # not a whole number of CTC frames
+        x = load_audio(u.audio_filepath)
+        position += len(pause)
+        segments.append(Utterance("long.wav", u.duration, u.text, offset=position / SAMPLE_RATE, id=u.id,
+                                  speaker=u.speaker, extra={"align_score": -0.5}))
+        pieces += [pause, x]
+        position += len(x)
+    write_wav(tmp_path / "long.wav", np.concatenate(pieces))
+    marked = Utterance("long.wav", 0.5, "nicht gesagt", offset=0.0, id="marked", extra={"align_flag": "low_score"})
+    manifest = tmp_path / "segments.jsonl"
+    manifest.write_text("".join(u.to_json() + "\n" for u in [*segments, marked]), encoding="utf-8")
+    losses, summaries = {}, {}
+    for name, train_manifest in (("clips", clips), ("segments", manifest)):
+        cfg = tiny_config(tmp_path / name, source, train_manifest, dev, **{"train.cache": "true"})
+        train(cfg, progress=False)
+        losses[name] = [r["loss"] for r in _metrics(tmp_path / name / "run", "train")]
+        summaries[name] = json.loads((tmp_path / name / "run" / "train_summary.json").read_text())
+    assert len(losses["segments"]) > 10
+    assert losses["segments"] == pytest.approx(losses["clips"], rel=1e-6, abs=1e-7)
+    assert summaries["segments"]["skipped"]["by_reason"] == {"marked by align": 1}
+    assert summaries["segments"]["train_utterances"] == summaries["clips"]["train_utterances"] == len(segments)
 
 
 def test_loader_threads_give_the_same_batches_and_skip_a_bad_file_alone(tmp_path, corpus):

@@ -119,50 +119,14 @@ def export_onnx(model, out_dir: str | os.PathLike | None = None, int8: bool = Tr
     return atomic_folder_write(out_dir, write)
 
 
-class _FramedConv(nn.Module):
-    """The CNN's first convolution (one input channel, kernel a multiple of its stride) as frames @ weights.
-
-    ONNX Runtime's ``Conv`` is slow on a one-channel input: at base size (kernel 10, stride 5, 512 channels) this
-    layer, with few operations, took 21.5 % of an int8 run's kernel time, twice the next convolution's (ONNX Runtime
-    profile, 15 clips). Cut the wave into stride-long blocks; frame ``t`` is blocks ``t … t + k - 1`` side by side,
-    so the layer is one matrix product. Same output as the convolution up to float rounding (the export's check).
-    """
-
-    def __init__(self, conv: nn.Conv1d):
-        super().__init__()
-        self.stride = conv.stride[0]
-        self.blocks = conv.kernel_size[0] // self.stride
-        self.weight = nn.Parameter(conv.weight.detach()[:, 0, :].T.contiguous(), requires_grad=False)  # (k, C)
-        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach(), requires_grad=False)
-
-    @staticmethod
-    def applies(conv: nn.Module) -> bool:
-        return (isinstance(conv, nn.Conv1d) and conv.in_channels == 1 and conv.groups == 1 and conv.padding == (0,)
-                and conv.dilation == (1,) and conv.kernel_size[0] % conv.stride[0] == 0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (batch, 1, samples) → (batch, channels, frames)
-        n = x.shape[-1] // self.stride
-        blocks = x[:, 0, : n * self.stride].reshape(x.shape[0], n, self.stride)
-        frames = torch.cat([blocks[:, i : n - self.blocks + 1 + i] for i in range(self.blocks)], dim=-1)
-        out = frames @ self.weight
-        if self.bias is not None:
-            out = out + self.bias
-        return out.transpose(1, 2)
-
-
 def _export_graph(net: nn.Module, path: Path) -> None:
     # Eager attention: the SDPA path exports with NaN guards (IsNaN, Where) around every softmax, and its graph ran
     # about 5 % slower in ONNX Runtime (base size, 30 clips: fp32 6.76 s against 6.48 s, int8 4.30 s against 4.08 s).
     previous = net.config._attn_implementation
-    first = net.wav2vec2.feature_extractor.conv_layers[0]
-    conv = first.conv
     net.set_attn_implementation("eager")
-    if _FramedConv.applies(conv):
-        first.conv = _FramedConv(conv)
     try:
         _trace(net, path)
     finally:
-        first.conv = conv
         net.set_attn_implementation(previous)
 
 

@@ -187,20 +187,3 @@ def test_evaluate_scores_an_export(exported, tmp_path):
     assert scores["onnx"]["engine"] == "onnx" and scores["torch"]["engine"] == "torch"
     assert scores["onnx"]["model_params"] is None
     assert scores["onnx"]["cer"] == scores["torch"]["cer"] and scores["onnx"]["wer"] == scores["torch"]["wer"]
-
-
-def test_the_first_conv_as_frames_at_weights_equals_the_convolution():
-    import torch
-
-    from asr_transfer.onnx_export import _FramedConv
-
-    torch.manual_seed(0)
-    for kernel, stride in [(10, 5), (6, 2), (4, 4)]:
-        conv = torch.nn.Conv1d(1, 8, kernel, stride=stride, bias=True)
-        assert _FramedConv.applies(conv)
-        framed = _FramedConv(conv)
-        for samples in (kernel, kernel + 1, 97, 400, 1234):
-            x = torch.randn(2, 1, samples)
-            torch.testing.assert_close(framed(x), conv(x), atol=1e-5, rtol=1e-5)
-    assert not _FramedConv.applies(torch.nn.Conv1d(1, 8, 3, stride=2))  # kernel not a multiple of the stride
-    assert not _FramedConv.applies(torch.nn.Conv1d(2, 8, 10, stride=5))

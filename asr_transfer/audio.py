@@ -263,3 +263,25 @@ def frames_for_samples(num_samples: int, conv_kernel=(10, 3, 3, 3, 3, 2, 2), con
         if length <= 0:
             return 0
     return length
+
+
+class FrameGeometry:
+    """How a recognizer's CNN maps input samples to output frames; needs ``conv_kernel``, ``conv_stride`` and
+    ``sample_rate`` attributes (both inference engines have them)."""
+
+    conv_kernel: tuple[int, ...]
+    conv_stride: tuple[int, ...]
+    sample_rate: int
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Input samples per output frame (320 for wav2vec2: 20 ms at 16 kHz)."""
+        return int(np.prod(self.conv_stride))
+
+    @property
+    def frame_stride_s(self) -> float:
+        return self.samples_per_frame / self.sample_rate
+
+    def frames_for(self, num_samples: int) -> int:
+        """Output frames for ``num_samples`` input samples (the conv length formula; 0 below the receptive field)."""
+        return frames_for_samples(int(num_samples), self.conv_kernel, self.conv_stride)

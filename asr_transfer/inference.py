@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, frames_for_samples, normalize_wave
+from .audio import SAMPLE_RATE, FrameGeometry, normalize_wave
 from .errors import UserError
 from .onnx_engine import ENGINES, OnnxRecognizer, find_export
 from .precision import PRECISIONS, check_precision
@@ -83,7 +83,7 @@ def plan_batches(lengths: Sequence[int], max_samples: int, min_fill: float = 0.8
     return batches
 
 
-class Recognizer:
+class Recognizer(FrameGeometry):
     """A loaded CTC model ready for batched inference on one device.
 
     ``loaded`` is a :class:`asr_transfer.model.load.LoadedModel` (or anything with ``.model``, ``.processor``,
@@ -126,19 +126,6 @@ class Recognizer:
         self.vocab: list[str] = list(loaded.vocab)
         self.blank_id: int = int(loaded.blank_id)
         self.lang = getattr(loaded, "lang", None)
-
-    @property
-    def samples_per_frame(self) -> int:
-        """Input samples per output frame (320 for wav2vec2: 20 ms at 16 kHz)."""
-        return int(np.prod(self.conv_stride))
-
-    @property
-    def frame_stride_s(self) -> float:
-        return self.samples_per_frame / self.sample_rate
-
-    def frames_for(self, num_samples: int) -> int:
-        """Output frames for ``num_samples`` input samples (the conv length formula; 0 below the receptive field)."""
-        return frames_for_samples(int(num_samples), self.conv_kernel, self.conv_stride)
 
     def log_probs(self, waves: Sequence[np.ndarray], normalized: bool = False) -> list[np.ndarray]:
         """Per-frame log-softmax for each mono 16 kHz ``(samples,)`` wave, in input order.

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, frames_for_samples, normalize_wave
+from .audio import SAMPLE_RATE, FrameGeometry, normalize_wave
 from .errors import ModelError, UserError
 
 ONNX_META_FILE = "onnx.json"
@@ -139,7 +139,7 @@ def onnx_precision(precision: str, meta: dict) -> str:
     return precision
 
 
-class OnnxRecognizer:
+class OnnxRecognizer(FrameGeometry):
     """An exported model ready for inference with ONNX Runtime on the CPU (see the module docstring).
 
     ``options``: an :class:`asr_transfer.inference.InferenceOptions`; its ``batch_s`` does not apply (one clip per
@@ -182,19 +182,6 @@ class OnnxRecognizer:
             record = ModelRecord.from_dict(meta["record"], path=folder / ONNX_META_FILE)
         self.loaded = OnnxModel(str(folder), self.vocab, self.blank_id, meta.get("lang") or "",
                                 meta.get("normalizer") or "", record, meta)
-
-    @property
-    def samples_per_frame(self) -> int:
-        """Input samples per output frame (320 for wav2vec2: 20 ms at 16 kHz)."""
-        return int(np.prod(self.conv_stride))
-
-    @property
-    def frame_stride_s(self) -> float:
-        return self.samples_per_frame / self.sample_rate
-
-    def frames_for(self, num_samples: int) -> int:
-        """Output frames for ``num_samples`` input samples (0 below the receptive field)."""
-        return frames_for_samples(int(num_samples), self.conv_kernel, self.conv_stride)
 
     def log_probs(self, waves: Sequence[np.ndarray], normalized: bool = False) -> list[np.ndarray]:
         """Per-frame log-softmax for each mono 16 kHz ``(samples,)`` wave: ``(frames, vocab)`` float32 arrays.

@@ -51,6 +51,27 @@ def make_corpus(out: Path, n_train: int = 18, n_dev: int = 6, seed: int = 0) -> 
     return write_manifest(out / "train.jsonl", utts[:n_train]), write_manifest(out / "dev.jsonl", utts[n_train:])
 
 
+# English replay text in letters the tiny German head has (built from TEXTS), and "it's cool", whose apostrophe the
+# German head lacks and an English head has.
+ENGLISH = ["the sun is hot", "a red dog", "the lion is on the hill", "it's cool"]
+
+
+def make_replay_corpus(out: Path) -> tuple[Path, Path, Path, Path]:
+    """(source model, German train, German dev, English replay manifest) for the replay and two-head tests.
+
+    The replay manifest reuses the target's ids (u0, u1, ...): cache keys and skips must keep them apart.
+    """
+    from dataclasses import replace
+
+    from asr_transfer.manifest import read_manifest, write_manifest
+
+    train, dev = make_corpus(out)
+    eng, _ = make_corpus(out / "en", n_train=12, n_dev=1, seed=1)
+    utts = [replace(u, text=ENGLISH[i % len(ENGLISH)], lang="en") for i, u in enumerate(read_manifest(eng))]
+    write_manifest(eng, utts)
+    return make_source_model(out / "src"), train, dev, eng
+
+
 def tiny_config(tmp: Path, source: Path, train: Path, dev: Path, **overrides):
     """A 3-stage TrainConfig over the tiny corpus; ``overrides`` are ``--set`` style ``key=value`` pairs."""
     from asr_transfer.config import TrainConfig, load_config

@@ -3,33 +3,22 @@ exact resume, and the saved folders (the target one as before, heads/en/ a stand
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_fixtures import make_corpus, make_source_model, tiny_config
+from train_fixtures import make_replay_corpus, tiny_config
 
-from asr_transfer.manifest import read_manifest, write_manifest
 from asr_transfer.model.forward import ctc_loss_per_utt
 from asr_transfer.model.heads import TARGET, logits_by_head
 from asr_transfer.model.record import head_folder
 from asr_transfer.training.heads import TrainHeads
 
-# English replay text; "it's cool" has the apostrophe a German head lacks and the English head has.
-ENGLISH = ["the sun is hot", "a red dog", "the lion is on the hill", "it's cool"]
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    train, dev = make_corpus(d)
-    eng, _ = make_corpus(d / "en", n_train=12, n_dev=1, seed=1)
-    utts = [replace(u, text=ENGLISH[i % len(ENGLISH)], lang="en") for i, u in enumerate(read_manifest(eng))]
-    write_manifest(eng, utts)
-    return make_source_model(d / "src"), train, dev, eng
+    return make_replay_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def _cfg(tmp: Path, corpus, **over):

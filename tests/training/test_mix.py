@@ -9,25 +9,15 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_fixtures import make_corpus, make_source_model, tiny_config
+from train_fixtures import make_replay_corpus, tiny_config
 
 from asr_transfer.manifest import read_manifest, write_manifest
 from asr_transfer.training.data import BucketSampler
 from asr_transfer.training.mix import MixSampler, letters_outside
 
-# English replay text in letters the tiny German head has (built from train_fixtures.TEXTS), and one that is not.
-ENGLISH = ["the sun is hot", "a red dog", "the lion is on the hill", "it's cool"]
-
-
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    train, dev = make_corpus(d)
-    # The replay manifest reuses the target's ids (u0, u1, ...): cache keys and skips must keep them apart.
-    eng, _ = make_corpus(d / "en", n_train=12, n_dev=1, seed=1)
-    utts = [replace(u, text=ENGLISH[i % len(ENGLISH)], lang="en") for i, u in enumerate(read_manifest(eng))]
-    write_manifest(eng, utts)
-    return make_source_model(d / "src"), train, dev, eng
+    return make_replay_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def _cfg(tmp: Path, corpus, **over):

@@ -247,8 +247,12 @@ def aligned_pass(out: Path, label: str, recipe: str, sets: list[str], model: Pat
             "segments": segment_facts(out / "true" / "data" / "train.jsonl", segments / "manifest.jsonl"),
             "start_accuracy": start_accuracy(truth, segments / "manifest.jsonl"),
             "against_truth": segments_against_truth(truth, segments / "manifest.jsonl"),
-            "train": _train_facts(out / label),
-            "same_test_split": same_test_split(out / "true", out / label),
+            **against_true(out, label)}
+
+
+def against_true(out: Path, label: str) -> dict:
+    """The run ``OUT/<label>``'s training facts and its comparison with ``OUT/true`` on the same test split."""
+    return {"train": _train_facts(out / label), "same_test_split": same_test_split(out / "true", out / label),
             "comparison": comparison(out / "true", out / label)}
 
 
@@ -266,10 +270,9 @@ def run(out: Path, recipe: str, chapters: int, model: Path, max_s: float, sets: 
         kept = true_clips_of_kept(truth, out / "aligned-segments" / "manifest.jsonl",
                                   out / "true" / "data" / "train.jsonl", out / "true-kept-clips" / "train.jsonl")
         walls["true_kept_recipe_s"] = _recipe(recipe, out / "true-kept", [*sets, f"data.train_manifest={kept}"])
-        passes["true clips of the kept segments"] = {
-            "manifest": str(kept), "utterances": len(read_manifest(kept)), "minutes": _minutes(read_manifest(kept)),
-            "train": _train_facts(out / "true-kept"), "same_test_split": same_test_split(out / "true", out / "true-kept"),
-            "comparison": comparison(out / "true", out / "true-kept")}
+        clips = read_manifest(kept)
+        passes["true clips of the kept segments"] = {"manifest": str(kept), "utterances": len(clips),
+                                                     "minutes": _minutes(clips), **against_true(out, "true-kept")}
     if context_s is not None:
         label = f"aligned, {context_s:g} s context"
         wide = widened(out / "aligned-segments" / "manifest.jsonl", out / "wide-segments" / "manifest.jsonl",
@@ -277,14 +280,13 @@ def run(out: Path, recipe: str, chapters: int, model: Path, max_s: float, sets: 
         walls["wide_recipe_s"] = _recipe(recipe, out / "aligned-wide", [*sets, f"data.train_manifest={wide}"])
         kept = [u for u in read_manifest(wide) if not is_marked(u)]
         passes[label] = {"manifest": str(wide), "utterances": len(kept), "minutes": _minutes(kept),
-                         "train": _train_facts(out / "aligned-wide"),
-                         "same_test_split": same_test_split(out / "true", out / "aligned-wide"),
-                         "comparison": comparison(out / "true", out / "aligned-wide")}
+                         **against_true(out, "aligned-wide")}
     if second_pass:
         adapted = trained_model_dir(out / "aligned" / "train", "best")
         passes["realigned"] = aligned_pass(out, "realigned", recipe, sets, adapted, max_s, truth, walls)
     result = {"recipe": recipe, "sets": sets,
-              "books": {**truth, "books": [{k: b[k] for k in ("name", "minutes", "utterances")} for b in truth["books"]]},
+              "books": {**truth,
+                        "books": [{k: b[k] for k in ("name", "minutes", "utterances")} for b in truth["books"]]},
               "train_true": _train_facts(out / "true"), "passes": passes,
               "wall_s_this_call": {k: round(v, 1) for k, v in walls.items()},
               "machine": {**machine, "load_after": loadavg()}}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..onnx_engine import ENGINES
 from ..precision import PRECISIONS
 
 
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-pickle", action="store_true",
                         help="allow pickled pytorch_model.bin / .pt weights; unpickling can run arbitrary code, so "
                              "only for models from a source you trust (convert them to safetensors instead)")
-    parser.add_argument("--engine", choices=("torch", "onnx", "auto"), default="torch",
+    parser.add_argument("--engine", choices=ENGINES, default="torch",
                         help="torch (default, the reference); onnx: score the model's ONNX export (export-onnx), "
                              "e.g. its --precision int8")
     parser.add_argument("--name", default=None, help="system name in reports (default: the --out folder name)")

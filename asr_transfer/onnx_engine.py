@@ -26,6 +26,7 @@ import numpy as np
 
 from .audio import SAMPLE_RATE, FrameGeometry, normalize_wave
 from .errors import ModelError, UserError
+from .model.record import RECORD_FILE, ModelRecord
 
 ONNX_META_FILE = "onnx.json"
 ONNX_SUBDIR = "onnx"  # export-onnx's default place inside a model folder
@@ -43,7 +44,7 @@ class OnnxModel:
     blank_id: int
     lang: str
     normalizer_name: str
-    record: Any  # the source model's ModelRecord, or None
+    record: Any  # the source model's ModelRecord (the export's asr_transfer.json), or None
     meta: dict
     model: None = None  # no torch module: what needs one (a head swap, training) takes the torch engine
 
@@ -175,11 +176,7 @@ class OnnxRecognizer(FrameGeometry):
         self.vocab: list[str] = list(meta["vocab"])
         self.blank_id: int = int(meta["blank_id"])
         self.lang = meta.get("lang")
-        record = None
-        if meta.get("record"):
-            from .model.record import ModelRecord
-
-            record = ModelRecord.from_dict(meta["record"], path=folder / ONNX_META_FILE)
+        record = ModelRecord.read(folder / RECORD_FILE) if (folder / RECORD_FILE).is_file() else None
         self.loaded = OnnxModel(str(folder), self.vocab, self.blank_id, meta.get("lang") or "",
                                 meta.get("normalizer") or "", record, meta)
 

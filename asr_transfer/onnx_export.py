@@ -28,6 +28,7 @@ from .errors import ModelError, UserError
 from .files import atomic_folder_write
 from .inference import InferenceOptions, Recognizer
 from .model.forward import unwrap
+from .model.record import RECORD_FILE
 from .onnx_engine import ONNX_FORMAT, ONNX_META_FILE, ONNX_SUBDIR, OnnxRecognizer, weights_fingerprint
 
 OPSET = 18  # the exporter's own default in torch 2.11
@@ -110,9 +111,11 @@ def export_onnx(model, out_dir: str | os.PathLike | None = None, int8: bool = Tr
             "feat_extract_norm": str(getattr(config, "feat_extract_norm", "group")),
             "source": str(loaded.path),
             "source_weights": weights_fingerprint(source_dir) if source_dir is not None else None,
-            "record": loaded.record.to_dict() if loaded.record is not None else None,
             "torch": torch.__version__,
         }
+        if loaded.record is not None:  # the model's record, where every reader of a model folder looks for it
+            (tmp / RECORD_FILE).write_text(json.dumps(loaded.record.to_dict(), indent=2, ensure_ascii=False) + "\n",
+                                           encoding="utf-8")
         meta["check"] = _check(tmp, meta, signal, reference)
         (tmp / ONNX_META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 

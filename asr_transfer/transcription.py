@@ -37,6 +37,7 @@ from .decode import DecodeOptions, Hypothesis, WordTiming
 from .errors import UserError
 from .inference import InferenceOptions, Recognizer, as_recognizer
 from .model.record import head_folder  # torch-free: the ONNX engine transcribes without importing torch
+from .onnx_engine import OnnxRecognizer
 
 # What soundfile (libsndfile 1.2) reads; m4a/aac/wma are not among them and are refused with a clear error.
 AUDIO_EXTENSIONS = frozenset({"wav", "wave", "flac", "ogg", "oga", "opus", "mp3", "aif", "aiff", "aifc", "au", "caf",
@@ -429,15 +430,15 @@ def _finish(path: Path, hyp: Hypothesis, duration_s: float, load_s: float, infer
 
 
 def model_for_lang(model, lang: str | None):
-    """``model``, or the folder of its head for ``lang`` (:func:`asr_transfer.model.heads.head_folder`).
+    """``model``, or the folder of its head for ``lang`` (:func:`asr_transfer.model.record.head_folder`).
 
-    A loaded model or recognizer of another language is looked up by its folder (``LoadedModel.path``).
+    A loaded model or recognizer (either engine) of another language is looked up by its folder (``.path``).
     """
     if lang is None:
         return model
     if isinstance(model, (str, Path)):
         return head_folder(model, lang)
-    loaded = model.loaded if isinstance(model, Recognizer) else model
+    loaded = model.loaded if isinstance(model, (Recognizer, OnnxRecognizer)) else model
     if getattr(loaded, "lang", None) == lang:
         return model
     path = getattr(loaded, "path", None)

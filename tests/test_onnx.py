@@ -14,6 +14,7 @@ from test_inference import build_tiny_model
 
 from asr_transfer.audio import write_wav
 from asr_transfer.errors import ModelError, UserError
+from asr_transfer.files import _umask
 from asr_transfer.inference import InferenceOptions, Recognizer, as_recognizer
 from asr_transfer.model.load import load_model
 from asr_transfer.onnx_engine import ONNX_META_FILE, OnnxRecognizer, find_export, read_meta
@@ -69,12 +70,6 @@ def test_export_records_what_inference_needs(exported):
     assert 0.0 <= meta["check"]["int8"]["argmax_agreement"] <= 1.0
     assert meta["source_weights"]["size"] == (exported / "model.safetensors").stat().st_size
     assert oct((exported / "onnx").stat().st_mode & 0o777) == oct(0o777 & ~_umask())
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def test_int8_runs_and_differs_from_fp32(exported):
@@ -187,3 +182,20 @@ def test_evaluate_scores_an_export(exported, tmp_path):
     assert scores["onnx"]["engine"] == "onnx" and scores["torch"]["engine"] == "torch"
     assert scores["onnx"]["model_params"] is None
     assert scores["onnx"]["cer"] == scores["torch"]["cer"] and scores["onnx"]["wer"] == scores["torch"]["wer"]
+
+
+def test_the_export_carries_the_models_record_and_answers_lang(tmp_path):
+    from asr_transfer.model.record import RECORD_FILE, ModelRecord
+    from asr_transfer.transcription import model_for_lang
+
+    folder = build_tiny_model(tmp_path / "m")
+    vocab = json.loads((folder / "vocab.json").read_text())
+    record = ModelRecord(lang="en", normalizer="en-v1", source_model="tiny", head_init="random", vocab=vocab)
+    (folder / RECORD_FILE).write_text(json.dumps(record.to_dict()))
+    out = export_onnx(folder, int8=False)
+    assert ModelRecord.read(out / RECORD_FILE).lang == "en"
+    recognizer = OnnxRecognizer(out, InferenceOptions(precision="fp32"))
+    assert recognizer.loaded.record.source_model == "tiny"
+    assert model_for_lang(recognizer, "en") is recognizer
+    with pytest.raises(UserError, match="no head for 'de'; it has: en"):
+        model_for_lang(recognizer, "de")

@@ -128,8 +128,8 @@ def head_folder(model_dir: str | os.PathLike, lang: str | None) -> str | os.Path
     own = record.lang if record is not None else "en"
     if lang == own:
         return model_dir
-    heads = dict((record.extra.get("heads") or {}) if record is not None else {})
-    if lang in heads and (folder / heads[lang] / "config.json").is_file():
-        return folder / heads[lang]
-    have = ", ".join([own, *sorted(heads)])
+    kept = kept_head_path(folder, lang)
+    if kept is not None:
+        return kept
+    have = ", ".join([own, *sorted((record.extra.get("heads") or {}) if record is not None else {})])
     raise UserError(f"--lang {lang}: this model has no head for {lang!r}; it has: {have}", path=folder)

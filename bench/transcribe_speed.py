@@ -138,8 +138,12 @@ def timed(cmd: list[str]) -> tuple[float, float]:
 
 
 def onnx_export(model: Path, work_dir: Path) -> tuple[Path, float | None]:
-    """The model's ONNX export under ``work_dir/onnx/`` (made once, by the CLI, timed), and its wall seconds."""
-    out = work_dir / "onnx" / f"{model.name}-{common.short_hash(model / 'model.safetensors')}"
+    """The model's ONNX export under ``work_dir/onnx/`` (made once per weights and exporter source, by the CLI,
+    timed), and its wall seconds; None when an earlier run made it."""
+    import asr_transfer.onnx_export
+
+    exporter = common.short_hash(Path(asr_transfer.onnx_export.__file__))
+    out = work_dir / "onnx" / f"{model.name}-{common.short_hash(model / 'model.safetensors')}-{exporter}"
     if (out / "onnx.json").is_file():
         return out, None
     cli = str(Path(sys.executable).with_name("asr-transfer"))

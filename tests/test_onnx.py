@@ -18,7 +18,7 @@ from asr_transfer.files import _umask
 from asr_transfer.inference import InferenceOptions, Recognizer, as_recognizer
 from asr_transfer.model.load import load_model
 from asr_transfer.onnx_engine import ONNX_META_FILE, OnnxRecognizer, find_export, read_meta
-from asr_transfer.onnx_export import export_onnx
+from asr_transfer.onnx_export import _FramewiseCNN, export_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 LENGTHS = [399, 400, 1234, 16000, 16000 * 3 + 17, 16000 * 7]  # below, at and above the receptive field
@@ -80,6 +80,50 @@ def test_int8_runs_and_differs_from_fp32(exported):
         assert a.shape == b.shape
     assert any(not np.allclose(a, b, atol=1e-5) for a, b in zip(fp32, int8) if len(a))  # really quantised
     np.testing.assert_allclose(np.exp(int8[-1]).sum(-1), 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("norm", ["group", "layer"])
+def test_the_framewise_cnn_computes_the_encoders_output(tmp_path, norm):
+    """The int8 graph's CNN (convolutions as matrix products over frames, each row scaled) is the model's CNN."""
+    import torch
+
+    model = load_model(build_tiny_model(tmp_path / norm, norm=norm)).model
+    encoder = model.wav2vec2.feature_extractor
+    if norm == "layer":  # cover a convolution bias too (transformers' layer-norm CNNs usually have one)
+        with torch.no_grad():
+            for layer in encoder.conv_layers:
+                layer.conv.bias = torch.nn.Parameter(0.1 * torch.randn(layer.conv.out_channels))
+    framewise = _FramewiseCNN(encoder).eval()
+    waves = [torch.from_numpy(w)[None] for w in _waves(6)[1:]] + [torch.zeros(1, 5000)]  # silence: no NaN
+    with torch.no_grad():
+        for x in waves:
+            want, got = encoder(x), framewise(x)
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    broken = _FramewiseCNN.supports(encoder)
+    encoder.conv_layers[2].layer_norm = torch.nn.GroupNorm(4, 32)  # a norm over time: not a per-frame product
+    assert broken and not _FramewiseCNN.supports(encoder) and not _FramewiseCNN.supports(None)
+
+
+def test_the_int8_file_quantises_the_cnn(exported):
+    """Only the one-channel first convolution and the positional convolution stay Conv in the int8 graph."""
+    import onnx
+
+    def ops(name):
+        return [n.op_type for n in onnx.load(str(exported / "onnx" / name)).graph.node]
+
+    assert ops("model.onnx").count("Conv") == 8  # seven CNN layers + the positional convolution
+    int8 = ops("model.int8.onnx")
+    assert int8.count("Conv") == 2 and int8.count("MatMulInteger") >= 6 + 2 * 6 + 1
+    assert read_meta(exported / "onnx")["int8_cnn"] == "framewise matmul"
+    assert not (exported / "onnx" / "model.int8-fp32.onnx").exists()
+
+
+def test_exporting_leaves_the_callers_model_as_it_was(tmp_path):
+    loaded = load_model(build_tiny_model(tmp_path / "m"))
+    encoder = loaded.model.wav2vec2.feature_extractor
+    export_onnx(loaded, tmp_path / "out")
+    assert loaded.model.wav2vec2.feature_extractor is encoder
 
 
 def test_engine_choice(exported, tmp_path):

@@ -120,7 +120,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(f"asr_transfer.commands.{COMMANDS[args.command][0]}")
     _quiet_library_progress()
     try:
-        return int(module.run(args) or 0)
+        try:
+            return int(module.run(args) or 0)
+        except BaseException as exc:
+            if "asr_transfer.provenance" in sys.modules:  # only then can a run record be open
+                sys.modules["asr_transfer.provenance"].record_failure(exc)
+            raise
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -3,7 +3,8 @@
 ``run.json`` is written atomically when the run starts and updated when it ends (or pauses). It holds what is needed
 to list, compare and reproduce the run without reading anything else (schema: ``docs/experiments.md``):
 
-* ``kind`` (train / evaluate / baseline), ``status`` (running / paused / finished), the command line, cwd, host, pid;
+* ``kind`` (train / evaluate / baseline), ``status`` (running / paused / finished, or failed / interrupted with the
+  ``error`` line when a command ended with an exception), the command line, cwd, host, pid;
 * the code: package version, git commit + dirty flag of the checkout holding this package (``null`` without git);
 * the environment: Python, torch, transformers (and more) versions, the platform and the device;
 * the inputs: the resolved config (training) or options (evaluation), each manifest's path and
@@ -35,6 +36,9 @@ SCHEMA = 1
 RECORD = "run.json"
 HASH_AUDIO_ENV = "ASR_TRANSFER_HASH_AUDIO"
 _WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin")
+ERROR_CHARS = 300  # of an exception's first line kept in a failed run's record
+
+_open_records: set[Path] = set()  # run folders whose record this process began and has not finished
 
 
 # ---------------------------------------------------------------------------------------------------------- files
@@ -275,13 +279,16 @@ def begin(run_dir: str | Path, kind: str, *, config: dict | None = None, options
         record["options"] = options
     record.setdefault("metrics", {})
     record["invocations"].append({**_invocation(), "commit": code.get("commit"), "dirty": code.get("dirty")})
+    record.pop("error", None)  # a resumed run that had failed: this invocation has not
     write_record(run_dir, record)
+    _open_records.add(run_dir.resolve())
     return record
 
 
 def finish(run_dir: str | Path, status: str = "finished", device: str | None = None, **fields) -> dict | None:
     """Close the current invocation: wall time, status and freshly collected metrics (no-op without a record)."""
     run_dir = Path(run_dir)
+    _open_records.discard(run_dir.resolve())
     record = read_record(run_dir)
     if record is None:
         return None
@@ -315,6 +322,32 @@ def refresh_metrics(run_dir: str | Path) -> None:
     if record is not None:
         record["metrics"] = {**(record.get("metrics") or {}), **collect_metrics(run_dir, record.get("kind", "train"))}
         write_record(run_dir, record)
+
+
+def record_failure(exc: BaseException) -> list[Path]:
+    """Close every record this process began and left open as ``failed`` (``interrupted`` for Ctrl-C), with the
+    exception's first line as ``error``; returns their folders.
+
+    The CLI calls it when a command ends with an exception, so that ``run.json`` says how the run ended instead of
+    "running" (which ``runs`` can only show as "died" once the process is gone, and only on the same host). It never
+    raises: recording a failure must not hide it. A ``SystemExit`` with status 0 is not a failure.
+    """
+    if isinstance(exc, SystemExit) and not exc.code:
+        return []
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    line = (str(exc).strip().splitlines() or [""])[0][:ERROR_CHARS]
+    closed = []
+    for run_dir in sorted(_open_records):
+        try:
+            record = read_record(run_dir) or {}
+            inv = (record.get("invocations") or [{}])[-1]
+            if record.get("status") == "running" and inv.get("pid") == os.getpid():
+                finish(run_dir, status=status, error=f"{type(exc).__name__}: {line}" if line else type(exc).__name__)
+                closed.append(run_dir)
+        except Exception:  # noqa: BLE001 - see the docstring
+            pass
+        _open_records.discard(run_dir)
+    return closed
 
 
 # ---------------------------------------------------------------------------------------------------------- hooks

@@ -277,3 +277,40 @@ def test_audio_content_hashes_survive_touching_the_audio(world, tmp_path, monkey
     wav.write_bytes(wav.read_bytes()[:-2] + b"\x01\x02")  # one sample changed
     changed = provenance.check_against(record, {"dev": str(manifest)}, None, hash_audio=True)
     assert [w for w in changed if "audio content hash" in w]
+
+
+def test_a_command_that_fails_records_how_it_ended(world, tmp_path, capsys):
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    manifest = tmp_path / "bad.jsonl"
+    manifest.write_text(json.dumps({"audio_filepath": str(bad), "duration": 1.0, "text": "hallo"}) + "\n")
+    out = tmp_path / "eval"
+    rc, _, err = _cli(capsys, "evaluate", "--model", world["b"] / "final", "--manifest", manifest, "--out", out,
+                      "--device", "cpu")
+    assert rc == 1 and "could be read" in err
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["status"] == "failed" and rec["invocations"][-1]["status"] == "failed"
+    assert rec["error"].startswith("UserError: ") and "could be read" in rec["error"]
+    rc, listing, _ = _cli(capsys, "runs", tmp_path, "--json")
+    assert [r["status"] for r in json.loads(listing)] == ["failed"]
+
+
+def test_record_failure_closes_only_this_process_s_open_records(tmp_path):
+    from asr_transfer import provenance
+
+    mine, theirs = tmp_path / "mine", tmp_path / "theirs"
+    for folder in (mine, theirs):
+        folder.mkdir()
+        provenance.begin(folder, "evaluate")
+    record = provenance.read_record(theirs)
+    record["invocations"][-1]["pid"] = 1  # resumed by another process since
+    provenance.write_record(theirs, record)
+    assert provenance.record_failure(SystemExit(0)) == []  # a clean exit is no failure
+    assert provenance.record_failure(KeyboardInterrupt()) == [mine.resolve()]
+    assert provenance.read_record(mine)["status"] == "interrupted"
+    assert provenance.read_record(mine)["error"] == "KeyboardInterrupt"
+    assert provenance.read_record(theirs)["status"] == "running"
+    assert provenance.record_failure(RuntimeError("late")) == []  # nothing is left open
+    provenance.begin(mine, "evaluate", resume=True)  # a rerun of a failed folder starts clean
+    assert provenance.read_record(mine)["status"] == "running" and "error" not in provenance.read_record(mine)
+    provenance.finish(mine)

@@ -207,16 +207,22 @@ def load_model(path_or_id: str | os.PathLike, device: str = "cpu", allow_pickle:
 def model_fingerprint(path_or_id: str | os.PathLike) -> str:
     """Content hash of a model folder's files (a config file's bytes; a hub id's name), for the resume check.
 
-    The model card is left out: it is prose, and rewriting it changes no weight.
+    The folder's own files and its kept heads' (``heads/<lang>/``, which training from a two-head model reads) count;
+    other subfolders do not (an ``onnx/`` export is made from the weights, it changes none). The model cards are left
+    out: they are prose, and rewriting one changes no weight.
     """
     h = hashlib.sha256()
     path = Path(path_or_id)
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.name != "README.md") if path.is_dir() else (
-        [path] if path.is_file() else [])
+    if path.is_dir():
+        files = [p for p in path.iterdir() if p.is_file()]
+        files += [p for p in (path / HEADS_DIR).rglob("*") if p.is_file()] if (path / HEADS_DIR).is_dir() else []
+        files = sorted((p for p in files if p.name != "README.md"), key=lambda p: p.relative_to(path).as_posix())
+    else:
+        files = [path] if path.is_file() else []
     if not files:
         h.update(os.fspath(path_or_id).encode("utf-8"))
     for p in files:
-        h.update(p.name.encode("utf-8") + b"\0")
+        h.update((p.relative_to(path).as_posix() if path.is_dir() else p.name).encode("utf-8") + b"\0")
         sha256_files([p], h)
     return h.hexdigest()[:16]
 

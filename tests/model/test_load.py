@@ -362,3 +362,26 @@ def test_adapter_on_wrong_base_is_error(tmp_path, tiny_model, tiny_config, en_vo
     save_model(tmp_path / "other", Wav2Vec2ForCTC(tiny_config), make_processor(en_vocab), _record(en_vocab))
     with pytest.raises(ModelError, match="hidden_size=32"):
         load_model(tmp_path / "other", adapter=out)
+
+
+def test_model_fingerprint_covers_kept_heads_but_not_exports_or_cards(tmp_path):
+    """The resume check's source hash: a retrained kept head is a different source, an ONNX export is not."""
+    from asr_transfer.model.load import model_fingerprint
+
+    folder = tmp_path / "m"
+    (folder / "heads" / "en").mkdir(parents=True)
+    (folder / "onnx").mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    (folder / "heads" / "en" / "model.safetensors").write_bytes(b"kept head")
+    first = model_fingerprint(folder)
+    (folder / "onnx" / "model.onnx").write_bytes(b"export")
+    (folder / "README.md").write_text("a card")
+    (folder / "heads" / "en" / "README.md").write_text("its card")
+    assert model_fingerprint(folder) == first
+    (folder / "heads" / "en" / "model.safetensors").write_bytes(b"kept head, retrained")
+    assert model_fingerprint(folder) != first
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "model.safetensors").write_bytes(b"weights")
+    (plain / "config.json").write_text("{}")
+    assert model_fingerprint(plain) == "3087d13013f37267"  # without kept heads: the hash of before (resume)

@@ -7,7 +7,7 @@
   point's minutes), and every point is scored on the same test set, whose voices and sentences never occur in
   training (:mod:`asr_transfer.corpora.synth`, or Common Voice's own speaker-disjoint splits). The vocabulary and the
   LM are the same for every point (built from the largest train set, dev and test sentences excluded);
-* stage 3 (baseline) gives the zero-shot line: the best zero-shot system (:func:`report.best_zero_shot`), no training;
+* stage 3 (baseline) gives the zero-shot line: the best zero-shot system (:func:`results.best_zero_shot`), no training;
 * each trained (system, minutes) point is a training run folder ``<out>/curve/<system>-<minutes>min/`` with its own
   ``run.json``; its test evaluations are written below it (``eval/test-greedy``, ``eval/test-lm``) and, last,
   ``curve-point.json``. A rerun skips finished points, resumes a half-trained one from its last checkpoint and
@@ -45,7 +45,8 @@ from .inference import InferenceOptions, as_recognizer
 from .manifest import fingerprint, read_manifest, write_manifest
 from .recipe import RecipeConfig, RecipeRunner, config_digest
 from .recipe_stages import from_scratch_changes, replay_changes, train_once, trained_model_dir
-from .report import Document, best_zero_shot, load_evaluation, write_page
+from .report import Document, write_page
+from .results import best_zero_shot, load_evaluation
 from .zeroshot import FOLDER as ZERO_SHOT_LM_FOLDER
 
 SYSTEMS = ("transfer", "random-head", "scratch", "zero-shot")

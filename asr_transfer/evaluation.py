@@ -393,7 +393,7 @@ def baseline(
     recognizer = _load(model, device, precision)
     out = Path(out_dir) if out_dir is not None else None
     common = dict(lang=lang, device=device, precision=precision, max_utts=max_utts)
-    tag = {"zero_shot": True}  # no target audio was used: report.compare picks its reference among these
+    tag = {"zero_shot": True}  # no target audio was used: results.compare picks its reference among these
     results = {"raw": evaluate(recognizer, manifest, out_dir=out / "raw" if out else None, name="raw", extra=tag,
                                **common)}
 

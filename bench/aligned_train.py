@@ -9,7 +9,7 @@ same audio cut again by ``asr-transfer align``, scored on the same held-out-voic
    manifest.jsonl``: stage 0 makes the same dev/test; vocab, LM text and training read the aligned segments
    (marked ones skipped and counted).
 5. Both adapted models on the same test split, greedy and beam + LM (each tuned on dev as the demo does): CER/WER
-   with 95% bootstrap intervals and one-sided paired bootstrap p-values each way (``report.compare``).
+   with 95% bootstrap intervals and one-sided paired bootstrap p-values each way (``results.compare``).
 
     python bench/aligned_train.py                       # data/bench/aligned-train, 3 chapters, one thread
     python bench/aligned_train.py --set data.minutes=5  # any recipe key, for every run
@@ -45,7 +45,7 @@ from asr_transfer.cli import main as cli  # noqa: E402
 from asr_transfer.files import sha256_files  # noqa: E402
 from asr_transfer.manifest import is_marked, read_manifest, write_manifest  # noqa: E402
 from asr_transfer.recipe_stages import trained_model_dir  # noqa: E402
-from asr_transfer.report import compare, load_evaluation  # noqa: E402
+from asr_transfer.results import compare, load_evaluation  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "models" / "en-synth-small"
 SYSTEMS = {"greedy": "adapted-greedy", "+ LM": "adapted-lm"}  # eval/ folders of stage 5
@@ -182,7 +182,7 @@ def comparison(true_run: Path, aligned_run: Path) -> dict:
     for decoder, folder in SYSTEMS.items():
         t = load_evaluation(true_run / "eval" / folder, f"true ({decoder})")
         a = load_evaluation(aligned_run / "eval" / folder, f"aligned ({decoder})")
-        # One-sided each way (report.compare: p = share of resamples where the system is not better than the base).
+        # One-sided each way (results.compare: p = share of resamples where the system is not better than the base).
         rows = {r["name"]: r for r in compare([t, a], baseline=t.name)[1]}
         back = {r["name"]: r for r in compare([t, a], baseline=a.name)[1]}
         row = {}

@@ -189,7 +189,7 @@ def test_report_errors(tmp_path):
 
 def test_p_values_compare_against_the_best_zero_shot_system(tmp_path):
     """Without --baseline the reference is the zero-shot system (no target audio) with the lowest WER, not raw."""
-    from asr_transfer.report import best_zero_shot, collect, compare
+    from asr_transfer.results import best_zero_shot, collect, compare
 
     hyps_zs_lm = [
         "das ist ein haus",

@@ -12,19 +12,21 @@ import pytest
 import torch
 
 from asr_transfer.alignment import (
-    FLAG_UNALIGNED_AUDIO,
     AlignOptions,
     Word,
     align_emissions,
-    find_recordings,
     forced_align_ids,
     label_table,
-    make_segments,
     text_words,
-    unaligned_regions,
 )
 from asr_transfer.cli import main
 from asr_transfer.errors import UserError
+from asr_transfer.recordings import find_recordings
+from asr_transfer.segmentation import (
+    FLAG_UNALIGNED_AUDIO,
+    make_segments,
+    unaligned_regions,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE_MODEL = ROOT / "models" / "en-synth-small"

@@ -1,4 +1,4 @@
-"""Long recording + its text → utterance segments, by windowed CTC forced alignment with a garbage state.
+"""A long recording's emissions + its text → words on frames: windowed CTC forced alignment, garbage state.
 
 The problem. An audiobook chapter is an hour of audio (180,000 frames of 20 ms) and ~50,000 characters of text. A
 plain CTC forced alignment (``torchaudio.functional.forced_align``) builds a frames × (2·labels+1) trellis: for an
@@ -10,7 +10,8 @@ best path, per frame) and MMS's aligner (a ``<star>`` token that may swallow any
 
 1. **Emissions are streamed.** Audio is read block-wise and run through the model in overlapping windows
    (:func:`asr_transfer.transcription.iter_chunked_log_probs`, the same windows ``transcribe`` uses); the kept
-   ``(frames, vocab)`` log-probs arrive in order and only an alignment window's worth is buffered.
+   ``(frames, vocab)`` log-probs arrive in order (:func:`asr_transfer.recordings.align_recording` feeds them
+   to :func:`align_emissions`) and only an alignment window's worth is buffered.
 2. **Alignment runs in windows anchored on confident words.** A window is ``window_s`` of emissions from the
    anchor frame and the text from the anchor word that fills :data:`TEXT_FILL` of it at the reading rate measured
    so far (:data:`INITIAL_CHARS_PER_S` at first). Its Viterbi trellis is window-sized (1,500 frames × some
@@ -29,33 +30,27 @@ best path, per frame) and MMS's aligner (a ``<star>`` token that may swallow any
    and "star": any frame at the model's best log-prob minus :data:`STAR_PENALTY_NATS`. Audio with no text
    (an unread introduction in the audio, a deleted passage, a reading past the end) is absorbed there at a bounded
    cost instead of dragging neighbouring words over it. Frames in that state where the model hears a letter are
-   speech the text does not cover (:func:`unaligned_regions`).
+   speech the text does not cover (:func:`asr_transfer.segmentation.unaligned_regions`).
 4. **Letters the model lacks** map through the base-letter fold of the English normaliser (``ä`` → ``a``,
    ``ß`` → ``ss``, ``é`` → ``e``), so the English source model aligns German text before any target training.
-5. **Segments.** Sentences (split at ``. ! ? …`` in the raw text) are the units; a sentence longer than ``max_s``
-   is cut at its longest pauses until every piece fits. A segment's ``align_score`` is the mean over its frames of
-   (aligned path log-prob − best log-prob), in nats per frame: 0 means the text is exactly what the model hears.
-   Segments scoring below ``min_score`` (default: the recording's median minus :data:`AUTO_SCORE_MARGIN`), touching
-   audio the text does not cover (letters heard between aligned words: an unread passage in the text, a deleted
-   paragraph) or holding skipped text are marked with ``align_flag``; ``train`` and ``validate`` skip them.
 
 Memory is O(window) for the trellis and emissions plus per-frame score and star arrays (5 bytes per 20-ms frame:
 0.9 MB an hour). Time is linear in length: each window costs the same. Frame times are ``frame * 0.02`` s on the file.
+
+The steps after this one: :mod:`asr_transfer.segmentation` cuts an :class:`Alignment` into utterance segments
+(scores and flags); :mod:`asr_transfer.recordings` finds audio + text pairs and runs the model, this alignment
+and the segmentation over each recording (``asr-transfer align``).
 """
 from __future__ import annotations
 
-import math
 import re
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
 
-from .audio import audio_info, stream_audio, wave_stats
 from .errors import UserError
 from .text import get_normalizer
-from .transcription import AUDIO_EXTENSIONS, iter_chunked_log_probs
 
 INITIAL_CHARS_PER_S = 12.0  # letters per second of audio assumed until MIN_RATE_S is committed (synth: 12-20)
 MIN_RATE_S = 20.0  # s of committed audio before the measured reading rate replaces the initial one
@@ -78,19 +73,8 @@ FREE_TAIL_NATS = 1.0  # price per letter frame of the speech after a window's te
 LEAVE_NATS_PER_CHAR = 6.0  # price per letter of a window's text left for the next window (see align_window)
 ANCHOR_GAP_NATS = 6.0  # a word anchors the next window if its letter confidence (see align_window) is above -this
 # (English source on German text: median -2.9, 5th percentile -6.2; a letter forced onto other speech: about -9)
-AUTO_SCORE_MARGIN = 0.8  # nats/frame: by default a segment is low_score this far below the recording's median
-# (English source on German: good segments -0.7 to -1.7, median -1.06; text that was not said scores lower)
-UNALIGNED_MERGE_S = 1.0  # s: letters the model hears between aligned words, this close, form one region ...
-UNALIGNED_MIN_LETTERS = 8  # ... which is audio with no text when it holds at least this many letter frames
-UNALIGNED_NEAR_S = 0.5  # s: a segment this close to such a region is marked (its edge text may belong there)
-PAD_S = 0.1  # s of context added before and after a segment's first/last letter, at most half the pause
 SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'»«“”)\]]*\s+|\n\s*\n")  # a sentence end, or a blank line
 _NEG = np.float32(-1e30)
-
-FLAG_LOW_SCORE = "low_score"
-FLAG_UNALIGNED_AUDIO = "unaligned_audio"
-FLAG_SKIPPED_TEXT = "skipped_text"
-FLAG_TOO_LONG = "too_long"
 
 
 @dataclass(frozen=True)
@@ -555,329 +539,3 @@ def align_emissions(blocks: Iterable[np.ndarray], words: Sequence[Word], blank_i
     result.gap = np.concatenate(gaps) if gaps else np.zeros(0, np.float32)
     result.star = np.concatenate(stars) if stars else np.zeros(0, bool)
     return result
-
-
-# --------------------------------------------------------------------------------------------------------- segments
-@dataclass(frozen=True)
-class Segment:
-    """One utterance on the long recording. Times in seconds; ``score`` in nats per frame (<= 0)."""
-
-    offset: float
-    duration: float
-    text: str
-    score: float
-    star_s: float
-    flags: tuple[str, ...] = ()
-    words: int = 0
-    speech_start: float = 0.0  # s; the first letter's first frame (offset is up to PAD_S earlier)
-    speech_end: float = 0.0  # s; the end of the last letter's last frame
-
-    @property
-    def flag(self) -> str | None:
-        return self.flags[0] if self.flags else None
-
-
-def _split_long(run: list[AlignedWord], max_frames: int) -> list[list[AlignedWord]]:
-    """Cut a run of placed words at its longest pauses until every piece spans at most ``max_frames``."""
-    if len(run) < 2 or run[-1].end - run[0].start + 1 <= max_frames:
-        return [run]
-    pauses = [run[k + 1].start - run[k].end for k in range(len(run) - 1)]
-    # The longest pause wins; among near-equal pauses (within 2 frames) the one nearest the middle.
-    middle = (run[0].start + run[-1].end) / 2
-    longest = max(pauses)
-    cut = min((k for k, p in enumerate(pauses) if p >= longest - 2), key=lambda k: abs(run[k].end - middle))
-    return _split_long(run[:cut + 1], max_frames) + _split_long(run[cut + 1:], max_frames)
-
-
-def make_segments(alignment: Alignment, words: Sequence[Word], options: AlignOptions) -> list[Segment]:
-    """Sentences (split further at pauses when longer than ``max_s``) → :class:`Segment` objects, in time order."""
-    frame_s = alignment.frame_s
-    max_frames = int(options.max_s / frame_s) - 2 * int(PAD_S / frame_s)
-    pad = int(round(PAD_S / frame_s))
-    runs: list[tuple[list[AlignedWord], bool]] = []  # (placed words, sentence had skipped text)
-    sentence_words: dict[int, list[AlignedWord]] = {}
-    for a in alignment.words:
-        sentence_words.setdefault(words[a.index].sentence, []).append(a)
-    for s in sorted(sentence_words):
-        group = sentence_words[s]
-        placed = [a for a in group if not a.skipped and a.start >= 0]
-        skipped = len(placed) < len(group)
-        for piece in _split_long(placed, max_frames):
-            if piece:
-                runs.append((piece, skipped))
-    runs.sort(key=lambda r: r[0][0].start)
-    segments: list[Segment] = []
-    total = alignment.num_frames
-    regions = unaligned_regions(alignment)
-    near = UNALIGNED_NEAR_S
-    scores = []
-    for k, (run, skipped) in enumerate(runs):
-        prev_end = runs[k - 1][0][-1].end if k else -2 * pad
-        next_start = runs[k + 1][0][0].start if k + 1 < len(runs) else total + 2 * pad
-        start = max(0, run[0].start - min(pad, (run[0].start - prev_end) // 2))
-        end = min(total - 1, run[-1].end + min(pad, (next_start - run[-1].end) // 2))
-        span = slice(start, end + 1)
-        score = float(alignment.gap[span].mean()) if end >= start else -math.inf
-        star_s = float(alignment.star[span].sum()) * frame_s
-        flags = []
-        t0, t1 = start * frame_s, (end + 1) * frame_s
-        if any(a - near <= t1 and t0 <= b + near for a, b in regions):
-            flags.append(FLAG_UNALIGNED_AUDIO)
-        if skipped:
-            flags.append(FLAG_SKIPPED_TEXT)
-        if (end - start + 1) * frame_s > options.max_s + 1e-6:
-            flags.append(FLAG_TOO_LONG)
-        text = " ".join(words[a.index].text for a in run)
-        scores.append(score)
-        segments.append(Segment(round(start * frame_s, 3), round((end - start + 1) * frame_s, 3), text,
-                                round(score, 4), round(star_s, 2), tuple(flags), len(run),
-                                round(run[0].start * frame_s, 3), round((run[-1].end + 1) * frame_s, 3)))
-    threshold = score_threshold(scores, options)
-    return [s if s.score >= threshold else replace(s, flags=(FLAG_LOW_SCORE, *s.flags)) for s in segments]
-
-
-def score_threshold(scores: Sequence[float], options: AlignOptions) -> float:
-    """``options.min_score``, or by default the median segment score minus :data:`AUTO_SCORE_MARGIN`.
-
-    Relative by default: how far a model's path sits below its best path depends on the model (the English source
-    on German text: about -1 nats/frame for text that is right; an adapted model much nearer 0), while text that
-    was not said scores lower than the rest of the same recording with any model.
-    """
-    if options.min_score is not None:
-        return options.min_score
-    finite = [x for x in scores if math.isfinite(x)]
-    return float(np.median(finite)) - AUTO_SCORE_MARGIN if finite else -math.inf
-
-
-def unaligned_regions(alignment: Alignment) -> list[tuple[float, float]]:
-    """``(start_s, end_s)`` of speech the text does not cover: letter frames heard between aligned words, merged
-    when less than :data:`UNALIGNED_MERGE_S` apart, kept when a region holds :data:`UNALIGNED_MIN_LETTERS`."""
-    f = alignment.frame_s
-    frames = np.flatnonzero(alignment.star)
-    if not len(frames):
-        return []
-    cuts = np.flatnonzero(np.diff(frames) * f > UNALIGNED_MERGE_S) + 1
-    out = []
-    for run in np.split(frames, cuts):
-        if len(run) >= UNALIGNED_MIN_LETTERS:
-            out.append((round(run[0] * f, 2), round((run[-1] + 1) * f, 2)))
-    return out
-
-
-@dataclass(frozen=True)
-class SkippedText:
-    """A run of text words the aligner found no audio for, with the time near which it should have been."""
-
-    near_s: float
-    words: int
-    text: str = field(default="")
-
-
-def skipped_text(alignment: Alignment, words: Sequence[Word], max_chars: int = 80) -> list[SkippedText]:
-    """Runs of skipped words, each with the time of the last placed word before it."""
-    out: list[SkippedText] = []
-    last_end = 0
-    run: list[int] = []
-    for a in alignment.words + [AlignedWord(-1, 0, 0)]:
-        if a.index >= 0 and a.skipped:
-            run.append(a.index)
-            continue
-        if run:
-            text = " ".join(words[i].text for i in run)
-            out.append(SkippedText(round(last_end * alignment.frame_s, 2), len(run),
-                                   text if len(text) <= max_chars else text[:max_chars - 1] + "…"))
-            run = []
-        if a.index >= 0 and a.end >= 0:
-            last_end = a.end
-    return out
-
-
-# ------------------------------------------------------------------------------------------------------ recordings
-CHUNK_S = 30.0  # s per inference window (as transcribe)
-STRIDE_S = 5.0  # s of context on each side of a window's kept centre
-WORST_SHOWN = 10  # segments listed in the summary's "worst"
-
-
-@dataclass(frozen=True)
-class Recording:
-    """One long recording and its text file."""
-
-    audio: str
-    text: str
-
-    @property
-    def name(self) -> str:
-        return Path(self.audio).stem
-
-
-def read_text_file(path: str | Path) -> str:
-    """The text of a transcript file (UTF-8, BOM tolerated) with line breaks kept (blank lines end sentences)."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError("text file not found" if not path.exists() else "text path is not a file", path=path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise UserError("text file is not UTF-8; convert it (iconv -t utf-8)", path=path) from None
-    if not text.strip():
-        raise UserError("text file is empty", path=path)
-    return text
-
-
-def find_recordings(source: str | Path) -> list[Recording]:
-    """``name.<audio>`` + ``name.txt`` pairs in a folder, or a TSV's rows ``audio<TAB>text`` (paths relative to it).
-
-    Audio without a ``.txt`` beside it (and a ``.txt`` without audio) is an error naming the file: aligning half a
-    folder silently would look like success.
-    """
-    source = Path(source)
-    if source.is_dir():
-        audio = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower().lstrip(".") in AUDIO_EXTENSIONS)
-        texts = {p.stem: p for p in source.iterdir() if p.is_file() and p.suffix.lower() == ".txt"}
-        if not audio:
-            raise UserError("no audio files in this folder (name.wav + name.txt pairs expected)", path=source)
-        out = []
-        for a in audio:
-            if a.stem not in texts:
-                raise UserError(f"audio without text: expected {a.stem}.txt beside it", path=a)
-            out.append(Recording(str(a), str(texts.pop(a.stem))))
-        if texts:
-            orphan = sorted(texts.values())[0]
-            raise UserError("text without audio: no audio file with this name", path=orphan)
-        return out
-    if not source.is_file():
-        raise UserError("not found: give a folder of name.wav + name.txt pairs or a TSV of audio and text paths",
-                        path=source)
-    out = []
-    base = source.resolve().parent
-    try:
-        lines = source.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError:
-        raise UserError("TSV is not UTF-8", path=source) from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        cells = line.split("\t")
-        if len(cells) != 2:
-            raise UserError(f"expected 2 tab-separated columns (audio, text), got {len(cells)}", path=source, line=n)
-        if n == 1 and cells[0].strip().lower() in ("audio", "audio_filepath", "path"):
-            continue  # a header row
-        a, t = (Path(c.strip()) for c in cells)
-        out.append(Recording(str(a if a.is_absolute() else base / a), str(t if t.is_absolute() else base / t)))
-    if not out:
-        raise UserError("TSV lists no recordings", path=source)
-    seen: dict[str, str] = {}
-    for r in out:  # segment ids are <name>-<index>: two recordings with one name would give the same ids
-        if r.name in seen:
-            raise UserError(f"two recordings are named {r.name!r} ({seen[r.name]} and {r.audio}); segment ids would "
-                            "clash: rename one", path=source)
-        seen[r.name] = r.audio
-    return out
-
-
-@dataclass
-class RecordingResult:
-    """Segments of one recording plus what did not align."""
-
-    recording: Recording
-    duration_s: float
-    segments: list[Segment]
-    unaligned: list[tuple[float, float]]
-    skipped: list[SkippedText]
-    dropped_chars: int
-    windows: int
-    stalls: int
-
-
-def align_recording(recording: Recording, recognizer, lang: str, options: AlignOptions = AlignOptions(),
-                    bar=None) -> RecordingResult:
-    """Align one recording with a :class:`~asr_transfer.inference.Recognizer`; memory is flat in its length.
-
-    The audio is read twice, block-wise: once for the file's mean/deviation (inference normalises every window with
-    them, as ``transcribe`` does), once through the model. ``bar``: a tqdm bar advanced in seconds of audio.
-    """
-    text = read_text_file(recording.text)
-    info = audio_info(recording.audio)
-    vocab = recognizer.vocab
-    words, dropped = text_words(text, lang, vocab)
-    if not words:
-        raise UserError(f"no {lang} words the model can spell after normalising", path=recording.text)
-    delim = vocab.index("|") if "|" in vocab else None
-    stats = wave_stats(stream_audio(recording.audio)) if recognizer.do_normalize else None
-    blocks = iter_chunked_log_probs(recognizer, stream_audio(recording.audio), CHUNK_S, STRIDE_S, file_stats=stats)
-    frame_s = recognizer.frame_stride_s
-    progress = (lambda frames: bar.update(round(frames * frame_s, 2))) if bar is not None else None
-    alignment = align_emissions(blocks, words, recognizer.blank_id, delim, frame_s, options, progress)
-    return RecordingResult(recording, info.duration_s, make_segments(alignment, words, options),
-                           unaligned_regions(alignment), skipped_text(alignment, words), dropped,
-                           alignment.windows, alignment.stalls)
-
-
-def segment_rows(result: RecordingResult, lang: str) -> list[dict]:
-    """NeMo-style manifest rows of one recording (absolute audio path; the writer makes it relative)."""
-    rows = []
-    for k, s in enumerate(result.segments):
-        row = {"audio_filepath": str(Path(result.recording.audio).resolve()), "offset": s.offset,
-               "duration": s.duration, "text": s.text, "lang": lang, "id": f"{result.recording.name}-{k:05d}",
-               "align_score": s.score, "align_start": s.speech_start, "align_end": s.speech_end}
-        if s.star_s:
-            row["align_unaligned_s"] = s.star_s
-        if s.flags:
-            row["align_flag"] = ",".join(s.flags)
-        rows.append(row)
-    return rows
-
-
-def summarize(results: Sequence[RecordingResult], options: AlignOptions) -> dict:
-    """Minutes kept / marked / not covered, the worst segments and the text and audio that did not align."""
-    kept = [s for r in results for s in r.segments if not s.flags]
-    marked = [(r, s) for r in results for s in r.segments if s.flags]
-    total_s = sum(r.duration_s for r in results)
-    worst = sorted(((r, s) for r in results for s in r.segments), key=lambda rs: rs[1].score)[:WORST_SHOWN]
-    flags: dict[str, int] = {}
-    for _, s in marked:
-        for f in s.flags:
-            flags[f] = flags.get(f, 0) + 1
-    return {
-        "recordings": len(results),
-        "audio_minutes": round(total_s / 60, 2),
-        "segments": sum(len(r.segments) for r in results),
-        "kept_segments": len(kept),
-        "kept_minutes": round(sum(s.duration for s in kept) / 60, 2),
-        "marked_segments": len(marked),
-        "marked_minutes": round(sum(s.duration for _, s in marked) / 60, 2),
-        "marked_by_flag": flags,
-        "uncovered_minutes": round((total_s - sum(s.duration for r in results for s in r.segments)) / 60, 2),
-        "min_score": options.min_score if options.min_score is not None else "auto (median - %.1f)" % AUTO_SCORE_MARGIN,
-        "max_s": options.max_s,
-        "worst": [{"recording": r.recording.name, "offset": s.offset, "duration": s.duration, "score": s.score,
-                   "flag": ",".join(s.flags) or None, "text": s.text[:80]} for r, s in worst],
-        "unaligned_audio": [{"recording": r.recording.name, "start_s": a, "end_s": b}
-                            for r in results for a, b in r.unaligned],
-        "skipped_text": [{"recording": r.recording.name, "near_s": k.near_s, "words": k.words, "text": k.text}
-                         for r in results for k in r.skipped],
-        "dropped_characters": sum(r.dropped_chars for r in results),
-        "windows": sum(r.windows for r in results),
-        "stalled_windows": sum(r.stalls for r in results),
-    }
-
-
-def format_summary(summary: dict) -> str:
-    """The summary as a few lines for the terminal."""
-    lines = [f"{summary['recordings']} recording(s), {summary['audio_minutes']:.1f} min of audio: "
-             f"{summary['kept_segments']} segments kept ({summary['kept_minutes']:.1f} min), "
-             f"{summary['marked_segments']} marked ({summary['marked_minutes']:.1f} min"
-             + (", " + ", ".join(f"{k} {v}" for k, v in summary["marked_by_flag"].items())
-                if summary["marked_by_flag"] else "")
-             + f"), {summary['uncovered_minutes']:.1f} min between segments"]
-    if summary["unaligned_audio"]:
-        total = sum(u["end_s"] - u["start_s"] for u in summary["unaligned_audio"])
-        lines.append(f"audio with no text: {len(summary['unaligned_audio'])} region(s), {total:.1f} s")
-    if summary["skipped_text"]:
-        lines.append(f"text not found in the audio: {sum(k['words'] for k in summary['skipped_text'])} words in "
-                     f"{len(summary['skipped_text'])} run(s)")
-    lines.append("worst segments (score = nats/frame below the model's best path; 0 is perfect):")
-    for w in summary["worst"][:5]:
-        lines.append(f"  {w['recording']} {w['offset']:9.2f}s {w['duration']:5.2f}s  {w['score']:7.3f}  "
-                     f"{w['flag'] or 'kept':<16} {w['text'][:50]}")
-    return "\n".join(lines)

@@ -1,7 +1,8 @@
 """``asr-transfer align``: long recordings + their text → a NeMo-style manifest of utterance segments.
 
 Writes ``manifest.jsonl`` (``offset``/``duration`` on the long files, ``align_score``, ``align_flag`` on marked
-segments) and ``summary.json`` into ``--out``, and prints the summary. See :mod:`asr_transfer.alignment`.
+segments) and ``summary.json`` into ``--out``, and prints the summary. The pipeline is
+:mod:`asr_transfer.recordings` (over :mod:`asr_transfer.alignment` and :mod:`asr_transfer.segmentation`).
 """
 from __future__ import annotations
 
@@ -34,21 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from ..alignment import (
-        AlignOptions,
-        align_recording,
-        find_recordings,
-        format_summary,
-        read_text_file,
-        segment_rows,
-        summarize,
-    )
+    from ..alignment import AlignOptions
     from ..audio import audio_info
     from ..errors import UserError
     from ..files import atomic_write_json
     from ..inference import InferenceOptions, as_recognizer
     from ..manifest import Utterance, write_manifest
     from ..outdir import check_output_dir
+    from ..recordings import align_recording, find_recordings, format_summary, read_text_file, segment_rows, summarize
     from ..text import get_normalizer
 
     lang = get_normalizer(args.lang).lang

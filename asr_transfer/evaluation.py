@@ -30,7 +30,6 @@ from .files import atomic_write_bytes
 from .inference import InferenceOptions, as_recognizer
 from .manifest import Utterance, fingerprint, read_manifest
 from .metrics import Counts, UtteranceScore, bootstrap_ci, corpus_rate, rates_by_speaker, score_pairs
-from .model.head import swap_head
 from .model.record import make_processor
 from .outdir import check_output_dir
 from .provenance import begin_evaluation, record_baseline
@@ -400,6 +399,8 @@ def baseline(
     if target_vocab is None:
         target_vocab = build_vocab([u.text for u in read_manifest(manifest)], lang)
     target = load_vocab(target_vocab) if isinstance(target_vocab, (str, Path)) else dict(target_vocab)
+    from .model.head import swap_head  # torch: here only, so scoring an ONNX export never imports it
+
     loaded = recognizer.loaded
     swapped = copy.deepcopy(loaded.model).cpu()
     report = swap_head(swapped, {tok: i for i, tok in enumerate(loaded.vocab)}, target, mode="mapped", lang=lang)

@@ -52,7 +52,6 @@ from .retention import (
     synth_source_test,
 )
 from .text import get_normalizer
-from .training.loop import train
 from .validate import validate_manifest
 from .vocab import build_vocab, save_vocab
 from .zeroshot import FOLDER as ZERO_SHOT_LM_FOLDER
@@ -372,6 +371,8 @@ def train_once(r, label: str, config, inputs: dict) -> dict:
             run_dir.mkdir(parents=True)
             (run_dir / "recipe-run.json").write_text(json.dumps({"hash": digest, "inputs": inputs}, default=str) + "\n",
                                                      encoding="utf-8")
+        from .training.loop import train  # torch, ~1 s: imported by the stages that train, not by `recipe --help`
+
         train(config, resume=resume, progress=r.progress)
     summary = read_json_or(run_dir / "train_summary.json", {})
     wall, cpu = summary.get("wall_s") or 0, summary.get("cpu_s")

@@ -1,4 +1,5 @@
-"""The package's shape: data flows one way (no import circle), the library never imports the CLI, lines fit.
+"""The package's shape: data flows one way (no import circle), the library never imports the CLI, lines fit, and
+no command imports torch to build its parser.
 
 Every import counts, module-level or inside a function (a function-local import still ties the two modules
 together), except those under ``if TYPE_CHECKING:``. The package root is left out: it only re-exports the public
@@ -7,6 +8,9 @@ functions lazily (``asr_transfer.train`` and friends), and every module may read
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "asr_transfer"
@@ -111,3 +115,27 @@ def test_module_lines_fit_in_120_characters():
     long = [f"{p.relative_to(PACKAGE.parent)}:{i}" for p in sorted(PACKAGE.rglob("*.py"))
             for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1) if len(line) > MAX_LINE_CHARS]
     assert long == []
+
+
+# Importing torch and transformers costs 1-2 s; `--help`, `runs`, `report` and scoring an ONNX export need neither.
+NO_TORCH_AT_START = """
+import argparse, importlib, json, sys
+from asr_transfer.cli import COMMANDS
+out = {}
+for name, (module, _) in COMMANDS.items():
+    importlib.import_module(f"asr_transfer.commands.{module}").add_arguments(argparse.ArgumentParser())
+    out[name] = "torch" in sys.modules
+for module in ("config", "recipe", "curve", "evaluation", "report", "runs", "onnx_engine"):
+    importlib.import_module(f"asr_transfer.{module}")
+    out[module] = "torch" in sys.modules
+print(json.dumps(out))
+"""
+
+
+def test_no_command_imports_torch_to_build_its_parser():
+    """Every command's parser, and the modules that read configs, runs and exports, build without torch: it is
+    imported by the work that needs it (training, a torch model), so start-up stays lean (docs/speed.md)."""
+    done = subprocess.run([sys.executable, "-c", NO_TORCH_AT_START], capture_output=True, text=True, check=True)
+    imported = json.loads(done.stdout)
+    assert len(imported) > 20
+    assert [name for name, torch in imported.items() if torch] == []

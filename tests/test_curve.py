@@ -9,7 +9,7 @@ import pytest
 from test_recipe import LM_TEXT, TINY_SYNTH
 from train_fixtures import make_source_model
 
-import asr_transfer.recipe_stages as recipe_stages
+import asr_transfer.training.loop as training_loop
 from asr_transfer.cli import main
 from asr_transfer.config import ConfigError
 from asr_transfer.curve import (
@@ -45,7 +45,7 @@ def count_training(monkeypatch, fail_on: int | None = None, stop_after_steps: in
     """Record every training call (run folder names); the ``fail_on``-th call (1-based) is killed after
     ``stop_after_steps`` steps (or before it starts), as an interrupted process would be."""
     calls = []
-    real = recipe_stages.train
+    real = training_loop.train
 
     def train(config, resume=False, **kwargs):
         calls.append(Path(config.train.output_dir).name + (" (resumed)" if resume else ""))
@@ -55,7 +55,7 @@ def count_training(monkeypatch, fail_on: int | None = None, stop_after_steps: in
             raise KeyboardInterrupt
         return real(config, resume=resume, **kwargs)
 
-    monkeypatch.setattr(recipe_stages, "train", train)
+    monkeypatch.setattr(training_loop, "train", train)  # the stage imports it when it runs
     return calls
 
 

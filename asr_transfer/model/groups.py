@@ -8,10 +8,12 @@ Every parameter belongs to exactly one group.
 from __future__ import annotations
 
 import re
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from ..errors import ModelError
+
+if TYPE_CHECKING:  # annotations only: the training schedule, and so the config, parse without torch
+    from torch import nn
 
 GROUP_ORDER = ("feature_encoder", "feature_projection", "pos_conv", "encoder_norm")
 

@@ -32,11 +32,9 @@ from ..environment import hardware
 from ..errors import ConfigError, UserError
 from ..evaluation import evaluate
 from ..files import atomic_folder_write
-from ..model.load import load_model
 from ..model.record import ModelRecord
 from ..text import get_normalizer
 from ..vocab import english_source_vocab, save_vocab
-from .loop import train
 from .source_card import WALL_LOG, model_card, run_facts
 
 MAX_MODEL_MB = 25.0  # the issue's size budget for the shipped folder
@@ -143,6 +141,8 @@ def pretrain_source(options: PretrainOptions, resume: bool = False, time_budget_
             _log_wall(runs_dir, started, "paused")
             return result
         t0 = time.time()
+        from .loop import train  # torch: imported by the work, not by `pretrain-source --help` (PretrainOptions)
+
         out = train(config, resume=resume, progress=progress, time_budget_s=left)
         _log_wall(runs_dir, t0, f"train {run_dir.name}")
         if out.name == "checkpoints":  # paused by the time budget
@@ -193,6 +193,7 @@ def evaluate_model(model_dir: Path, manifests: dict, realspeech: str | None, out
 # ------------------------------------------------------------------------------------------------------ export
 def export_model(model_dir: Path, options: PretrainOptions, result: PretrainResult, manifests: dict) -> Path:
     """Write ``options.out`` (HF form + ``asr_transfer.json`` + card) from the trained ``model_dir``; check its size."""
+    from ..model.load import load_model
 
     loaded = load_model(model_dir, device="cpu")
     model, processor = loaded.model, loaded.processor

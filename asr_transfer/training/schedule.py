@@ -10,13 +10,14 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, fields
-from typing import Any, Iterable, Mapping, Sequence, Union
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, Union
 
 from ..errors import ConfigError
 from ..model.groups import group_names, parameter_groups
+
+if TYPE_CHECKING:  # torch is imported where a model is trained: the config (and every command) parses without it
+    import torch
+    from torch import nn
 
 SCHEDULES = ("linear", "cosine", "constant")
 # Far above any rate AdamW trains a wav2vec2 with; past ~1e37 torch's update overflows float32 and raises mid-run.
@@ -133,7 +134,7 @@ def _check_type(stage: Stage, name: str, kind, where: str) -> None:
 
 # ---------------------------------------------------------------- groups
 
-GroupsLike = Union[nn.Module, Mapping[str, Any], int]
+GroupsLike = Union["nn.Module", Mapping[str, Any], int]
 
 
 def resolve_groups(
@@ -149,14 +150,14 @@ def resolve_groups(
     (base-960h: the norm sits below layer 0) or the top layer of a stable-layer-norm model (the norm sits above it)
     also selects ``encoder_norm``; so does ``layers``. It can also be named alone.
     """
-    if isinstance(model_or_groups, nn.Module):
+    if isinstance(model_or_groups, int):
+        num_layers = model_or_groups
+    elif isinstance(model_or_groups, Mapping):
+        num_layers = sum(1 for n in model_or_groups if n.startswith("layers."))
+    else:  # a model
         num_layers = model_or_groups.config.num_hidden_layers
         if stable_layer_norm is None:
             stable_layer_norm = bool(model_or_groups.config.do_stable_layer_norm)
-    elif isinstance(model_or_groups, int):
-        num_layers = model_or_groups
-    else:
-        num_layers = sum(1 for n in model_or_groups if n.startswith("layers."))
     names = group_names(num_layers)
     adjacent = num_layers - 1 if stable_layer_norm else 0
     selected: set[str] = set()
@@ -309,6 +310,8 @@ def lr_multiplier(step: int, total_steps: int | None, warmup: int, schedule: str
 def make_scheduler(optimizer: torch.optim.Optimizer, stage: Stage, total_steps: int | None):
     """``LambdaLR`` applying :func:`lr_multiplier` to every param group's own peak lr; step it once per optimiser
     step."""
+    import torch
+
     warmup = warmup_steps(stage, total_steps)
     schedule = stage.schedule
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, total_steps, warmup, schedule))

@@ -158,6 +158,21 @@ def test_a_stale_export_is_not_used(tmp_path):
         find_export(folder, "onnx")
 
 
+def test_an_export_from_before_the_int8_cnn_asks_to_be_redone(exported, tmp_path, recwarn):
+    old = tmp_path / "old"
+    old.mkdir()
+    meta = read_meta(exported / "onnx")
+    for name in meta["files"].values():
+        os.link(exported / "onnx" / name, old / name)
+    del meta["int8_cnn"]  # what exports made before the framewise CNN wrote
+    (old / ONNX_META_FILE).write_text(json.dumps(meta))
+    with pytest.warns(RuntimeWarning, match=r"keeps the CNN in fp32 .*re-run `asr-transfer export-onnx --model "):
+        OnnxRecognizer(old, InferenceOptions(precision="int8"))
+    OnnxRecognizer(old, InferenceOptions(precision="fp32"))  # its fp32 model is as good as a new one's
+    OnnxRecognizer(exported / "onnx", InferenceOptions(precision="int8"))
+    assert not [w for w in recwarn if "keeps the CNN" in str(w.message)]
+
+
 def test_broken_exports_are_one_line_errors(tmp_path):
     folder = tmp_path / "x"
     folder.mkdir()

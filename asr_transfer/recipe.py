@@ -10,7 +10,8 @@ The stages (implemented in :mod:`asr_transfer.recipe_stages`) are
  2    lang        vocab.json from the train text; n-gram LM with the dev/test sentences excluded
  3    baseline    source-only: the raw English head and the zero-shot mapped head, on test (+ zero-shot + LM)
  4    train       staged transfer training, then the from-scratch control (same data, same step budget)
- 5    evaluate    the adapted model (and the control) on test: greedy and beam + LM
+ 5    evaluate    the adapted model (and the control) on test: greedy and beam + LM; with ``export.onnx``, its
+                  ONNX export too (int8, what ``transcribe`` runs on a CPU)
  6    self-train  (off by default) label untranscribed target audio with the adapted model + LM, keep the confident
                   share, continue training on labelled + pseudo-labelled audio; evaluate it like stage 5
  7    report      report.html + report.md over every system and every training run; the final table
@@ -167,6 +168,13 @@ class EvalSection:
 
 
 @dataclass(frozen=True)
+class ExportSection:
+    onnx: bool = option("stage 5: export the adapted model to ONNX (fp32 + int8, into its folder's onnx/, what "
+                        "`transcribe` then runs on a CPU) and score the int8 model on test like the adapted one, so "
+                        "the report shows what deployment costs", False)
+
+
+@dataclass(frozen=True)
 class SelfTrainSection:
     enabled: bool = option("stage 6: self-training on untranscribed target audio (pseudo-labels from the adapted "
                            "model + LM)", False)
@@ -224,6 +232,7 @@ class RecipeConfig:
                                   "sets " + ", ".join(RUNNER_KEYS), factory=dict)
     control: ControlSection = option("stage 4: the from-scratch control", factory=ControlSection)
     eval: EvalSection = option("stage 5: evaluation on test", factory=EvalSection)
+    export: ExportSection = option("stage 5: the adapted model for deployment", factory=ExportSection)
     selftrain: SelfTrainSection = option("stage 6: self-training on untranscribed audio", factory=SelfTrainSection)
     report: ReportSection = option("stage 7: report", factory=ReportSection)
 

@@ -62,6 +62,8 @@ CORPUS_TRAIN = "train-corpus"  # data/train-corpus.jsonl: the corpus's own train
 UNTRANSCRIBED = "untranscribed"  # data/untranscribed.jsonl: the synthetic self-training pool, text withheld
 TRUTH = "untranscribed-truth"  # its true text: scores the pseudo-labels, never trains
 SELF_TRAINED = "self-trained"
+EXPORTED = "adapted-onnx-int8"  # eval/<this>-greedy, -lm, -beam: the adapted model's ONNX export, int8 (export.onnx)
+EXPORTED_NAME = "adapted, ONNX int8"
 
 
 @dataclass(frozen=True)
@@ -433,7 +435,36 @@ def stage_evaluate(r, resume: bool = False) -> dict:
     result = {}
     for label, run_dir in systems:
         result.update(_evaluate_system(r, label, trained_model_dir(run_dir, r.config.eval.model)))
+    if r.config.export.onnx:
+        result.update(_evaluate_export(r, trained_model_dir(r.path("train"), r.config.eval.model), result))
     return result
+
+
+def _evaluate_export(r, model_dir: Path, scored: dict) -> dict:
+    """Export ``model_dir`` to ``model_dir/onnx`` and score its int8 model on test: greedy, and beam + LM at the
+    weights the adapted model was decoded with (tuned on dev for it), as a deployment would reuse them."""
+    from .onnx_export import export_onnx  # torch, and ONNX's exporter: only when the recipe asks for an export
+
+    e, lm_dir = r.config.eval, r.path("lm") if r.config.lm.enabled else None
+    folder = export_onnx(model_dir)
+    r.log(f"ONNX export: {folder} (transcribe --model {model_dir} now runs it on a CPU)")
+    rec = as_recognizer(str(folder), InferenceOptions(device="cpu", precision="int8", engine="onnx"))
+    common = dict(lang=r.config.lang, max_utts=e.max_utts, extra={"recipe": r.name, "system": EXPORTED_NAME})
+    s = evaluate(rec, r.manifest("test"), out_dir=r.path("eval", f"{EXPORTED}-greedy"), name=f"{EXPORTED_NAME} (greedy)",
+                 **common)
+    r.log(result_line(s))
+    out = {s["name"]: {"wer": s["wer"], "cer": s["cer"]}}
+    if not e.beam:
+        return out
+    tuned = scored.get("adapted + LM") or {}
+    alpha, beta = tuned.get("lm_weight", e.lm_weight), tuned.get("word_score", e.word_score)
+    name = f"{EXPORTED_NAME} + LM" if lm_dir is not None else f"{EXPORTED_NAME} (beam)"
+    s = evaluate(rec, r.manifest("test"), decoder="beam", lm_dir=lm_dir, beam_size=e.beam_size, lm_weight=alpha,
+                 word_score=beta, out_dir=r.path("eval", f"{EXPORTED}-{'lm' if lm_dir else 'beam'}"), name=name,
+                 **common)
+    r.log(result_line(s))
+    out[name] = {"wer": s["wer"], "cer": s["cer"], "lm_weight": alpha, "word_score": beta}
+    return out
 
 
 def _evaluate_system(r, label: str, model_dir: Path, folder: tuple[str, ...] = ("eval",)) -> dict:
@@ -561,6 +592,8 @@ def report_inputs(r) -> list[Path]:
     evals = [r.path("baseline", n) for n in ("raw", ZERO_SHOT_LM_FOLDER)] if r.config.baseline.enabled else []
     for label in labels:
         evals += [r.path("eval", f"{label}-{kind}") for kind in ("greedy", "lm", "beam")]
+        if label == "adapted" and r.config.export.onnx:
+            evals += [r.path("eval", f"{EXPORTED}-{kind}") for kind in ("greedy", "lm", "beam")]
     # Source-test evaluations (retention) go last; the report shows them in their own table, not among the systems.
     evals += [r.path("baseline", "source-test")] if r.config.baseline.enabled else []
     evals += [r.path("eval", f"{label}-source-test") for label in labels]
@@ -581,7 +614,8 @@ def stage_report(r, resume: bool = False) -> dict:
     names = [read_json_or(p / "summary.json", {}).get("name") for p in inputs if (p / "summary.json").is_file()]
     base = r.config.report.baseline if r.config.report.baseline in names else None
     pairs = [("adapted (greedy)", f"{SELF_TRAINED} (greedy)"), ("adapted + LM", f"{SELF_TRAINED} + LM"),
-             ("adapted (beam)", f"{SELF_TRAINED} (beam)")]
+             ("adapted (beam)", f"{SELF_TRAINED} (beam)"), ("adapted (greedy)", f"{EXPORTED_NAME} (greedy)"),
+             ("adapted + LM", f"{EXPORTED_NAME} + LM"), ("adapted (beam)", f"{EXPORTED_NAME} (beam)")]
     html = build_report(inputs, r.path("report"), baseline=base, worst=r.config.report.worst, pairs=pairs)
     return {"html": str(html), "systems": names}
 
@@ -627,7 +661,9 @@ STAGES = (
               keys_when=lambda cfg: ("lm.enabled", "baseline.lm", "baseline.alphas", "baseline.betas",
                                      "eval.beam_size") if _zero_shot_lm_on(cfg) else ()),
     StageSpec(4, "train", (2,), ("lang", "source", "train", "control"), (), stage_train, needs_source=True),
-    StageSpec(5, "evaluate", (2, 4), ("lang", "eval"), ("eval",), stage_evaluate),
+    StageSpec(5, "evaluate", (2, 4), ("lang", "eval"), ("eval",), stage_evaluate,
+              # Counted only when on, so the markers of folders made before the key existed still hold.
+              keys_when=lambda cfg: ("export.onnx",) if cfg.export.onnx else ()),
     StageSpec(6, "self-train", (2, 5), ("lang", "selftrain", "train", "eval", "lm.enabled"), ("selftrain",),
               stage_selftrain, enabled=lambda cfg: cfg.selftrain.enabled),
     StageSpec(7, "report", (3, 5, 6), ("report",), ("report",), stage_report),

@@ -291,6 +291,42 @@ def test_self_training_stage_labels_withheld_audio_trains_on_the_mix_and_reports
     assert labels["filter"] == {"kind": "min_confidence", "value": 0.0} and labels["dropped"] == 0
 
 
+def test_export_onnx_scores_the_deployed_int8_model_beside_the_adapted_one(tmp_path, capsys):
+    """export.onnx: stage 5 writes the adapted model's ONNX export where `transcribe` finds it, scores its int8 model
+    greedy and + LM at the adapted model's tuned weights, and the report pairs each with the torch row."""
+    from asr_transfer.onnx_engine import find_export, read_meta
+    from asr_transfer.recipe import RecipeRunner
+
+    source = make_source_model(tmp_path / "src")
+    (tmp_path / "lm.txt").write_text(LM_TEXT, encoding="utf-8")
+    out = tmp_path / "exp"
+    args = ["de-synth", "--out", out, "--set", f"source={source}", *TINY_SYNTH, "--set", "data.minutes=0.3",
+            "--set", f'lm.text_files=["{tmp_path / "lm.txt"}"]', *TINY_TRAIN, "--set", "baseline.enabled=false"]
+    rc, stdout, stderr = recipe(capsys, *args, "--set", "export.onnx=true")
+    assert rc == 0, stderr
+    model = out / "train" / "best"
+    assert find_export(model, "auto", device="cpu") == model / "onnx"  # what `transcribe --model` then runs
+    assert read_meta(model / "onnx")["lang"] == "de"
+    stage5 = markers(out)[5]
+    assert stage5["inputs"]["config"]["export.onnx"] is True
+    result = stage5["result"]
+    greedy = json.loads((out / "eval" / "adapted-onnx-int8-greedy" / "summary.json").read_text())
+    lm = json.loads((out / "eval" / "adapted-onnx-int8-lm" / "summary.json").read_text())
+    assert greedy["name"] == "adapted, ONNX int8 (greedy)" and greedy["engine"] == "onnx"
+    assert (lm["decoder"]["lm_weight"], lm["decoder"]["word_score"]) == (
+        result["adapted + LM"]["lm_weight"], result["adapted + LM"]["word_score"])
+    assert result["adapted, ONNX int8 + LM"]["cer"] == lm["cer"]
+    table = stdout[stdout.index("system  "):]
+    assert [line.split("  ")[0] for line in table.splitlines()[2:6]] == [
+        "adapted (greedy)", "adapted + LM", "adapted, ONNX int8 (greedy)", "adapted, ONNX int8 + LM"]
+    page = (out / "report" / "report.html").read_text()
+    assert "Paired comparisons" in page and "adapted, ONNX int8 + LM" in page
+
+    # Off (the default), the key is not part of stage 5's inputs: folders made before it existed keep their markers.
+    name, config, _ = load_recipe("de-synth")
+    assert "export.onnx" not in RecipeRunner(name, config, tmp_path / "off").stage_inputs(5)["config"]
+
+
 def test_a_marker_of_another_stage_under_a_number_is_no_marker(tmp_path):
     """Output folders from before stage 6 existed hold the report's marker as stage-6.json."""
     from asr_transfer.recipe import RecipeRunner

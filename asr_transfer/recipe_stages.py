@@ -450,8 +450,8 @@ def _evaluate_export(r, model_dir: Path, scored: dict) -> dict:
     r.log(f"ONNX export: {folder} (transcribe --model {model_dir} now runs it on a CPU)")
     rec = as_recognizer(str(folder), InferenceOptions(device="cpu", precision="int8", engine="onnx"))
     common = dict(lang=r.config.lang, max_utts=e.max_utts, extra={"recipe": r.name, "system": EXPORTED_NAME})
-    s = evaluate(rec, r.manifest("test"), out_dir=r.path("eval", f"{EXPORTED}-greedy"), name=f"{EXPORTED_NAME} (greedy)",
-                 **common)
+    s = evaluate(rec, r.manifest("test"), out_dir=r.path("eval", f"{EXPORTED}-greedy"),
+                 name=f"{EXPORTED_NAME} (greedy)", **common)
     r.log(result_line(s))
     out = {s["name"]: {"wer": s["wer"], "cer": s["cer"]}}
     if not e.beam:

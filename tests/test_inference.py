@@ -131,6 +131,25 @@ def test_group_norm_batches_equal_each_clip_run_alone(tiny):
     assert not np.allclose(naive[-1, : rec.frames_for(len(short))], _reference(tiny, short), atol=1e-3)
 
 
+def test_group_norm_rows_normalise_each_row_over_its_real_frames_only():
+    from asr_transfer.model.forward import _group_norm_rows
+
+    torch.manual_seed(0)
+    norm = torch.nn.GroupNorm(4, 4)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    h = torch.randn(3, 4, 50) * 3 + 1
+    with torch.no_grad():
+        out = _group_norm_rows(norm, h, [50, 31, 7])
+        for b, n in enumerate([50, 31, 7]):
+            torch.testing.assert_close(out[b, :, :n], norm(h[b : b + 1, :, :n])[0])
+            assert not out[b, :, n:].any()  # padding is zeros, not statistics of the padding
+        torch.testing.assert_close(_group_norm_rows(norm, h, [50] * 3), norm(h))  # nothing padded: one call
+        half = _group_norm_rows(norm, h.bfloat16(), [50, 31, 7])
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), out, atol=0.05, rtol=0.02)
+
+
 def test_group_norm_model_gets_no_attention_mask_but_layer_norm_model_does(tiny, tmp_path, monkeypatch):
     seen = []
 
@@ -147,7 +166,7 @@ def test_group_norm_model_gets_no_attention_mask_but_layer_norm_model_does(tiny,
     spy(rec.model)
     out = rec.log_probs(_waves()[:3])
     assert not any(seen)  # group-norm models run the exact padded path, never HF's forward with a mask
-    for w, lp in zip(_waves()[:3], out):  # padded to the 0.5-s quantum, each equals the clip run alone
+    for w, lp in zip(_waves()[:3], out):  # padded to the longest, each equals the clip run alone
         np.testing.assert_allclose(lp, _reference(tiny, w), atol=1e-4)
 
     layer = load_tiny(build_tiny_model(tmp_path / "layer", norm="layer", attention_mask=True))

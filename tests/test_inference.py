@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from asr_transfer import inference, precision
+from asr_transfer import precision
 from asr_transfer.audio import wave_stats
 from asr_transfer.errors import UserError
 from asr_transfer.inference import InferenceOptions, Recognizer, normalize_wave, plan_batches

@@ -441,54 +441,46 @@ def stage_evaluate(r, resume: bool = False) -> dict:
 
 
 def _evaluate_export(r, model_dir: Path, scored: dict) -> dict:
-    """Export ``model_dir`` to ``model_dir/onnx`` and score its int8 model on test: greedy, and beam + LM at the
-    weights the adapted model was decoded with (tuned on dev for it), as a deployment would reuse them."""
+    """Export ``model_dir`` to ``model_dir/onnx`` and score its int8 model on test like ``model_dir``: greedy, and beam
+    + LM at the weights ``model_dir`` was decoded with (tuned on dev for it), as a deployment would reuse them."""
     from .onnx_export import export_onnx  # torch, and ONNX's exporter: only when the recipe asks for an export
 
-    e, lm_dir = r.config.eval, r.path("lm") if r.config.lm.enabled else None
+    e = r.config.eval
     folder = export_onnx(model_dir)
     r.log(f"ONNX export: {folder} (transcribe --model {model_dir} now runs it on a CPU)")
     rec = as_recognizer(str(folder), InferenceOptions(device="cpu", precision="int8", engine="onnx"))
-    common = dict(lang=r.config.lang, max_utts=e.max_utts, extra={"recipe": r.name, "system": EXPORTED_NAME})
-    s = evaluate(rec, r.manifest("test"), out_dir=r.path("eval", f"{EXPORTED}-greedy"),
-                 name=f"{EXPORTED_NAME} (greedy)", **common)
-    r.log(result_line(s))
-    out = {s["name"]: {"wer": s["wer"], "cer": s["cer"]}}
-    if not e.beam:
-        return out
     tuned = scored.get("adapted + LM") or {}
-    alpha, beta = tuned.get("lm_weight", e.lm_weight), tuned.get("word_score", e.word_score)
-    name = f"{EXPORTED_NAME} + LM" if lm_dir is not None else f"{EXPORTED_NAME} (beam)"
-    s = evaluate(rec, r.manifest("test"), decoder="beam", lm_dir=lm_dir, beam_size=e.beam_size, lm_weight=alpha,
-                 word_score=beta, out_dir=r.path("eval", f"{EXPORTED}-{'lm' if lm_dir else 'beam'}"), name=name,
-                 **common)
-    r.log(result_line(s))
-    out[name] = {"wer": s["wer"], "cer": s["cer"], "lm_weight": alpha, "word_score": beta}
-    return out
+    weights = (tuned.get("lm_weight", e.lm_weight), tuned.get("word_score", e.word_score))
+    return _evaluate_system(r, EXPORTED, rec, name=EXPORTED_NAME, lm_weights=weights, retention=False)
 
 
-def _evaluate_system(r, label: str, model_dir: Path, folder: tuple[str, ...] = ("eval",)) -> dict:
-    """``model_dir`` on test (greedy, then beam + LM), into ``<out>/<folder>/<label>-greedy`` etc."""
+def _evaluate_system(r, label: str, model, folder: tuple[str, ...] = ("eval",), name: str | None = None,
+                     lm_weights: tuple[float, float] | None = None, retention: bool = True) -> dict:
+    """``model`` (a folder or a recognizer) on test, greedy then beam + LM, into ``<out>/<folder>/<label>-greedy``
+    etc., its rows named ``name`` (default ``label``). The LM's weight and word bonus are ``lm_weights`` when given,
+    else tuned on dev (``eval.tune_lm``) or the configured ones; ``retention`` also scores the source-language test."""
     cfg, e = r.config, r.config.eval
-    rec = as_recognizer(str(model_dir), InferenceOptions(device=e.device, precision=e.precision))
-    common = dict(lang=cfg.lang, max_utts=e.max_utts, extra={"recipe": r.name, "system": label})
+    name = name or label
+    rec = as_recognizer(model, InferenceOptions(device=e.device, precision=e.precision))
+    common = dict(lang=cfg.lang, max_utts=e.max_utts, extra={"recipe": r.name, "system": name})
     out = {}
-    s = evaluate(rec, r.manifest("test"), out_dir=r.path(*folder, f"{label}-greedy"), name=f"{label} (greedy)",
+    s = evaluate(rec, r.manifest("test"), out_dir=r.path(*folder, f"{label}-greedy"), name=f"{name} (greedy)",
                  **common)
     r.log(result_line(s))
     out[s["name"]] = {"wer": s["wer"], "cer": s["cer"]}
-    # Retention is a property of the acoustic model and its head: scored greedy (the target LM knows no English).
-    source = _score_source_test(r, rec, s["name"], r.path(*folder, f"{label}-{SOURCE_TEST_FOLDER}"))
-    if source is not None:
-        out[source_eval_name(s["name"])] = source
-    kept = _score_kept_head(r, rec, s["name"], r.path(*folder, f"{label}-{SOURCE_TEST_FOLDER}"))
-    if kept is not None:  # a two-head model (train.mix.head = own): its kept source head on the source test too
-        out[source_eval_name(s["name"], SOURCE_LANG)] = kept
+    if retention:  # a property of the acoustic model and its head: scored greedy (the target LM knows no English)
+        source_dir = r.path(*folder, f"{label}-{SOURCE_TEST_FOLDER}")
+        source = _score_source_test(r, rec, s["name"], source_dir)
+        if source is not None:
+            out[source_eval_name(s["name"])] = source
+        kept = _score_kept_head(r, rec, s["name"], source_dir)
+        if kept is not None:  # a two-head model (train.mix.head = own): its kept source head on the source test too
+            out[source_eval_name(s["name"], SOURCE_LANG)] = kept
     if not e.beam:
         return out
     lm_dir = r.path("lm") if cfg.lm.enabled else None
-    alpha, beta = e.lm_weight, e.word_score
-    if e.tune_lm and lm_dir is not None:
+    alpha, beta = lm_weights or (e.lm_weight, e.word_score)
+    if lm_weights is None and e.tune_lm and lm_dir is not None:
         tuned = tune_lm(rec, r.manifest("dev"), lm_dir, e.alphas, e.betas, out_dir=r.path(*folder, f"{label}-tune"),
                         lang=cfg.lang, beam_size=e.beam_size)
         alpha, beta = tuned["best"]["lm_weight"], tuned["best"]["word_score"]
@@ -496,7 +488,7 @@ def _evaluate_system(r, label: str, model_dir: Path, folder: tuple[str, ...] = (
             f"{label}: tuned on dev: lm_weight {alpha:g}, word_score {beta:g} (dev WER "
             f"{100 * tuned['best']['wer']:.1f}%)"
         )
-    name = f"{label} + LM" if lm_dir is not None else f"{label} (beam)"
+    beam_name = f"{name} + LM" if lm_dir is not None else f"{name} (beam)"
     s = evaluate(
         rec,
         r.manifest("test"),
@@ -506,11 +498,11 @@ def _evaluate_system(r, label: str, model_dir: Path, folder: tuple[str, ...] = (
         lm_weight=alpha,
         word_score=beta,
         out_dir=r.path(*folder, f"{label}-lm" if lm_dir else f"{label}-beam"),
-        name=name,
+        name=beam_name,
         **common,
     )
     r.log(result_line(s))
-    out[name] = {"wer": s["wer"], "cer": s["cer"], "lm_weight": alpha, "word_score": beta}
+    out[beam_name] = {"wer": s["wer"], "cer": s["cer"], "lm_weight": alpha, "word_score": beta}
     return out
 
 
